@@ -1,0 +1,12 @@
+//! smsgw: an SMS gateway from REST/gRPC to SMPP v3.4 SMSCs.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the codemap and invariants.
+
+pub mod api;
+pub mod config;
+pub mod route;
+pub mod runtime;
+pub mod shard;
+pub mod sim;
+pub mod smpp;
+pub mod state;

@@ -1,0 +1,14 @@
+//! SMPP v3.4 PDU codec: `decode` and `encode`, sans-io.
+//!
+//! `decode` returns `Ok(None)` while a frame is incomplete, enforces a maximum PDU length,
+//! and checks every field limit with a precise error. `encode` appends to a caller's buffer and
+//! allocates nothing once that buffer has capacity.
+
+mod codec;
+pub mod status;
+pub mod tlv;
+pub mod types;
+
+pub use codec::{decode, encode, peek_header, DecodeError, EncodeError, Header, DEFAULT_MAX_PDU_LEN, HEADER_LEN};
+pub use tlv::{tag, Tlv, Tlvs};
+pub use types::*;
