@@ -1,1 +1,9 @@
-//! TODO (owned by the helper building this module)
+//! ESME session state machine (sans-io). Being written.
+
+/// Which bind PDU to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BindMode {
+    Transmitter,
+    Receiver,
+    Transceiver,
+}
