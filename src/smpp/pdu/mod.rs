@@ -10,5 +10,8 @@ pub mod tlv;
 pub mod types;
 
 pub use codec::{decode, encode, peek_header, DecodeError, EncodeError, Header, DEFAULT_MAX_PDU_LEN, HEADER_LEN};
+pub use codec::{
+    command_name, encoded_len, Field, FieldError, MAX_DESTS, MAX_SHORT_MESSAGE_LEN,
+};
 pub use tlv::{tag, Tlv, Tlvs};
 pub use types::*;

@@ -175,3 +175,51 @@ impl<'a> Iterator for TlvIter<'a> {
         Some(Tlv { tag, value })
     }
 }
+
+/// Allowed value length (min, max octets) of the standard v3.4 TLVs (section 5.3.2), `None`
+/// for tags the spec does not define (vendor TLVs are kept unchecked). The codec checks these
+/// both ways, so we neither send nor accept e.g. a 2-octet message_state.
+///
+/// Fixed-size integers are exact. For variable fields the spec's maximum is enforced and the
+/// minimum is relaxed to what peers really send (e.g. receipted_message_id without its NUL).
+pub fn value_len_bounds(tag: u16) -> Option<(usize, usize)> {
+    use tag::*;
+    Some(match tag {
+        DEST_ADDR_SUBUNIT | DEST_NETWORK_TYPE | DEST_BEARER_TYPE => (1, 1),
+        DEST_TELEMATICS_ID => (2, 2),
+        SOURCE_ADDR_SUBUNIT | SOURCE_NETWORK_TYPE | SOURCE_BEARER_TYPE => (1, 1),
+        SOURCE_TELEMATICS_ID => (1, 1),
+        QOS_TIME_TO_LIVE => (4, 4),
+        PAYLOAD_TYPE => (1, 1),
+        ADDITIONAL_STATUS_INFO_TEXT => (0, 256),
+        RECEIPTED_MESSAGE_ID => (0, 65),
+        MS_MSG_WAIT_FACILITIES => (1, 1),
+        PRIVACY_INDICATOR => (1, 1),
+        SOURCE_SUBADDRESS | DEST_SUBADDRESS => (2, 23),
+        USER_MESSAGE_REFERENCE => (2, 2),
+        USER_RESPONSE_CODE => (1, 1),
+        SOURCE_PORT | DESTINATION_PORT => (2, 2),
+        SAR_MSG_REF_NUM => (2, 2),
+        LANGUAGE_INDICATOR => (1, 1),
+        SAR_TOTAL_SEGMENTS | SAR_SEGMENT_SEQNUM => (1, 1),
+        SC_INTERFACE_VERSION => (1, 1),
+        CALLBACK_NUM_PRES_IND => (1, 1),
+        CALLBACK_NUM_ATAG => (0, 65),
+        NUMBER_OF_MESSAGES => (1, 1),
+        CALLBACK_NUM => (4, 19),
+        DPF_RESULT | SET_DPF | MS_AVAILABILITY_STATUS => (1, 1),
+        NETWORK_ERROR_CODE => (3, 3),
+        // The u16 length field already bounds it; PDU max length bounds it further.
+        MESSAGE_PAYLOAD => (0, u16::MAX as usize),
+        DELIVERY_FAILURE_REASON | MORE_MESSAGES_TO_SEND | MESSAGE_STATE => (1, 1),
+        USSD_SERVICE_OP => (1, 1),
+        DISPLAY_TIME => (1, 1),
+        SMS_SIGNAL => (2, 2),
+        MS_VALIDITY => (1, 1),
+        // v3.4 says length 0; v5 allows a 1-octet value and SMSCs mix the two.
+        ALERT_ON_MESSAGE_DELIVERY => (0, 1),
+        ITS_REPLY_TYPE => (1, 1),
+        ITS_SESSION_INFO => (2, 2),
+        _ => return None,
+    })
+}

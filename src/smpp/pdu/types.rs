@@ -51,6 +51,19 @@ impl<const N: usize> COctet<N> {
         })
     }
 
+    /// For the codec, which has already found the NUL: `bytes` is at most `N - 1` octets and
+    /// contains no NUL, so the second scan `new` would do is skipped on the hot path.
+    #[inline]
+    pub(crate) fn from_wire(bytes: &[u8]) -> Self {
+        debug_assert!(bytes.len() <= Self::MAX && !bytes.contains(&0));
+        let mut buf = [0; N];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Self {
+            len: bytes.len() as u8,
+            buf,
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len as usize]
     }
