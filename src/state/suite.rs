@@ -1,0 +1,1 @@
+//! Shared conformance suite for every [`super::StateStore`] backend (bodies land next).
