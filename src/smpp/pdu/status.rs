@@ -284,7 +284,7 @@ mod tests {
         for w in TABLE.windows(2) {
             assert!(w[0].0 < w[1].0, "{} before {}", w[0].1, w[1].1);
         }
-        assert_eq!(TABLE.len(), 49);
+        assert_eq!(TABLE.len(), 48);
     }
 
     #[test]
