@@ -313,16 +313,17 @@ pub fn parse_text(s: &str) -> TextFields<'_> {
     let mut i = 0;
     while i < b.len() && n < MAX_KEYS_PER_TEXT {
         let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
-        if boundary && matches!(b[i] | 0x20, b'i' | b'm' | b's' | b'd' | b'e' | b't') {
-            if let Some((field, value_start)) = match_key(b, i) {
-                let bit = 1u8 << (field as u8);
-                if seen & bit == 0 {
-                    seen |= bit;
-                    found[n] = (field, i, value_start);
-                    n += 1;
-                    i = value_start;
-                    continue;
-                }
+        if boundary
+            && matches!(b[i] | 0x20, b'i' | b'm' | b's' | b'd' | b'e' | b't')
+            && let Some((field, value_start)) = match_key(b, i)
+        {
+            let bit = 1u8 << (field as u8);
+            if seen & bit == 0 {
+                seen |= bit;
+                found[n] = (field, i, value_start);
+                n += 1;
+                i = value_start;
+                continue;
             }
         }
         i += 1;
@@ -546,22 +547,33 @@ fn parse_leading_decimal(v: &str) -> Option<u32> {
     v[..end].parse().ok()
 }
 
+/// The fields of a standard receipt text, for [`format_text`].
+#[derive(Debug, Clone, Copy)]
+pub struct TextReceipt<'a> {
+    pub id: &'a str,
+    pub submitted: u32,
+    pub delivered: u32,
+    /// `YYMMDDhhmm`, supplied by the caller (this module reads no clock).
+    pub submit_date: &'a str,
+    pub done_date: &'a str,
+    pub state: ReceiptState,
+    pub err: u32,
+    /// Cut to its first 20 characters.
+    pub text: &'a str,
+}
+
 /// Formats the standard (Appendix B) receipt text, e.g. for the SMSC simulator.
-/// Dates are `YYMMDDhhmm` strings supplied by the caller; `text` is cut to 20 characters.
-pub fn format_text(
-    id: &str,
-    submitted: u32,
-    delivered: u32,
-    submit_date: &str,
-    done_date: &str,
-    state: ReceiptState,
-    err: u32,
-    text: &str,
-) -> String {
-    let text: String = text.chars().take(20).collect();
+pub fn format_text(r: &TextReceipt<'_>) -> String {
+    let text: String = r.text.chars().take(20).collect();
     format!(
-        "id:{id} sub:{submitted:03} dlvrd:{delivered:03} submit date:{submit_date} done date:{done_date} stat:{} err:{err:03} text:{text}",
-        state.stat_word()
+        "id:{} sub:{:03} dlvrd:{:03} submit date:{} done date:{} stat:{} err:{:03} text:{text}",
+        r.id,
+        r.submitted,
+        r.delivered,
+        r.submit_date,
+        r.done_date,
+        r.state.stat_word(),
+        r.err,
     )
 }
 

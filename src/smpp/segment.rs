@@ -637,4 +637,520 @@ fn splitmix64(x: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+    use crate::smpp::text::{GSM_ESC, check_text_len, decode};
+    use proptest::prelude::*;
+
+    fn cfg(mode: SegmentMode) -> SegmentConfig {
+        SegmentConfig::with_mode(mode)
+    }
+
+    fn seg(text: &str, requested: Option<Encoding>, mode: SegmentMode) -> Segmented {
+        segment_with_reference(text, requested, &cfg(mode), 0xABCD).unwrap()
+    }
+
+    /// The text of a part (UDH stripped, decoded).
+    fn part_text(part: &Part) -> String {
+        let body = if part.esm_class_bits & ESM_CLASS_UDHI != 0 {
+            let (udh, _) = parse_udh(&part.short_message).unwrap();
+            &part.short_message[udh..]
+        } else if part.short_message.is_empty() {
+            part.tlvs.get(tag::MESSAGE_PAYLOAD).unwrap_or(&[])
+        } else {
+            &part.short_message[..]
+        };
+        decode(body, part.data_coding).unwrap()
+    }
+
+    fn payload_units(part: &Part) -> usize {
+        let udh = if part.esm_class_bits & ESM_CLASS_UDHI != 0 {
+            parse_udh(&part.short_message).unwrap().0
+        } else {
+            0
+        };
+        let octets = part.short_message.len() - udh;
+        if part.data_coding == 8 {
+            octets / 2
+        } else {
+            octets
+        }
+    }
+
+    #[test]
+    fn capacities_table() {
+        use Encoding::*;
+        use SegmentMode::*;
+        let table = [
+            (Gsm7, Udh8, 160, 153),
+            (Gsm7, Udh16, 160, 152),
+            (Gsm7, Sar, 160, 153),
+            (Latin1, Udh8, 140, 134),
+            (Latin1, Udh16, 140, 133),
+            (Latin1, Sar, 140, 134),
+            (Ucs2, Udh8, 70, 67),
+            (Ucs2, Udh16, 70, 66),
+            (Ucs2, Sar, 70, 67),
+        ];
+        for (enc, mode, single, multi) in table {
+            assert_eq!(single_part_units(enc), single);
+            assert_eq!(multipart_units(enc, mode), multi, "{enc:?} {mode:?}");
+        }
+    }
+
+    #[test]
+    fn gsm7_part_boundaries() {
+        // (chars, mode, expected parts)
+        let cases = [
+            (0, SegmentMode::Udh8, 1),
+            (160, SegmentMode::Udh8, 1),
+            (161, SegmentMode::Udh8, 2),
+            (306, SegmentMode::Udh8, 2),
+            (307, SegmentMode::Udh8, 3),
+            (304, SegmentMode::Udh16, 2),
+            (305, SegmentMode::Udh16, 3),
+            (306, SegmentMode::Sar, 2),
+            (307, SegmentMode::Sar, 3),
+            (1530, SegmentMode::Udh8, 10),
+        ];
+        for (n, mode, parts) in cases {
+            let text = "x".repeat(n);
+            let out = seg(&text, None, mode);
+            assert_eq!(out.parts.len(), parts, "{n} chars {mode:?}");
+            let info = check_text_len(&text, None, &cfg(mode)).unwrap();
+            assert_eq!(info.parts, parts);
+            assert_eq!(info.units, n);
+        }
+    }
+
+    #[test]
+    fn boundary_153_vs_154() {
+        // A concatenated GSM7 part carries 153 septets, not 154 (nor 160).
+        let text = "a".repeat(153) + &"b".repeat(10);
+        let out = seg(&text, None, SegmentMode::Udh8);
+        assert_eq!(out.parts.len(), 2);
+        assert_eq!(out.parts[0].units, 153);
+        assert_eq!(out.parts[0].short_message.len(), 6 + 153);
+        assert_eq!(part_text(&out.parts[0]), "a".repeat(153));
+        assert_eq!(part_text(&out.parts[1]), "b".repeat(10));
+        let info = check_text_len(&text, None, &cfg(SegmentMode::Udh8)).unwrap();
+        assert_eq!(info.units_per_part, 153);
+        assert_eq!(info.remaining_in_last_part, 143);
+        // 2 x 153 = 306 fits two parts; 2 x 154 = 308 needs three.
+        assert_eq!(
+            seg(&"a".repeat(308), None, SegmentMode::Udh8).parts.len(),
+            3
+        );
+        let out = seg(&"a".repeat(306), None, SegmentMode::Udh8);
+        assert_eq!((out.parts[0].units, out.parts[1].units), (153, 153));
+    }
+
+    #[test]
+    fn udh8_layout_and_flags() {
+        let text = "y".repeat(200);
+        let out = seg(&text, None, SegmentMode::Udh8);
+        assert_eq!(out.reference, Some(0xCD));
+        for (i, p) in out.parts.iter().enumerate() {
+            assert_eq!(
+                &p.short_message[..6],
+                &[0x05, 0x00, 0x03, 0xCD, 2, (i + 1) as u8]
+            );
+            assert_eq!(p.esm_class_bits, ESM_CLASS_UDHI);
+            assert_eq!(p.data_coding, 0);
+            assert!(p.tlvs.is_empty());
+            assert_eq!((p.seq, p.total), ((i + 1) as u8, 2));
+        }
+    }
+
+    #[test]
+    fn udh16_and_sar_layout() {
+        let text = "z".repeat(200);
+        let out = seg(&text, None, SegmentMode::Udh16);
+        assert_eq!(
+            &out.parts[1].short_message[..7],
+            &[0x06, 0x08, 0x04, 0xAB, 0xCD, 2, 2]
+        );
+        assert_eq!(out.parts[0].units, 152);
+
+        let out = seg(&text, None, SegmentMode::Sar);
+        for p in &out.parts {
+            assert_eq!(p.esm_class_bits, 0);
+            assert_eq!(p.tlvs.get_u16(tag::SAR_MSG_REF_NUM), Some(0xABCD));
+            assert_eq!(p.tlvs.get_u8(tag::SAR_TOTAL_SEGMENTS), Some(2));
+            assert_eq!(p.tlvs.get_u8(tag::SAR_SEGMENT_SEQNUM), Some(p.seq));
+        }
+        assert_eq!(out.parts[0].short_message, vec![b'z'; 153]);
+    }
+
+    #[test]
+    fn single_part_has_no_udh_or_reference() {
+        for mode in [
+            SegmentMode::Udh8,
+            SegmentMode::Udh16,
+            SegmentMode::Sar,
+            SegmentMode::MessagePayload,
+        ] {
+            let out = seg("@hello", None, mode);
+            assert_eq!(out.reference, None);
+            assert_eq!(out.parts.len(), 1);
+            let p = &out.parts[0];
+            assert_eq!(p.short_message, vec![0x00, b'h', b'e', b'l', b'l', b'o']);
+            assert_eq!(p.esm_class_bits, 0);
+            assert!(p.tlvs.is_empty());
+        }
+    }
+
+    #[test]
+    fn message_payload_mode() {
+        let text = "p".repeat(500);
+        let out = seg(&text, None, SegmentMode::MessagePayload);
+        assert_eq!(out.parts.len(), 1);
+        let p = &out.parts[0];
+        assert!(p.short_message.is_empty());
+        assert_eq!(p.tlvs.get(tag::MESSAGE_PAYLOAD).unwrap(), text.as_bytes());
+        let info = out.info;
+        assert!(info.message_payload);
+        assert_eq!(info.remaining_in_last_part, 2048 - 500);
+
+        let too_long = "p".repeat(2049);
+        let err = check_text_len(&too_long, None, &cfg(SegmentMode::MessagePayload)).unwrap_err();
+        assert_eq!(
+            err,
+            SegmentError::PayloadTooLong {
+                octets: 2049,
+                max: 2048
+            }
+        );
+        // UCS2 counts octets: 1024 units = 2048 octets fits, 1025 does not.
+        let ucs = "ж".repeat(1024);
+        assert!(check_text_len(&ucs, None, &cfg(SegmentMode::MessagePayload)).is_ok());
+        let ucs = "ж".repeat(1025);
+        assert!(check_text_len(&ucs, None, &cfg(SegmentMode::MessagePayload)).is_err());
+    }
+
+    #[test]
+    fn esc_pair_never_split() {
+        // '{' is char 153 (1-based): its ESC would be septet 153 and its code septet 154.
+        let text = "a".repeat(152) + "{" + &"b".repeat(10);
+        let out = seg(&text, None, SegmentMode::Udh8);
+        assert_eq!(out.parts.len(), 2);
+        assert_eq!(out.parts[0].units, 152, "part carries one septet less");
+        assert_ne!(*out.parts[0].short_message.last().unwrap(), GSM_ESC);
+        assert_eq!(&out.parts[1].short_message[6..8], &[GSM_ESC, 0x28]);
+        assert_eq!(part_text(&out.parts[1]), "{bbbbbbbbbb");
+        // One char earlier the pair fits exactly at septets 152..153.
+        let text = "a".repeat(151) + "{" + &"b".repeat(10);
+        let out = seg(&text, None, SegmentMode::Udh8);
+        assert_eq!(out.parts[0].units, 153);
+        assert_eq!(&out.parts[0].short_message[157..159], &[GSM_ESC, 0x28]);
+        // Single-part limit: 159 + '€' = 161 septets -> 2 parts.
+        let text = "a".repeat(159) + "€";
+        assert_eq!(seg(&text, None, SegmentMode::Udh8).parts.len(), 2);
+        let text = "a".repeat(158) + "€";
+        assert_eq!(seg(&text, None, SegmentMode::Udh8).parts.len(), 1);
+    }
+
+    #[test]
+    fn ucs2_boundaries_66_67_and_surrogates() {
+        let text = "ж".repeat(70);
+        assert_eq!(seg(&text, None, SegmentMode::Udh8).parts.len(), 1);
+        let text = "ж".repeat(71);
+        let out = seg(&text, None, SegmentMode::Udh8);
+        assert_eq!(out.parts.len(), 2);
+        assert_eq!(out.parts[0].units, 67);
+        assert_eq!(out.parts[0].data_coding, 8);
+        let out = seg(&text, None, SegmentMode::Udh16);
+        assert_eq!(out.parts[0].units, 66);
+        // 134 units: 2 parts with 8-bit UDH, 3 with 16-bit.
+        let text = "ж".repeat(134);
+        assert_eq!(seg(&text, None, SegmentMode::Udh8).parts.len(), 2);
+        assert_eq!(seg(&text, None, SegmentMode::Udh16).parts.len(), 3);
+
+        // Emoji on units 67..68: the pair moves whole to part 2.
+        let text = "ж".repeat(66) + "😀" + "end";
+        let out = seg(&text, None, SegmentMode::Udh8);
+        assert_eq!(out.parts[0].units, 66);
+        assert_eq!(part_text(&out.parts[0]), "ж".repeat(66));
+        assert_eq!(part_text(&out.parts[1]), "😀end");
+        // With a 16-bit UDH the emoji on units 66..67 moves the same way.
+        let text = "ж".repeat(65) + "😀" + "end!!";
+        let out = seg(&text, None, SegmentMode::Udh16);
+        assert_eq!(out.parts[0].units, 65);
+        assert_eq!(part_text(&out.parts[1]), "😀end!!");
+        let info = check_text_len(&text, None, &cfg(SegmentMode::Udh16)).unwrap();
+        assert_eq!((info.units, info.parts), (72, 2));
+        assert_eq!(info.remaining_in_last_part, 66 - 7);
+        // 68 units with the emoji last still fit one part.
+        let text = "ж".repeat(66) + "😀";
+        assert_eq!(seg(&text, None, SegmentMode::Udh16).parts.len(), 1);
+    }
+
+    #[test]
+    fn latin1_override() {
+        let text = "é".repeat(141);
+        let out = seg(&text, Some(Encoding::Latin1), SegmentMode::Udh8);
+        assert_eq!(out.parts.len(), 2);
+        assert_eq!(out.parts[0].data_coding, 3);
+        assert_eq!(out.parts[0].units, 134);
+        assert!(matches!(
+            check_text_len("€", Some(Encoding::Latin1), &cfg(SegmentMode::Udh8)),
+            Err(SegmentError::Text(TextError::Unrepresentable {
+                ch: '€',
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn max_parts_enforced() {
+        let text = "m".repeat(1531); // 11 parts at 153
+        let err = check_text_len(&text, None, &cfg(SegmentMode::Udh8)).unwrap_err();
+        assert_eq!(err, SegmentError::TooManyParts { parts: 11, max: 10 });
+        assert_eq!(
+            err.to_string(),
+            "text needs 11 parts, more than the maximum of 10 for this link"
+        );
+        let mut refs = RefAllocator::for_mode(SegmentMode::Udh8, 1);
+        assert!(segment(&text, None, &cfg(SegmentMode::Udh8), &mut refs, b"1").is_err());
+
+        let big = SegmentConfig {
+            max_parts: NonZeroU8::new(255).unwrap(),
+            ..cfg(SegmentMode::Udh8)
+        };
+        let text = "m".repeat(153 * 255);
+        let out = segment_with_reference(&text, None, &big, 7).unwrap();
+        assert_eq!(out.parts.len(), 255);
+        assert_eq!(out.parts[254].seq, 255);
+        let text = "m".repeat(153 * 255 + 1);
+        assert_eq!(
+            check_text_len(&text, None, &big).unwrap_err(),
+            SegmentError::TooManyParts {
+                parts: 256,
+                max: 255
+            }
+        );
+    }
+
+    #[test]
+    fn fills_submit_sm() {
+        let mut template = SubmitSm {
+            esm_class: 0x03 | ESM_CLASS_UDHI, // store-and-forward mode bits kept, UDHI reset
+            registered_delivery: 1,
+            ..SubmitSm::default()
+        };
+        template.tlvs.push_u8(tag::USER_MESSAGE_REFERENCE, 9);
+        let out = seg(&"k".repeat(170), None, SegmentMode::Sar);
+        let sms: Vec<SubmitSm> = out
+            .parts
+            .into_iter()
+            .map(|p| p.to_submit_sm(&template))
+            .collect();
+        assert_eq!(sms[0].esm_class, 0x03);
+        assert_eq!(sms[0].registered_delivery, 1);
+        assert_eq!(sms[1].tlvs.get_u8(tag::USER_MESSAGE_REFERENCE), Some(9));
+        assert_eq!(sms[1].tlvs.get_u8(tag::SAR_SEGMENT_SEQNUM), Some(2));
+        let out = seg(&"k".repeat(170), None, SegmentMode::Udh8);
+        let mut sm = SubmitSm::default();
+        out.parts[0].clone().fill(&mut sm);
+        assert_eq!(sm.esm_class, ESM_CLASS_UDHI);
+        assert_eq!(sm.short_message, out.parts[0].short_message);
+    }
+
+    #[test]
+    fn segment_takes_reference_only_when_multipart() {
+        let mut refs = RefAllocator::for_mode(SegmentMode::Udh8, 42);
+        let c = cfg(SegmentMode::Udh8);
+        let short = segment("hi", None, &c, &mut refs, b"491701").unwrap();
+        assert_eq!(short.reference, None);
+        let a = segment(&"l".repeat(200), None, &c, &mut refs, b"491701").unwrap();
+        let b = segment(&"l".repeat(200), None, &c, &mut refs, b"491701").unwrap();
+        let (ra, rb) = (a.reference.unwrap(), b.reference.unwrap());
+        assert!(ra < 256 && rb < 256);
+        assert_eq!(
+            (ra + 1) % 256,
+            rb,
+            "the short message did not consume a reference"
+        );
+        assert_eq!(a.parts[0].short_message[3], ra as u8);
+    }
+
+    #[test]
+    fn parse_udh_is_total() {
+        assert_eq!(parse_udh(&[]), None);
+        assert_eq!(parse_udh(&[5, 0, 3]), None);
+        // Unknown IE followed by concat IE.
+        let udh = [8, 0x24, 1, 0, 0x00, 3, 9, 2, 1];
+        assert_eq!(
+            parse_udh(&udh),
+            Some((
+                9,
+                Some(ConcatHeader {
+                    reference: 9,
+                    total: 2,
+                    seq: 1,
+                    udh_octets: 9
+                })
+            ))
+        );
+        // Truncated IE inside a valid UDHL: tolerated, no concat.
+        assert_eq!(parse_udh(&[2, 0x00, 3]), Some((3, None)));
+    }
+
+    #[test]
+    fn ref_allocator_never_repeats_within_window_for_a_destination() {
+        for width in [RefWidth::Bits8, RefWidth::Bits16] {
+            let mut refs = RefAllocator::new(width, 7);
+            let window = refs.window() as usize;
+            assert_eq!(window as u32, width.range());
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..window {
+                assert!(
+                    seen.insert(refs.next(b"+15551234")),
+                    "repeat inside the window"
+                );
+            }
+            // The next one wraps to the first.
+            assert!(!seen.insert(refs.next(b"+15551234")));
+        }
+    }
+
+    #[test]
+    fn ref_allocator_shards_are_disjoint() {
+        let mut a = RefAllocator::with_options(RefWidth::Bits8, 1, 4, 0, 2).unwrap();
+        let mut b = RefAllocator::with_options(RefWidth::Bits8, 2, 4, 1, 2).unwrap();
+        assert_eq!(a.window(), 128);
+        let ra: std::collections::HashSet<u16> = (0..128).map(|_| a.next(b"x")).collect();
+        let rb: std::collections::HashSet<u16> = (0..128).map(|_| b.next(b"x")).collect();
+        assert_eq!(ra.len(), 128);
+        assert_eq!(rb.len(), 128);
+        assert!(ra.is_disjoint(&rb));
+        assert!(ra.iter().chain(&rb).all(|&r| r < 256));
+        assert!(RefAllocator::with_options(RefWidth::Bits8, 0, 4, 2, 2).is_err());
+        assert!(RefAllocator::with_options(RefWidth::Bits8, 0, 4, 0, 129).is_err());
+        assert!(RefAllocator::with_options(RefWidth::Bits8, 0, 21, 0, 1).is_err());
+    }
+
+    /// Random texts mixing GSM, extension, non-GSM BMP and astral characters.
+    fn text_strategy() -> impl Strategy<Value = String> {
+        let chars = prop_oneof![
+            6 => proptest::sample::select(vec!['a', 'Z', '0', ' ', '@', '\n', 'é', 'Ø', 'Δ']),
+            2 => proptest::sample::select(vec!['{', '}', '[', ']', '~', '\\', '^', '|', '€']),
+            1 => proptest::sample::select(vec!['ж', 'ç', '中', '`']),
+            1 => proptest::sample::select(vec!['😀', '𝄞', '🇩']),
+        ];
+        prop_oneof![
+            // Mostly GSM-only texts, so GSM7 multipart layouts get exercised.
+            proptest::collection::vec(
+                prop_oneof![
+                    8 => proptest::sample::select(vec!['a', '@', ' ', 'Δ', 'é']),
+                    2 => proptest::sample::select(vec!['{', '€', '^'])
+                ],
+                0..700
+            ),
+            proptest::collection::vec(chars, 0..400),
+        ]
+        .prop_map(|v| v.into_iter().collect())
+    }
+
+    fn mode_strategy() -> impl Strategy<Value = SegmentMode> {
+        proptest::sample::select(vec![
+            SegmentMode::Udh8,
+            SegmentMode::Udh16,
+            SegmentMode::Sar,
+            SegmentMode::MessagePayload,
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// check_text_len agrees with segment, and the parts reassemble to the text.
+        #[test]
+        fn check_text_len_agrees_with_segment(
+            text in text_strategy(),
+            mode in mode_strategy(),
+            max_parts in 1u8..=12,
+            requested in proptest::option::of(proptest::sample::select(vec![
+                Encoding::Gsm7, Encoding::Latin1, Encoding::Ucs2,
+            ])),
+        ) {
+            let c = SegmentConfig {
+                mode,
+                max_parts: NonZeroU8::new(max_parts).unwrap(),
+                max_payload_octets: 600,
+            };
+            let info = check_text_len(&text, requested, &c);
+            let out = segment_with_reference(&text, requested, &c, 0x1234);
+            match (info, out) {
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (Ok(info), Ok(out)) => {
+                    prop_assert_eq!(out.info, info);
+                    prop_assert_eq!(out.parts.len(), info.parts);
+                    let total = out.parts.len();
+                    let mut rebuilt = String::new();
+                    let mut units = 0;
+                    for (i, p) in out.parts.iter().enumerate() {
+                        prop_assert_eq!(usize::from(p.seq), i + 1);
+                        prop_assert_eq!(usize::from(p.total), total);
+                        prop_assert_eq!(p.data_coding, info.data_coding);
+                        prop_assert_eq!(payload_units(p) , if info.message_payload { 0 } else { p.units });
+                        prop_assert!(p.units <= info.units_per_part);
+                        prop_assert!(p.short_message.len() <= 254);
+                        if total > 1 {
+                            // Only the last part may be short by more than one unit.
+                            if i + 1 < total {
+                                prop_assert!(p.units + 1 >= info.units_per_part);
+                            }
+                            match mode {
+                                SegmentMode::Udh8 | SegmentMode::Udh16 => {
+                                    let (_, h) = parse_udh(&p.short_message).unwrap();
+                                    let h = h.unwrap();
+                                    prop_assert_eq!((h.seq, usize::from(h.total)), (p.seq, total));
+                                    prop_assert_eq!(h.reference, if mode == SegmentMode::Udh8 { 0x34 } else { 0x1234 });
+                                }
+                                _ => {}
+                            }
+                        }
+                        let piece = part_text(p);
+                        // No part starts or ends inside a pair: each decodes cleanly.
+                        prop_assert!(!piece.contains(char::REPLACEMENT_CHARACTER));
+                        rebuilt.push_str(&piece);
+                        units += p.units;
+                    }
+                    prop_assert_eq!(rebuilt, text);
+                    prop_assert_eq!(units, info.units);
+                    let last = out.parts.last().unwrap();
+                    prop_assert_eq!(info.remaining_in_last_part, info.units_per_part - last.units);
+                }
+                (a, b) => prop_assert!(false, "disagree: {:?} vs {:?}", a, b),
+            }
+        }
+
+        /// The precise allocator guarantee under random interleaving of destinations that
+        /// collide in a tiny table: equal references for one destination are at least `window`
+        /// bucket allocations apart.
+        #[test]
+        fn ref_allocator_bucket_guarantee(
+            dests in proptest::collection::vec(0u8..12, 1..2000),
+            width in proptest::sample::select(vec![RefWidth::Bits8, RefWidth::Bits16]),
+            seed in any::<u64>(),
+        ) {
+            let mut refs = RefAllocator::with_options(width, seed, 2, 0, 1).unwrap();
+            let window = refs.window() as usize;
+            let mut bucket_count = [0usize; 4];
+            // (dest, ref) -> bucket allocation index when last handed out
+            let mut last: std::collections::HashMap<(u8, u16), usize> = Default::default();
+            for d in dests {
+                let dest = [b'4', b'9', d];
+                let bucket = refs.bucket_of(&dest);
+                let r = refs.next(&dest);
+                prop_assert!(u32::from(r) < width.range());
+                let idx = bucket_count[bucket];
+                bucket_count[bucket] += 1;
+                if let Some(prev) = last.insert((d, r), idx) {
+                    prop_assert!(idx - prev >= window, "ref {} repeated after {} allocations", r, idx - prev);
+                }
+            }
+        }
+    }
+}
