@@ -699,4 +699,460 @@ impl IdFormats {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+    use crate::smpp::segment::{SegmentConfig, SegmentMode, segment_with_reference};
+    use proptest::prelude::*;
+
+    fn dlr(text: &str) -> SubmitSm {
+        SubmitSm {
+            esm_class: 0x04,
+            short_message: text.as_bytes().to_vec(),
+            ..SubmitSm::default()
+        }
+    }
+
+    fn parsed(text: &str) -> Receipt {
+        parse(&dlr(text)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn standard_text() {
+        let r = parsed(
+            "id:0123456789 sub:001 dlvrd:001 submit date:2301011200 done date:2301011205 \
+             stat:DELIVRD err:000 text:Hello world",
+        );
+        assert_eq!(r.kind, ReceiptKind::SmscDeliveryReceipt);
+        assert_eq!(r.message_id, "0123456789");
+        assert_eq!(r.id_source, IdSource::Text);
+        assert_eq!(r.state, ReceiptState::Delivered);
+        assert!(r.state.is_final());
+        assert_eq!((r.submitted, r.delivered), (Some(1), Some(1)));
+        assert_eq!(r.error_code, Some(0));
+        assert_eq!(r.err_raw.as_deref(), Some("000"));
+        assert_eq!(
+            r.submit_date,
+            Some(ReceiptTime {
+                year: 2023,
+                month: 1,
+                day: 1,
+                hour: 12,
+                minute: 0,
+                second: None
+            })
+        );
+        assert_eq!(r.done_date.unwrap().minute, 5);
+        assert_eq!(r.text.as_deref(), Some("Hello world"));
+    }
+
+    /// Real-world shapes (constructed here): (text, id, state, err code, err raw).
+    #[test]
+    fn non_standard_texts() {
+        type Case<'a> = (&'a str, &'a str, ReceiptState, Option<u32>, Option<&'a str>);
+        let cases: &[Case] = &[
+            // any case, extra spaces, seconds in dates, long stat word
+            (
+                "ID: abc123  Sub: 1 Dlvrd: 1  Submit Date: 230101120000  Done Date: 230101120500 Stat: delivered Err: 0 Text: hi",
+                "abc123",
+                ReceiptState::Delivered,
+                Some(0),
+                Some("0"),
+            ),
+            // missing fields
+            (
+                "id:77 stat:UNDELIV",
+                "77",
+                ReceiptState::Undeliverable,
+                None,
+                None,
+            ),
+            // other order, non-numeric err
+            (
+                "stat:EXPIRED err:ABC id:5 done date:2301011200 text:x",
+                "5",
+                ReceiptState::Expired,
+                None,
+                Some("ABC"),
+            ),
+            // underscores in keys, hex-looking err
+            (
+                "id:1 submit_date:2301011200 done_date:2301011300 stat:REJECTD err:0x0B",
+                "1",
+                ReceiptState::Rejected,
+                None,
+                Some("0x0B"),
+            ),
+            // commas between fields, long stat word
+            (
+                "id:1f2e,sub:001,dlvrd:000,stat:UNDELIVERABLE,err:034",
+                "1f2e",
+                ReceiptState::Undeliverable,
+                Some(34),
+                Some("034"),
+            ),
+            // no separator in two-word keys, "status", "error"
+            (
+                "id:9 submitdate:2301011200 donedate:2301011201 status:ACCEPTD error:12",
+                "9",
+                ReceiptState::Accepted,
+                Some(12),
+                Some("12"),
+            ),
+            // leading garbage and a trailing newline
+            (
+                "\r\n id:X-1_2 stat:ENROUTE\r\n",
+                "X-1_2",
+                ReceiptState::Enroute,
+                None,
+                None,
+            ),
+            // numeric stat
+            ("id:3 stat:2", "3", ReceiptState::Delivered, None, None),
+            // unknown stat word -> Unknown, raw kept
+            ("id:4 stat:WHATEVER", "4", ReceiptState::Unknown, None, None),
+            // "msgid" key and "FAILED"
+            (
+                "msgid:44 stat:FAILED err:1",
+                "44",
+                ReceiptState::Undeliverable,
+                Some(1),
+                Some("1"),
+            ),
+        ];
+        for &(text, id, state, code, raw) in cases {
+            let r = parsed(text);
+            assert_eq!(r.message_id, id, "{text:?}");
+            assert_eq!(r.state, state, "{text:?}");
+            assert_eq!(r.error_code, code, "{text:?}");
+            assert_eq!(r.err_raw.as_deref(), raw, "{text:?}");
+        }
+        assert_eq!(
+            parsed("id:4 stat:WHATEVER").stat_raw.as_deref(),
+            Some("WHATEVER")
+        );
+        let r = parsed("id:9 submitdate:2301011200 donedate:2301011201 status:ACCEPTD");
+        assert!(r.submit_date.is_some() && r.done_date.is_some());
+        assert!(!r.state.is_final(), "ACCEPTD is treated as intermediate");
+    }
+
+    #[test]
+    fn text_field_keeps_embedded_keys() {
+        let r = parsed("id:100 stat:DELIVRD err:000 text:your id: 55 stat: ok");
+        assert_eq!(r.message_id, "100");
+        assert_eq!(r.state, ReceiptState::Delivered);
+        assert_eq!(r.text.as_deref(), Some("your id: 55 stat: ok"));
+        // Keys must start at a word boundary: "paid:" is not "id:".
+        let f = parse_text("paid:1 id:2");
+        assert_eq!(f.id, Some("2"));
+    }
+
+    #[test]
+    fn text_in_message_payload_and_ucs2() {
+        let mut sm = dlr("");
+        sm.tlvs
+            .push(tag::MESSAGE_PAYLOAD, b"id:55 stat:DELETED err:0")
+            .unwrap();
+        let r = parse(&sm).unwrap().unwrap();
+        assert_eq!(
+            (r.message_id.as_str(), r.state),
+            ("55", ReceiptState::Deleted)
+        );
+
+        let mut sm = dlr("");
+        sm.data_coding = 8;
+        sm.short_message = text::encode("id:56 stat:EXPIRED", text::Encoding::Ucs2).unwrap();
+        let r = parse(&sm).unwrap().unwrap();
+        assert_eq!(
+            (r.message_id.as_str(), r.state),
+            ("56", ReceiptState::Expired)
+        );
+    }
+
+    #[test]
+    fn tlvs_are_preferred() {
+        let mut sm = dlr("id:169552957 stat:DELIVRD err:000");
+        sm.tlvs
+            .push_cstr(tag::RECEIPTED_MESSAGE_ID, b"0A1B2C3D")
+            .unwrap();
+        sm.tlvs.push_u8(tag::MESSAGE_STATE, 5);
+        sm.tlvs
+            .push(tag::NETWORK_ERROR_CODE, &[3, 0x00, 0x22])
+            .unwrap();
+        let r = parse(&sm).unwrap().unwrap();
+        assert_eq!(r.message_id, "0A1B2C3D");
+        assert_eq!(r.id_source, IdSource::Tlv);
+        assert_eq!(r.text_message_id.as_deref(), Some("169552957"));
+        assert_eq!(r.state, ReceiptState::Undeliverable);
+        assert_eq!(
+            r.network_error,
+            Some(NetworkError {
+                network_type: 3,
+                code: 0x22
+            })
+        );
+        assert_eq!(r.error_code, Some(0x22));
+        // The two ids are the same message once normalised per their formats.
+        assert_eq!(
+            normalize_id(&r.message_id, IdFormat::Hex),
+            normalize_id(r.text_message_id.as_deref().unwrap(), IdFormat::Decimal)
+        );
+
+        // TLV-only receipt; invalid message_state falls back to text (none) -> Unknown.
+        let mut sm = dlr("");
+        sm.tlvs
+            .push_cstr(tag::RECEIPTED_MESSAGE_ID, b" abc ")
+            .unwrap();
+        sm.tlvs.push_u8(tag::MESSAGE_STATE, 0);
+        sm.tlvs.push(tag::NETWORK_ERROR_CODE, &[3, 0]).unwrap(); // wrong length: ignored
+        let r = parse(&sm).unwrap().unwrap();
+        assert_eq!(r.message_id, "abc");
+        assert_eq!(r.state, ReceiptState::Unknown);
+        assert_eq!(r.network_error, None);
+    }
+
+    #[test]
+    fn recognition_by_esm_class() {
+        let mut sm = dlr("id:1 stat:ENROUTE");
+        sm.esm_class = 0x00;
+        assert_eq!(parse(&sm).unwrap(), None, "an MO message is not a receipt");
+        let opts = ReceiptOptions {
+            accept_unflagged: true,
+        };
+        let r = parse_with(&sm, &opts).unwrap().unwrap();
+        assert_eq!(r.kind, ReceiptKind::Unflagged);
+        sm.short_message = b"hello id:1".to_vec();
+        assert_eq!(parse_with(&sm, &opts).unwrap(), None);
+
+        for (esm, kind) in [
+            (0x04, ReceiptKind::SmscDeliveryReceipt),
+            (0x08, ReceiptKind::SmeDeliveryAck),
+            (0x10, ReceiptKind::SmeManualAck),
+            (0x20, ReceiptKind::IntermediateNotification),
+            (0x04 | 0x03, ReceiptKind::SmscDeliveryReceipt), // messaging-mode bits ignored
+        ] {
+            let mut sm = dlr("id:1 stat:ENROUTE");
+            sm.esm_class = esm;
+            assert_eq!(parse(&sm).unwrap().unwrap().kind, kind);
+        }
+        let mut sm = dlr("id:1");
+        sm.esm_class = 0x18; // conversation abort
+        assert_eq!(parse(&sm).unwrap(), None);
+
+        let sm = dlr("stat:DELIVRD");
+        assert_eq!(
+            parse(&sm),
+            Err(ReceiptError::NoMessageId {
+                kind: ReceiptKind::SmscDeliveryReceipt
+            })
+        );
+    }
+
+    #[test]
+    fn receipt_with_udh_is_stripped() {
+        let mut sm = dlr("");
+        sm.esm_class = 0x04 | 0x40;
+        sm.short_message = [&[5u8, 0, 3, 1, 1, 1][..], b"id:9 stat:DELIVRD"].concat();
+        assert_eq!(parse(&sm).unwrap().unwrap().message_id, "9");
+    }
+
+    #[test]
+    fn stat_words() {
+        for state in [
+            ReceiptState::Enroute,
+            ReceiptState::Delivered,
+            ReceiptState::Expired,
+            ReceiptState::Deleted,
+            ReceiptState::Undeliverable,
+            ReceiptState::Accepted,
+            ReceiptState::Unknown,
+            ReceiptState::Rejected,
+        ] {
+            assert_eq!(ReceiptState::from_stat_word(state.stat_word()), Some(state));
+            assert_eq!(
+                ReceiptState::from_message_state(state.message_state()),
+                Some(state)
+            );
+        }
+        assert_eq!(
+            ReceiptState::from_stat_word("en_route"),
+            Some(ReceiptState::Enroute)
+        );
+        assert_eq!(
+            ReceiptState::from_stat_word("DELIVRD."),
+            Some(ReceiptState::Delivered)
+        );
+        assert_eq!(ReceiptState::from_stat_word(""), None);
+        assert_eq!(ReceiptState::from_stat_word("X".repeat(100).as_str()), None);
+        assert_eq!(ReceiptState::from_message_state(9), None);
+    }
+
+    #[test]
+    fn receipt_times() {
+        let t = ReceiptTime::parse("2312312359").unwrap();
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute),
+            (2023, 12, 31, 23, 59)
+        );
+        assert_eq!(ReceiptTime::parse("231231235959").unwrap().second, Some(59));
+        assert_eq!(ReceiptTime::parse("20231231235959").unwrap().year, 2023);
+        assert_eq!(
+            ReceiptTime::parse("2023-12-31 23:59:59").unwrap().second,
+            Some(59)
+        );
+        assert_eq!(ReceiptTime::parse("2313312359"), None, "month 13");
+        assert_eq!(ReceiptTime::parse("23123123"), None, "too short");
+        assert_eq!(ReceiptTime::parse("9".repeat(40).as_str()), None);
+    }
+
+    #[test]
+    fn formatted_text_parses_back() {
+        let s = format_text(&TextReceipt {
+            id: "abc",
+            submitted: 1,
+            delivered: 1,
+            submit_date: "2401021530",
+            done_date: "2401021531",
+            state: ReceiptState::Delivered,
+            err: 0,
+            text: "a long original text that is cut",
+        });
+        assert_eq!(
+            s,
+            "id:abc sub:001 dlvrd:001 submit date:2401021530 done date:2401021531 stat:DELIVRD err:000 text:a long original text"
+        );
+        let r = parsed(&s);
+        assert_eq!(
+            (r.message_id.as_str(), r.state),
+            ("abc", ReceiptState::Delivered)
+        );
+    }
+
+    #[test]
+    fn id_normalisation_table() {
+        use IdFormat::*;
+        let cases = [
+            ("0A1B2C3D", Hex, "169552957"),
+            ("0a1b2c3d", Hex, "169552957"),
+            ("0x0A1B2C3D", Hex, "169552957"),
+            ("  169552957 ", Decimal, "169552957"),
+            ("000169552957", Decimal, "169552957"),
+            ("0000", Decimal, "0"),
+            ("0", Hex, "0"),
+            ("ABC-def\0", AsIs, "abc-def"),
+            ("not-hex", Hex, "not-hex"),
+            ("12ab", Decimal, "12ab"),
+            (
+                "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF",
+                Hex,
+                "87112285931760246646623899502532662132735",
+            ),
+            (
+                "00ab00ab00ab00ab00ab00ab00ab00ab00ab00ab00ab00ab00ab00ab00ab00ab",
+                Hex,
+                "302135458298330196344405866124752151413888263947883366914583762346122608811",
+            ),
+        ];
+        for (raw, fmt, want) in cases {
+            assert_eq!(normalize_id(raw, fmt), want, "{raw:?} {fmt:?}");
+        }
+        let formats = IdFormats {
+            submit_resp: Hex,
+            receipt: Decimal,
+        };
+        assert_eq!(
+            formats.resp_key("0A1B2C3D"),
+            formats.receipt_key("0169552957")
+        );
+        assert_eq!("decimal".parse::<IdFormat>(), Ok(Decimal));
+        assert!("octal".parse::<IdFormat>().is_err());
+    }
+
+    /// A 3-part message: each part gets its own SMSC id (hex in submit_sm_resp); the receipts
+    /// arrive in another order with decimal ids, and each maps back to its own part.
+    #[test]
+    fn multipart_receipts_map_per_part() {
+        let cfg = SegmentConfig::with_mode(SegmentMode::Udh8);
+        let out = segment_with_reference(&"q".repeat(400), None, &cfg, 5).unwrap();
+        assert_eq!(out.parts.len(), 3);
+        let formats = IdFormats {
+            submit_resp: IdFormat::Hex,
+            receipt: IdFormat::Decimal,
+        };
+        let resp_ids = ["00FF01", "00ff02", "FF03"];
+        let by_key: std::collections::HashMap<String, u8> = out
+            .parts
+            .iter()
+            .zip(resp_ids)
+            .map(|(p, id)| (formats.resp_key(id), p.seq))
+            .collect();
+        assert_eq!(by_key.len(), 3);
+        let receipts = [
+            (
+                "id:65283 stat:UNDELIV err:001",
+                3,
+                ReceiptState::Undeliverable,
+            ),
+            ("id:65281 stat:DELIVRD err:000", 1, ReceiptState::Delivered),
+            (
+                "id:0065282 stat:DELIVRD err:000",
+                2,
+                ReceiptState::Delivered,
+            ),
+        ];
+        for (text, seq, state) in receipts {
+            let r = parsed(text);
+            assert_eq!(by_key.get(&formats.receipt_key(&r.message_id)), Some(&seq));
+            assert_eq!(r.state, state);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hex_and_decimal_forms_of_one_value_agree(v in any::<u128>(), zeros in 0usize..5, upper in any::<bool>()) {
+            let hex = if upper { format!("{v:X}") } else { format!("{v:x}") };
+            let hex = "0".repeat(zeros) + &hex;
+            let dec = "0".repeat(zeros) + &v.to_string();
+            prop_assert_eq!(normalize_id(&hex, IdFormat::Hex), v.to_string());
+            prop_assert_eq!(normalize_id(&dec, IdFormat::Decimal), v.to_string());
+        }
+
+        #[test]
+        fn big_hex_path_matches_u128(v in any::<u128>()) {
+            // 33 significant digits take the limb path: 2^128 + v.
+            let hex = format!("1{v:032x}");
+            let want = primitive_big(v);
+            prop_assert_eq!(normalize_id(&hex, IdFormat::Hex), want);
+        }
+
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,300}", bytes in proptest::collection::vec(any::<u8>(), 0..300), esm in any::<u8>(), dc in any::<u8>()) {
+            let _ = parse_text(&s);
+            let mut tlvs = Tlvs::new();
+            tlvs.push(tag::RECEIPTED_MESSAGE_ID, &bytes[..bytes.len().min(70)]).unwrap();
+            let _ = parse_parts(esm, dc, &bytes, &tlvs, &ReceiptOptions { accept_unflagged: true });
+            let _ = parse_parts(esm, dc, &bytes, &Tlvs::new(), &ReceiptOptions::default());
+            let _ = normalize_id(&s, IdFormat::Hex);
+        }
+
+        #[test]
+        fn key_soup_never_panics(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "id:", "ID :", "sub:", "submit date:", "done_date :", "stat:", "err:", "text:", " ", "x", "é", ",", "😀", "1",
+        ]), 0..60)) {
+            let s: String = parts.concat();
+            let f = parse_text(&s);
+            for v in [f.id, f.sub, f.dlvrd, f.submit_date, f.done_date, f.stat, f.err, f.text].into_iter().flatten() {
+                prop_assert!(s.contains(v));
+            }
+        }
+    }
+
+    /// 2^128 + v as a decimal string, computed independently in base 1e19.
+    fn primitive_big(v: u128) -> String {
+        const BASE: u128 = 10_000_000_000_000_000_000; // 1e19
+        const TWO128_HI: u128 = 34_028_236_692_093_846_346; // 2^128 / 1e19
+        const TWO128_LO: u128 = 3_374_607_431_768_211_456; // 2^128 % 1e19
+        let lo = TWO128_LO + v % BASE;
+        let hi = TWO128_HI + v / BASE + lo / BASE;
+        format!("{hi}{:019}", lo % BASE)
+    }
+}
