@@ -25,6 +25,7 @@
 //! runtime (no tokio timer or reactor inside), so monoio shard threads and the tokio side
 //! runtime can both await it. The embedded backend completes them from its own threads.
 
+mod codec;
 pub mod embedded;
 pub mod model;
 pub mod suite;
