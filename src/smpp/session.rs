@@ -406,19 +406,52 @@ impl Session {
     /// room and no throttle back-off runs. Errors are immediate; on `Ok` exactly one
     /// `Event::Outcome` with `token` follows eventually.
     pub fn submit(&mut self, token: Token, sm: SubmitSm, now: Instant) -> Result<(), SubmitError> {
+        self.submit_all([(token, sm)], now).map_err(|(_, e)| e)
+    }
+
+    /// Queues several submits all-or-nothing (the parts of one message must travel together):
+    /// on error none is queued, and the index of the offending item is returned.
+    pub fn submit_all(
+        &mut self,
+        items: impl IntoIterator<Item = (Token, SubmitSm)>,
+        now: Instant,
+    ) -> Result<(), (usize, SubmitError)> {
         if self.cfg.bind_mode == BindMode::Receiver {
-            return Err(SubmitError::ReceiverBind);
+            return Err((0, SubmitError::ReceiverBind));
         }
         if !matches!(self.state, State::Open | State::Binding | State::Bound(_))
             || self.drain_deadline.is_some()
         {
-            return Err(SubmitError::NotAccepting);
+            return Err((0, SubmitError::NotAccepting));
         }
-        if self.pending.len() >= self.cfg.max_pending {
-            return Err(SubmitError::QueueFull {
-                max: self.cfg.max_pending,
+        let mut batch = Vec::new();
+        for (i, (token, sm)) in items.into_iter().enumerate() {
+            if self.pending.len() + i >= self.cfg.max_pending {
+                return Err((
+                    i,
+                    SubmitError::QueueFull {
+                        max: self.cfg.max_pending,
+                    },
+                ));
+            }
+            let frame = self.encode_submit(sm).map_err(|e| (i, e))?;
+            batch.push((token, frame));
+        }
+        for (token, frame) in batch {
+            let order = self.next_order;
+            self.next_order += 1;
+            self.pending.push_back(Request {
+                token,
+                order,
+                retries: 0,
+                frame,
             });
         }
+        self.pump(now);
+        Ok(())
+    }
+
+    fn encode_submit(&self, sm: SubmitSm) -> Result<Vec<u8>, SubmitError> {
         let pdu = Pdu {
             command_status: 0,
             sequence_number: 0,
@@ -432,16 +465,7 @@ impl Session {
                 max: self.cfg.max_pdu_len,
             });
         }
-        let order = self.next_order;
-        self.next_order += 1;
-        self.pending.push_back(Request {
-            token,
-            order,
-            retries: 0,
-            frame,
-        });
-        self.pump(now);
-        Ok(())
+        Ok(frame)
     }
 
     /// Answers a deliver_sm / data_sm previously reported as `Event::Deliver { seq, .. }`.
