@@ -1026,3 +1026,82 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn a_whole_window_throttled_at_once_is_one_backoff_round() {
+    let mut h = Smsc::bound(cfg()); // window 3, back-off 200 ms doubling
+    for i in 0..3u64 {
+        h.s.submit(i, sm(&format!("m{i}")), h.now).unwrap();
+    }
+    for p in h.sent() {
+        h.feed(submit_resp(&p, status::ESME_RTHROTTLED));
+    }
+    assert_eq!(h.advance_to_deadline(), 200 * MS, "not 200·2³");
+    let again = h.sent();
+    assert_eq!(names(&again), ["m0", "m1", "m2"]);
+    for p in &again {
+        h.feed(submit_resp(p, status::ESME_RTHROTTLED));
+    }
+    assert_eq!(
+        h.advance_to_deadline(),
+        400 * MS,
+        "second round doubles once"
+    );
+}
+
+#[test]
+fn submit_all_is_all_or_nothing() {
+    let mut c = cfg();
+    c.window = 1;
+    c.max_pending = 3;
+    let mut h = Smsc::bound(c);
+    h.s.submit(0, sm("first"), h.now).unwrap(); // goes straight into the window
+    let mut bad = sm("bad");
+    bad.short_message = vec![b'x'; 300]; // over the 254-octet short_message limit
+    let err =
+        h.s.submit_all([(1, sm("a")), (2, bad), (3, sm("c"))], h.now)
+            .unwrap_err();
+    assert_eq!(err.0, 1);
+    assert!(matches!(err.1, SubmitError::Encode(_)));
+    assert_eq!(
+        h.s.pending_len(),
+        0,
+        "nothing of the failed batch was queued"
+    );
+    let err =
+        h.s.submit_all((1..=4).map(|i| (i, sm("p"))), h.now)
+            .unwrap_err();
+    assert_eq!(err, (3, SubmitError::QueueFull { max: 3 }));
+    assert_eq!(h.s.pending_len(), 0);
+    h.s.submit_all((1..=3).map(|i| (i, sm("p"))), h.now)
+        .unwrap();
+    assert_eq!(h.s.pending_len(), 3);
+}
+
+#[test]
+fn a_peer_that_never_reads_cannot_grow_output_without_bound() {
+    let mut c = cfg();
+    c.max_output_len = 1024;
+    let mut h = Smsc::bound(c);
+    let mut flood = Vec::new();
+    for seq in 0..200u32 {
+        pdu::encode(
+            &Pdu {
+                command_status: 0,
+                sequence_number: seq + 1,
+                body: Body::EnquireLink,
+            },
+            &mut flood,
+        )
+        .unwrap();
+    }
+    // 200 answers of 16 octets = 3200 > 1024, and the caller never drains poll_transmit.
+    h.feed_raw(&flood);
+    assert!(h.s.is_closed());
+    assert_eq!(
+        h.events(),
+        vec![Event::Closed {
+            reason: CloseReason::OutputOverflow
+        }]
+    );
+}

@@ -454,3 +454,38 @@ fn reconnect_delay_is_jittered_and_capped() {
         }
     }
 }
+
+#[monoio::test(timer_enabled = true)]
+async fn late_response_is_reported_with_the_callers_tag() {
+    let (smsc, port) = Smsc::start(Behaviour {
+        answer_submits: true,
+        resp_delay: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let mut c = config(port);
+    c.resp_timeout = Duration::from_millis(100);
+    let (events, rx) = channel();
+    let h = spawn_bind(c, events);
+    bound(&h).await;
+    let out = h.submit_tagged(99, vec![sm("slow")]).await.unwrap();
+    assert_eq!(out, vec![PartOutcome::Unknown]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let late = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(Inbound::LateResponse {
+                tag,
+                part,
+                status,
+                message_id,
+                ..
+            })) => break (tag, part, status, message_id),
+            Ok(Ok(_)) => continue,
+            other => panic!("no late response: {:?}", other.is_ok()),
+        }
+    };
+    assert_eq!(late, (99, 0, 0, "1".to_string()));
+    assert_eq!(smsc.log.borrow().submits, ["slow"], "never sent twice");
+    assert_eq!(h.session_stats().unwrap().late_responses, 1);
+    h.shutdown().await;
+}

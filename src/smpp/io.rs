@@ -290,6 +290,24 @@ impl BindHandle {
         self.shared.last_enquire_ok.get()
     }
 
+    /// Counters of the current session (`None` while not connected).
+    pub fn session_stats(&self) -> Option<session::SessionStats> {
+        self.shared
+            .conn
+            .borrow()
+            .as_ref()
+            .map(|s| s.stats().clone())
+    }
+
+    /// Submits written and not yet answered, and submits queued, on the current session.
+    pub fn load(&self) -> (usize, usize) {
+        self.shared
+            .conn
+            .borrow()
+            .as_ref()
+            .map_or((0, 0), |s| (s.outstanding_len(), s.pending_len()))
+    }
+
     /// TCP connections attempted so far (for tests and metrics).
     pub fn connect_attempts(&self) -> u64 {
         self.shared.connects.get()

@@ -77,6 +77,10 @@ pub struct SessionConfig {
     pub late_memory: usize,
     /// First sequence number used (tests start near the wrap point).
     pub initial_sequence: u32,
+    /// Bytes waiting for `poll_transmit` beyond which the session closes: a peer that keeps
+    /// sending requests (enquire_link, deliver_sm) but never reads our answers would otherwise
+    /// grow this buffer without bound.
+    pub max_output_len: usize,
 }
 
 impl SessionConfig {
@@ -104,6 +108,7 @@ impl SessionConfig {
             max_unanswered_delivers: 1000,
             late_memory: 4096,
             initial_sequence: 1,
+            max_output_len: 4 << 20,
         })
     }
 }
@@ -155,6 +160,8 @@ pub enum CloseReason {
     TransportClosed,
     /// Closed before a bind completed (unbind requested while open/binding).
     Aborted,
+    /// Unwritten output exceeded `max_output_len` (the peer stopped reading).
+    OutputOverflow,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -570,6 +577,16 @@ impl Session {
             if self.state != State::Closed {
                 self.inbuf = buf;
             }
+        }
+        if self.out.len() > self.cfg.max_output_len {
+            tracing::warn!(
+                bytes = self.out.len(),
+                "SMPP peer is not reading; closing session"
+            );
+            // Nothing queued can reach a peer that does not read: drop it with the session.
+            self.out = Vec::new();
+            self.close(CloseReason::OutputOverflow);
+            return;
         }
         self.pump(now);
     }
