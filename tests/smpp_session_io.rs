@@ -26,6 +26,8 @@ struct Behaviour {
     send_receipts: bool,
     /// Delay before each submit_sm_resp.
     resp_delay: Duration,
+    /// Ignore enquire_link (a hung SMSC whose TCP connection stays open).
+    ignore_enquire_link: bool,
 }
 
 #[derive(Default)]
@@ -150,6 +152,9 @@ impl Smsc {
                     }
                     Body::EnquireLink => {
                         self.log.borrow_mut().enquire_links += 1;
+                        if b.ignore_enquire_link {
+                            continue;
+                        }
                         pdu::encode(&reply(0, Body::EnquireLinkResp), &mut out).unwrap();
                     }
                     Body::Unbind => {
@@ -487,5 +492,32 @@ async fn late_response_is_reported_with_the_callers_tag() {
     assert_eq!(late, (99, 0, 0, "1".to_string()));
     assert_eq!(smsc.log.borrow().submits, ["slow"], "never sent twice");
     assert_eq!(h.session_stats().unwrap().late_responses, 1);
+    h.shutdown().await;
+}
+
+#[monoio::test(timer_enabled = true)]
+async fn hung_smsc_is_detected_by_enquire_link_and_reconnected() {
+    let (smsc, port) = Smsc::start(Behaviour {
+        ignore_enquire_link: true,
+        ..Default::default()
+    });
+    let mut c = config(port);
+    c.enquire_interval = Duration::from_millis(50);
+    c.resp_timeout = Duration::from_millis(100);
+    let (events, _rx) = channel();
+    let h = spawn_bind(c, events);
+    bound(&h).await;
+    let t0 = Instant::now();
+    wait_until("second connection", Duration::from_secs(3), || {
+        smsc.log.borrow().accepts.len() >= 2
+    })
+    .await;
+    // 50 ms idle + 100 ms without enquire_link_resp + back-off of at most 50 ms (+ slack).
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(h.last_enquire_ok(), None);
     h.shutdown().await;
 }

@@ -6,7 +6,7 @@
 //! is ever cancelled to implement one: the reader runs as its own future and is only dropped
 //! when the connection is being torn down anyway.
 //!
-//! Per connection three futures run under one `select!`: the reader, the writer/timer loop and
+//! Per connection four futures run under one `select!`: the reader, the writer, the timer and
 //! the deliver-ack receiver. They share the session through a `RefCell` that is never borrowed
 //! across an `.await`.
 //!
@@ -270,7 +270,8 @@ pub fn spawn_bind(cfg: BindConfig, events: BindEvents) -> BindHandle {
         waiters: RefCell::new(HashMap::new()),
         next_msg: Cell::new(1),
         late_tags: RefCell::new(LateTags::default()),
-        wake: Signal::default(),
+        wake_writer: Signal::default(),
+        wake_timer: Signal::default(),
         shutdown_requested: Cell::new(false),
         closed_wakers: RefCell::new(Vec::new()),
         last_enquire_ok: Cell::new(None),
@@ -380,7 +381,7 @@ impl BindHandle {
                 waker: None,
             },
         );
-        shared.wake.notify();
+        shared.notify_driver();
         WaitOutcomes {
             shared: shared.clone(),
             key,
@@ -392,7 +393,7 @@ impl BindHandle {
     /// Resolves when the driver task has stopped.
     pub async fn shutdown(&self) {
         self.shared.shutdown_requested.set(true);
-        self.shared.wake.notify();
+        self.shared.notify_driver();
         poll_fn(|cx| {
             if self.shared.state.get() == BindState::Closed {
                 Poll::Ready(())
@@ -422,7 +423,11 @@ struct Shared {
     waiters: RefCell<HashMap<u64, Waiter>>,
     next_msg: Cell<u64>,
     late_tags: RefCell<LateTags>,
-    wake: Signal,
+    /// Wakes the writer (new output) and the timer (deadlines may have moved). Two signals
+    /// because they are two futures: a write blocked on a peer that does not read must not
+    /// stop the timers that detect exactly that.
+    wake_writer: Signal,
+    wake_timer: Signal,
     shutdown_requested: Cell<bool>,
     closed_wakers: RefCell<Vec<Waker>>,
     last_enquire_ok: Cell<Option<Instant>>,
@@ -522,6 +527,11 @@ impl Signal {
 }
 
 impl Shared {
+    fn notify_driver(&self) {
+        self.wake_writer.notify();
+        self.wake_timer.notify();
+    }
+
     fn set_state(&self, state: BindState) {
         self.state.set(state);
         // Best effort: the current state is always readable through the handle.
@@ -776,7 +786,7 @@ async fn drive(shared: Rc<Shared>, ack_rx: async_channel::Receiver<AckMsg>) {
 
 async fn wait_shutdown(shared: &Shared) {
     while !shared.shutdown_requested.get() {
-        shared.wake.wait().await;
+        shared.wake_timer.wait().await;
     }
 }
 
@@ -817,7 +827,7 @@ async fn run_connection(
                     shared.with_session(|s| s.handle_input(&buf[..n], Instant::now()));
                     buf.clear();
                     note(shared.dispatch());
-                    shared.wake.notify();
+                    shared.notify_driver();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "SMPP read failed");
@@ -827,20 +837,16 @@ async fn run_connection(
         }
     };
 
+    // Writes whatever the session produced, one write per wake-up.
     let writer = async {
         let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-        let mut unbind_started = false;
         loop {
-            if shared.shutdown_requested.get() && !unbind_started {
-                unbind_started = true;
-                shared.with_session(|s| s.unbind(Instant::now(), shared.cfg.drain_timeout));
-            }
-            let (closed, deadline) = shared
+            let closed = shared
                 .with_session(|s| {
                     s.poll_transmit(&mut out);
-                    (s.is_closed(), s.poll_timeout())
+                    s.is_closed()
                 })
-                .unwrap_or((true, None));
+                .unwrap_or(true);
             note(shared.dispatch());
             if !out.is_empty() {
                 let (res, b) = wr.write_all(out).await;
@@ -855,16 +861,42 @@ async fn run_connection(
             if closed {
                 return; // everything the session said last (unbind_resp, nack) is written
             }
+            shared.wake_writer.wait().await;
+        }
+    };
+
+    // Drives the session's deadlines and the shutdown request. Once the session is closed it
+    // gives the writer `flush_grace` to write the last answers, then ends the connection even
+    // if that write is stuck on a peer that does not read.
+    let flush_grace = shared.cfg.resp_timeout.min(Duration::from_secs(2));
+    let timer = async {
+        let mut unbind_started = false;
+        loop {
+            if shared.shutdown_requested.get() && !unbind_started {
+                unbind_started = true;
+                shared.with_session(|s| s.unbind(Instant::now(), shared.cfg.drain_timeout));
+                note(shared.dispatch());
+                shared.wake_writer.notify();
+            }
+            let (closed, deadline) = shared
+                .with_session(|s| (s.is_closed(), s.poll_timeout()))
+                .unwrap_or((true, None));
+            if closed {
+                monoio::time::sleep(flush_grace).await;
+                return;
+            }
             match deadline {
                 Some(d) => {
                     monoio::select! {
-                        _ = shared.wake.wait() => {}
+                        _ = shared.wake_timer.wait() => {}
                         _ = monoio::time::sleep_until(monoio::time::Instant::from_std(d)) => {}
                     }
                 }
-                None => shared.wake.wait().await,
+                None => shared.wake_timer.wait().await,
             }
             shared.with_session(|s| s.handle_timeout(Instant::now()));
+            note(shared.dispatch());
+            shared.wake_writer.notify();
         }
     };
 
@@ -874,13 +906,14 @@ async fn run_connection(
                 continue;
             }
             let _ = shared.with_session(|s| s.respond_deliver(ack.seq, ack.status));
-            shared.wake.notify();
+            shared.wake_writer.notify();
         }
     };
 
     monoio::select! {
         _ = reader => {}
         _ = writer => {}
+        _ = timer => {}
         _ = acks => {}
     }
 

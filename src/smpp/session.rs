@@ -889,11 +889,12 @@ impl Session {
     fn handle_deliver(&mut self, kind: DeliverKind, pdu: Pdu) {
         let seq = pdu.sequence_number;
         if !self.is_bound() || self.drain_deadline.is_some() {
-            // Not bound yet, or going away: the answer will not outlive us; ask for a re-send.
-            let status = if self.is_bound() {
-                status::ESME_RX_T_APPN
-            } else {
+            // Not bound yet: the SMSC broke protocol. Going away: our answer would not
+            // outlive us, so ask for a re-send (temporary error) instead.
+            let status = if matches!(self.state, State::Open | State::Binding) {
                 status::ESME_RINVBNDSTS
+            } else {
+                status::ESME_RX_T_APPN
             };
             self.write_deliver_resp(kind, seq, status);
             return;
