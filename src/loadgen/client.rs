@@ -45,6 +45,9 @@ pub struct RunPlan {
     /// Responses are awaited this long after the send window.
     pub drain: Duration,
     pub connect_timeout: Duration,
+    /// Busy-wait (yielding to other tasks) for the last part of each wait instead of relying
+    /// on the millisecond timer wheel alone; zero disables. See `BenchArgs::timer_spin_us`.
+    pub timer_spin: Duration,
     pub template: RequestTemplate,
     /// Schedule origin, shared by all threads.
     pub start: Instant,
@@ -67,6 +70,7 @@ impl RunPlan {
 pub struct LiveCounters {
     pub sent: AtomicU64,
     pub answered: AtomicU64,
+    pub accepted: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -108,14 +112,37 @@ impl Signal {
         .await
     }
 
-    /// Wait for the signal or the deadline, whichever comes first.
-    async fn wait_until(&self, deadline: Instant) {
+    /// Wait for the signal or the deadline, whichever comes first. The timer wheel has
+    /// millisecond ticks, so a plain sleep wakes up to 1 ms late; with `spin` > 0 the sleep
+    /// ends `spin` early and the rest is spent yielding, for sub-millisecond send accuracy at
+    /// the price of CPU time.
+    async fn wait_until(&self, deadline: Instant, spin: Duration) {
+        if spin.is_zero() {
+            self.wait_until_coarse(deadline).await;
+            return;
+        }
+        let coarse = deadline.checked_sub(spin).unwrap_or(deadline);
+        if Instant::now() < coarse && self.wait_until_coarse(coarse).await {
+            return;
+        }
+        while Instant::now() < deadline {
+            if self.set.replace(false) {
+                return;
+            }
+            yield_now().await;
+        }
+    }
+
+    /// Sleep on the timer wheel until `deadline`; true when the signal ended the wait.
+    async fn wait_until_coarse(&self, deadline: Instant) -> bool {
         let mut sleep = pin!(monoio::time::sleep_until(monoio::time::Instant::from_std(
             deadline
         )));
         poll_fn(|cx| {
-            if self.set.replace(false) || sleep.as_mut().poll(cx).is_ready() {
-                Poll::Ready(())
+            if self.set.replace(false) {
+                Poll::Ready(true)
+            } else if sleep.as_mut().poll(cx).is_ready() {
+                Poll::Ready(false)
             } else {
                 self.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
@@ -123,6 +150,21 @@ impl Signal {
         })
         .await
     }
+}
+
+/// Let the runtime poll I/O and other tasks once before continuing.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// State shared by the writer and reader of one TCP connection.
@@ -347,7 +389,10 @@ async fn write_requests<W: AsyncWriteRentExt>(
             session.to_writer.wait().await;
         } else if let Pace::Rate { rate_per_s } = plan.pace {
             let due = plan.start + due_offset(next, rate_per_s);
-            session.to_writer.wait_until(due.min(last_send)).await;
+            session
+                .to_writer
+                .wait_until(due.min(last_send), plan.timer_spin)
+                .await;
         }
     }
     session.writer_done.set(true);
@@ -411,7 +456,7 @@ fn handle_responses(ctx: &ThreadCtx, session: &Session, rbuf: &mut Vec<u8>) -> b
     let now = Instant::now();
     let mut consumed = 0;
     let mut failure: Option<String> = None;
-    let (mut answered, mut errors) = (0u64, 0u64);
+    let (mut answered, mut accepted, mut errors) = (0u64, 0u64, 0u64);
     {
         let mut stats = ctx.stats.borrow_mut();
         let mut inflight = session.inflight.borrow_mut();
@@ -432,6 +477,7 @@ fn handle_responses(ctx: &ThreadCtx, session: &Session, rbuf: &mut Vec<u8>) -> b
             answered += 1;
             if (200..300).contains(&resp.status) && http::body_says_success(resp.body) {
                 stats.accepted += 1;
+                accepted += 1;
             } else {
                 errors += 1;
                 let code = http::body_error_code(resp.body).unwrap_or(b"");
@@ -452,6 +498,7 @@ fn handle_responses(ctx: &ThreadCtx, session: &Session, rbuf: &mut Vec<u8>) -> b
         session.answered.set(true);
     }
     ctx.live.answered.fetch_add(answered, Ordering::Relaxed);
+    ctx.live.accepted.fetch_add(accepted, Ordering::Relaxed);
     ctx.live.errors.fetch_add(errors, Ordering::Relaxed);
     rbuf.drain(..consumed);
     match failure {
