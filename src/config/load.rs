@@ -116,42 +116,102 @@ impl<'a> FileCtx<'a> {
 
     /// An error at `key`, with the line of that key (or of the nearest enclosing table).
     pub fn error(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-        let key = key.into();
-        let line = self.line_of(&key);
+        self.error_at(key.into(), reason.into(), false)
+    }
+
+    fn error_at(&self, key: String, reason: String, missing: bool) -> ConfigError {
+        let (key, line) = self.locate(key, missing, &reason);
         ConfigError {
             file: self.path.to_path_buf(),
             key,
             line,
-            reason: reason.into(),
+            reason,
         }
     }
 
-    fn line_of(&self, key: &str) -> Option<usize> {
+    /// The line of `key`, and the key with array indexes filled in where serde left them out:
+    /// errors inside an array of tables come as `members.weight`; when exactly one element has
+    /// (or, for a missing key, lacks) that key, it becomes `members.2.weight`.
+    /// Among several candidates, a type error (`invalid type: string "x", ...`) picks the
+    /// element whose value has the reported type.
+    fn locate(&self, key: String, missing: bool, reason: &str) -> (String, Option<usize>) {
+        let wrong_kind = reason
+            .strip_prefix("invalid type: ")
+            .map(|r| r.split([' ', ',']).next().unwrap_or(""));
         if key.is_empty() {
-            return None;
+            return (key, None);
         }
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut resolved: Vec<String> = Vec::with_capacity(parts.len() + 1);
         let mut table = &self.spans;
-        let mut best = None;
-        let mut parts = key.split('.').peekable();
-        while let Some(part) = parts.next() {
-            let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
-            best = Some(line_at(self.text, k.span().start));
+        let mut line = None;
+        let mut i = 0;
+        while i < parts.len() {
+            let part = parts[i];
+            resolved.push(part.to_string());
+            let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part) else {
+                // A missing key: keep the enclosing table's line.
+                resolved.extend(parts[i + 1..].iter().map(|p| p.to_string()));
+                break;
+            };
+            line = Some(line_at(self.text, k.span().start));
+            let Some(next) = parts.get(i + 1) else { break };
             match v.get_ref() {
-                DeValue::Table(inner) if parts.peek().is_some() => table = inner,
-                DeValue::Array(items) if parts.peek().is_some() => {
-                    // `members.1.weight`: step into the array element.
-                    let index: usize = parts.next()?.parse().ok()?;
-                    let item = items.get(index)?;
-                    best = Some(line_at(self.text, item.span().start));
+                DeValue::Table(inner) => table = inner,
+                DeValue::Array(items) => {
+                    let index = match next.parse::<usize>() {
+                        Ok(index) => {
+                            i += 1;
+                            Some(index)
+                        }
+                        Err(_) => {
+                            let value_of = |item: &toml::Spanned<DeValue<'_>>| match item.get_ref()
+                            {
+                                DeValue::Table(t) => t
+                                    .iter()
+                                    .find(|(k, _)| k.get_ref().as_ref() == *next)
+                                    .map(|(_, v)| kind(v.get_ref())),
+                                _ => None,
+                            };
+                            let candidates: Vec<usize> = (0..items.len())
+                                .filter(|&n| value_of(&items[n]).is_some() != missing)
+                                .collect();
+                            let narrowed: Vec<usize> = match wrong_kind {
+                                Some(w) if candidates.len() > 1 => candidates
+                                    .iter()
+                                    .copied()
+                                    .filter(|&n| value_of(&items[n]) == Some(w))
+                                    .collect(),
+                                _ => candidates,
+                            };
+                            match narrowed.as_slice() {
+                                [only] => Some(*only),
+                                _ => None,
+                            }
+                        }
+                    };
+                    let Some(item) = index.and_then(|n| items.get(n)) else {
+                        resolved.extend(parts[i + 1..].iter().map(|p| p.to_string()));
+                        break;
+                    };
+                    resolved.push(index.unwrap_or_default().to_string());
+                    line = Some(line_at(self.text, item.span().start));
                     match item.get_ref() {
                         DeValue::Table(inner) => table = inner,
-                        _ => return best,
+                        _ => {
+                            resolved.extend(parts[i + 1..].iter().map(|p| p.to_string()));
+                            break;
+                        }
                     }
                 }
-                _ => return best,
+                _ => {
+                    resolved.extend(parts[i + 1..].iter().map(|p| p.to_string()));
+                    break;
+                }
             }
+            i += 1;
         }
-        best
+        (resolved.join("."), line)
     }
 
     fn gateway_sections(&self, errors: &mut Vec<ConfigError>) -> GatewaySections {
@@ -233,7 +293,12 @@ impl<'a> FileCtx<'a> {
                 continue;
             };
             match self.deserialize_table::<T>(&key, fields.clone(), errors) {
-                Some(v) => {
+                Some((v, clean)) => {
+                    // Keep validating an entry whose bad keys were dropped, so its remaining
+                    // problems show up in the same run; `broken` still fails the load.
+                    if !clean {
+                        broken.insert(id);
+                    }
                     good.insert(id, v);
                 }
                 None => {
@@ -252,7 +317,8 @@ impl<'a> FileCtx<'a> {
     ) -> Option<T> {
         match root.remove(name) {
             None => Some(T::default()),
-            Some(toml::Value::Table(t)) => self.deserialize_table(name, t, errors),
+            // A section with dropped keys is still validated; the recorded errors fail the load.
+            Some(toml::Value::Table(t)) => self.deserialize_table(name, t, errors).map(|(v, _)| v),
             Some(other) => {
                 errors.push(self.error(
                     name,
@@ -263,31 +329,34 @@ impl<'a> FileCtx<'a> {
         }
     }
 
-    /// Deserializes one table, reporting every bad key (see the module comment).
+    /// Deserializes one table, reporting every bad key (see the module comment). Returns the
+    /// value built from the keys that were fine and whether there were none that were not;
+    /// `None` when a required key is missing or bad.
     fn deserialize_table<T: DeserializeOwned>(
         &self,
         prefix: &str,
         mut table: toml::Table,
         errors: &mut Vec<ConfigError>,
-    ) -> Option<T> {
-        let mut reported: HashSet<String> = HashSet::new();
+    ) -> Option<(T, bool)> {
+        let mut reported = false;
+        let mut removed: HashSet<String> = HashSet::new();
         for _ in 0..=table.len() {
             let err = match T::deserialize(toml::Value::Table(table.clone())) {
-                Ok(v) => return reported.is_empty().then_some(v),
+                Ok(v) => return Some((v, !reported)),
                 Err(e) => e,
             };
             let problem = Problem::from_toml(&err);
-            let key = join(prefix, &problem.key);
-            if problem.missing && reported.contains(&key) {
+            let first = problem.key.split('.').next().unwrap_or("").to_string();
+            if problem.missing && removed.contains(&first) {
                 // We removed this key ourselves after reporting it; nothing new to say.
                 return None;
             }
-            errors.push(self.error(key.clone(), problem.reason));
-            reported.insert(key);
-            let first = problem.key.split('.').next().unwrap_or("");
-            if problem.missing || table.remove(first).is_none() {
+            errors.push(self.error_at(join(prefix, &problem.key), problem.reason, problem.missing));
+            reported = true;
+            if problem.missing || table.remove(&first).is_none() {
                 return None;
             }
+            removed.insert(first);
         }
         None
     }
@@ -382,6 +451,19 @@ pub(super) fn join(prefix: &str, key: &str) -> String {
         (_, true) => prefix.to_string(),
         (true, false) => key.to_string(),
         (false, false) => format!("{prefix}.{key}"),
+    }
+}
+
+/// serde's word for a TOML value's type, as used in "invalid type: <kind> ...".
+fn kind(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "string",
+        DeValue::Integer(_) => "integer",
+        DeValue::Float(_) => "floating",
+        DeValue::Boolean(_) => "boolean",
+        DeValue::Datetime(_) => "datetime",
+        DeValue::Array(_) => "sequence",
+        DeValue::Table(_) => "map",
     }
 }
 

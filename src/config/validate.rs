@@ -279,18 +279,23 @@ impl Check<'_, '_, '_> {
     ) -> Option<RulesConfig> {
         let mut ok = true;
         let mut links = BTreeMap::new();
+        // Links already reported, so pools naming them do not add "no such link" on top.
+        let mut broken_links = rules.broken_links.clone();
         for (id, f) in rules.links {
             match self.link(id, f, default_enquire, env) {
                 Some(link) => {
                     links.insert(LinkId(id), link);
                 }
-                None => ok = false,
+                None => {
+                    ok = false;
+                    broken_links.insert(id);
+                }
             }
         }
         let known_links: HashSet<u32> = links
             .keys()
             .map(|l| l.0)
-            .chain(rules.broken_links.iter().copied())
+            .chain(broken_links.iter().copied())
             .collect();
         let pool_ids: HashSet<u32> = rules
             .pools
@@ -309,14 +314,14 @@ impl Check<'_, '_, '_> {
         }
         let mut pools = BTreeMap::new();
         for (id, f) in rules.pools {
-            match self.pool(id, f, &links, &rules.broken_links, &pool_ids, warnings) {
+            match self.pool(id, f, &links, &broken_links, &pool_ids, warnings) {
                 Some(pool) => {
                     pools.insert(PoolId(id), pool);
                 }
                 None => ok = false,
             }
         }
-        (ok && rules.broken_links.is_empty() && rules.broken_pools.is_empty())
+        (ok && broken_links.is_empty() && rules.broken_pools.is_empty())
             .then_some(RulesConfig { links, pools })
     }
 
