@@ -1105,3 +1105,138 @@ fn a_peer_that_never_reads_cannot_grow_output_without_bound() {
         }]
     );
 }
+
+mod model {
+    //! Random conversations with a misbehaving-but-valid SMSC, checking the invariants the
+    //! gateway depends on after every step.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Submit,
+        /// Answer the i-th unanswered submit (mod len) with one of a few statuses.
+        Answer(usize, u8),
+        /// Answer an already answered or timed-out sequence number again (late/duplicate).
+        Replay(usize),
+        Advance(u16),
+        Deliver,
+        AckDeliver,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Submit),
+            4 => (any::<usize>(), 0u8..4).prop_map(|(i, s)| Op::Answer(i, s)),
+            1 => any::<usize>().prop_map(Op::Replay),
+            2 => (0u16..3000).prop_map(Op::Advance),
+            1 => Just(Op::Deliver),
+            1 => Just(Op::AckDeliver),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn invariants_hold_under_random_smsc_behaviour(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut c = cfg();
+            c.window = 3;
+            c.max_pending = 5;
+            c.resp_timeout = Duration::from_secs(2);
+            c.throttle_max_retries = 2;
+            let window = c.window;
+            let mut h = Smsc::bound(c);
+            let mut next_token = 0u64;
+            let mut unanswered: Vec<Pdu> = Vec::new(); // SMSC view
+            let mut history: Vec<Pdu> = Vec::new();
+            let mut sends: HashMap<u64, u32> = HashMap::new();
+            let mut throttles: HashMap<u64, u32> = HashMap::new();
+            let mut outcomes: HashMap<u64, Outcome> = HashMap::new();
+            let mut admitted = 0u64;
+            let mut delivers: Vec<u32> = Vec::new();
+            let mut deliver_seq = 1u32;
+            for op in ops {
+                match op {
+                    Op::Submit => {
+                        let t = next_token;
+                        next_token += 1;
+                        match h.s.submit(t, sm(&t.to_string()), h.now) {
+                            Ok(()) => admitted += 1,
+                            Err(SubmitError::QueueFull { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    Op::Answer(i, s) if !unanswered.is_empty() => {
+                        let p = unanswered.remove(i % unanswered.len());
+                        let st = [0, status::ESME_RTHROTTLED, status::ESME_RMSGQFUL, status::ESME_RSUBMITFAIL][s as usize];
+                        if st == status::ESME_RTHROTTLED || st == status::ESME_RMSGQFUL {
+                            *throttles.entry(name_of(&p).parse().unwrap()).or_default() += 1;
+                        }
+                        h.feed(submit_resp(&p, st));
+                        history.push(p);
+                    }
+                    Op::Answer(..) => {}
+                    Op::Replay(i) if !history.is_empty() => {
+                        let p = history[i % history.len()].clone();
+                        h.feed(submit_resp(&p, 0));
+                    }
+                    Op::Replay(_) => {}
+                    Op::Advance(ms) => h.advance(Duration::from_millis(ms as u64)),
+                    Op::Deliver => {
+                        deliver_seq += 1;
+                        h.feed(deliver(deliver_seq));
+                    }
+                    Op::AckDeliver => {
+                        if let Some(seq) = delivers.pop() {
+                            h.s.respond_deliver(seq, 0).unwrap();
+                        }
+                    }
+                }
+                for p in h.sent() {
+                    match p.body {
+                        Body::SubmitSm(_) => {
+                            let t: u64 = name_of(&p).parse().unwrap();
+                            *sends.entry(t).or_default() += 1;
+                            // A sequence number is never reused while the SMSC still owes it.
+                            prop_assert!(unanswered.iter().all(|q| q.sequence_number != p.sequence_number));
+                            prop_assert!(p.sequence_number != 0);
+                            unanswered.push(p);
+                        }
+                        Body::EnquireLink => h.feed(resp(&p, 0, Body::EnquireLinkResp)),
+                        _ => {}
+                    }
+                }
+                prop_assert!(h.s.outstanding_len() <= window);
+                for e in h.events() {
+                    match e {
+                        Event::Outcome { token, outcome } => {
+                            prop_assert!(outcomes.insert(token, outcome).is_none(), "two outcomes for {}", token);
+                        }
+                        Event::Deliver { seq, .. } => delivers.push(seq),
+                        _ => {}
+                    }
+                }
+                // Re-sent only after an explicit throttling answer, never after a timeout.
+                for (t, n) in &sends {
+                    prop_assert!(*n <= 1 + throttles.get(t).copied().unwrap_or(0), "token {} sent {} times", t, n);
+                }
+            }
+            h.s.handle_transport_closed();
+            for e in h.events() {
+                if let Event::Outcome { token, outcome } = e {
+                    prop_assert!(outcomes.insert(token, outcome).is_none());
+                }
+            }
+            prop_assert_eq!(outcomes.len() as u64, admitted, "every admitted submit has one outcome");
+            for (t, o) in &outcomes {
+                if *o == Outcome::NotSent {
+                    // NotSent means the SMSC does not hold it: never written, or throttled back.
+                    let s = sends.get(t).copied().unwrap_or(0);
+                    prop_assert!(s == throttles.get(t).copied().unwrap_or(0), "token {} NotSent after {} sends", t, s);
+                }
+            }
+        }
+    }
+}
