@@ -340,6 +340,9 @@ struct Shared {
     /// Waiters of the batch being committed (for the watchdog).
     in_flight: Mutex<Vec<Arc<dyn Fail>>>,
     stop: AtomicBool,
+    /// Committed batches and the ops in them (for metrics and the bench).
+    batches: AtomicU64,
+    batched_ops: AtomicU64,
 }
 
 impl Shared {
@@ -467,6 +470,8 @@ impl EmbeddedStore {
             epoch: Instant::now(),
             in_flight: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            batches: AtomicU64::new(0),
+            batched_ops: AtomicU64::new(0),
         });
         let (tx, rx) = async_channel::bounded(cfg.queue_capacity);
         let writer = {
@@ -508,6 +513,14 @@ impl EmbeddedStore {
     #[doc(hidden)]
     pub fn stall_writer_for_test(&self, d: Duration) -> StoreFuture<()> {
         self.submit(|c| Op::Stall(d, c))
+    }
+
+    /// `(batches, ops)` committed since open: ops / batches is the mean batch size.
+    pub fn batch_stats(&self) -> (u64, u64) {
+        (
+            self.shared.batches.load(Ordering::Relaxed),
+            self.shared.batched_ops.load(Ordering::Relaxed),
+        )
     }
 
     /// Number of ops waiting for the writer (for metrics).
@@ -816,6 +829,9 @@ impl Writer {
         sh.batch_started_ms
             .store(sh.since_epoch_ms(), Ordering::Release);
 
+        sh.batches.fetch_add(1, Ordering::Relaxed);
+        sh.batched_ops
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
         let now = unix_ms();
         let mut ov = Overlay::default();
         let mut done = Vec::with_capacity(ops.len());
