@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 
 use super::LoadgenError;
 use super::http::{self, MAX_BODY_BYTES, MAX_HEAD_BYTES};
+use super::pacer::{Pacer, PacerHandle};
 use super::payload::RequestTemplate;
 use super::report::Stats;
 use super::schedule::{ConnSchedule, Pace, due_offset};
@@ -45,9 +46,8 @@ pub struct RunPlan {
     /// Responses are awaited this long after the send window.
     pub drain: Duration,
     pub connect_timeout: Duration,
-    /// Busy-wait (yielding to other tasks) for the last part of each wait instead of relying
-    /// on the millisecond timer wheel alone; zero disables. See `BenchArgs::timer_spin_us`.
-    pub timer_spin: Duration,
+    /// Wake writers with the precise pacer thread instead of the 1 ms timer wheel.
+    pub precise_timer: bool,
     pub template: RequestTemplate,
     /// Schedule origin, shared by all threads.
     pub start: Instant,
@@ -112,25 +112,26 @@ impl Signal {
         .await
     }
 
-    /// Wait for the signal or the deadline, whichever comes first. The timer wheel has
-    /// millisecond ticks, so a plain sleep wakes up to 1 ms late; with `spin` > 0 the sleep
-    /// ends `spin` early and the rest is spent yielding, for sub-millisecond send accuracy at
-    /// the price of CPU time.
-    async fn wait_until(&self, deadline: Instant, spin: Duration) {
-        if spin.is_zero() {
+    /// Wait for the signal or the deadline, whichever comes first: on the pacer thread when
+    /// there is one (sub-millisecond), else on monoio's millisecond timer wheel.
+    async fn wait_until(&self, deadline: Instant, pacer: Option<(&PacerHandle, usize)>) {
+        let Some((pacer, slot)) = pacer else {
             self.wait_until_coarse(deadline).await;
             return;
-        }
-        let coarse = deadline.checked_sub(spin).unwrap_or(deadline);
-        if Instant::now() < coarse && self.wait_until_coarse(coarse).await {
-            return;
-        }
-        while Instant::now() < deadline {
+        };
+        poll_fn(|cx| {
             if self.set.replace(false) {
-                return;
+                pacer.cancel(slot);
+                Poll::Ready(())
+            } else if Instant::now() >= deadline {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                pacer.register(slot, deadline, cx.waker());
+                Poll::Pending
             }
-            yield_now().await;
-        }
+        })
+        .await
     }
 
     /// Sleep on the timer wheel until `deadline`; true when the signal ended the wait.
@@ -150,21 +151,6 @@ impl Signal {
         })
         .await
     }
-}
-
-/// Let the runtime poll I/O and other tasks once before continuing.
-async fn yield_now() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 /// State shared by the writer and reader of one TCP connection.
@@ -205,6 +191,7 @@ struct ThreadCtx {
     stats: RefCell<Stats>,
     send_lag_ns: RefCell<hdrhistogram::Histogram<u64>>,
     live: Arc<LiveCounters>,
+    pacer: Option<PacerHandle>,
 }
 
 /// Run this thread's connections (indexes `thread_index, thread_index + threads, ...`) to the
@@ -219,6 +206,19 @@ pub fn run_thread(
         .enable_timer()
         .build()
         .map_err(LoadgenError::Runtime)?;
+    let my_connections = (thread_index as u64..plan.connections)
+        .step_by(threads.max(1))
+        .count();
+    // Declared before the runtime future so it outlives every task that holds a handle; its
+    // drop stops and joins the helper thread.
+    let pacer = match (plan.precise_timer, plan.pace) {
+        (true, Pace::Rate { .. }) => Some(
+            Pacer::start(my_connections, format!("bench-pacer-{thread_index}"))
+                .map_err(LoadgenError::Io)?,
+        ),
+        _ => None,
+    };
+    let pacer_handle = pacer.as_ref().map(Pacer::handle);
     runtime.block_on(async move {
         let driver = if monoio::utils::is_legacy() {
             "epoll"
@@ -231,10 +231,14 @@ pub fn run_thread(
             stats: RefCell::new(Stats::new()),
             send_lag_ns: RefCell::new(Stats::new().latency_ns),
             live,
+            pacer: pacer_handle,
         });
         let mut tasks = Vec::new();
-        for k in (thread_index as u64..connections).step_by(threads.max(1)) {
-            tasks.push(monoio::spawn(run_connection(ctx.clone(), k)));
+        for (local, k) in (thread_index as u64..connections)
+            .step_by(threads.max(1))
+            .enumerate()
+        {
+            tasks.push(monoio::spawn(run_connection(ctx.clone(), k, local)));
         }
         for t in tasks {
             t.await;
@@ -249,7 +253,7 @@ pub fn run_thread(
     })
 }
 
-async fn run_connection(ctx: Rc<ThreadCtx>, conn_index: u64) {
+async fn run_connection(ctx: Rc<ThreadCtx>, conn_index: u64, local_index: usize) {
     let plan = &ctx.plan;
     let mut schedule = ConnSchedule::new(conn_index, plan.connections, plan.total_slots);
     let last_send = match plan.pace {
@@ -282,14 +286,23 @@ async fn run_connection(ctx: Rc<ThreadCtx>, conn_index: u64) {
         };
         // Latency is what matters, not small-packet batching by the kernel.
         let _ = stream.set_nodelay(true);
-        if !waited_for_start {
+        // Open loop waits for each slot's due time anyway; closed loop starts together.
+        if !waited_for_start && plan.pace == Pace::Max {
             waited_for_start = true;
             monoio::time::sleep_until(monoio::time::Instant::from_std(plan.start)).await;
         }
         let session = Rc::new(Session::new(plan.pipeline));
         let (read_half, write_half) = stream.into_split();
         let reader = monoio::spawn(read_responses(ctx.clone(), session.clone(), read_half));
-        write_requests(&ctx, &session, write_half, &mut schedule, last_send).await;
+        write_requests(
+            &ctx,
+            &session,
+            write_half,
+            &mut schedule,
+            last_send,
+            local_index,
+        )
+        .await;
         reader.await;
 
         let lost = session.inflight.borrow().len() as u64;
@@ -338,8 +351,10 @@ async fn write_requests<W: AsyncWriteRentExt>(
     mut writer: W,
     schedule: &mut ConnSchedule,
     last_send: Instant,
+    local_index: usize,
 ) {
     let plan = &ctx.plan;
+    let pacer = ctx.pacer.as_ref().map(|p| (p, local_index));
     let mut wbuf: Vec<u8> = Vec::with_capacity(plan.pipeline.min(64) * 1024);
     let mut scratch: Vec<u8> = Vec::with_capacity(1024);
     loop {
@@ -391,7 +406,7 @@ async fn write_requests<W: AsyncWriteRentExt>(
             let due = plan.start + due_offset(next, rate_per_s);
             session
                 .to_writer
-                .wait_until(due.min(last_send), plan.timer_spin)
+                .wait_until(due.min(last_send), pacer)
                 .await;
         }
     }
