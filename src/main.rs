@@ -1,8 +1,111 @@
+//! `smsgw`: the one binary. Subcommands: `serve`, `smsc-sim`, `check-config`, `send`, `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+#[derive(Parser, Debug)]
+#[command(name = "smsgw", version, about = "SMS gateway: REST in, SMPP v3.4 out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config/smsgw.toml", env = "SMSGW_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value = "config/smpp_rules.toml", env = "SMSGW_RULES")]
+        rules: PathBuf,
+    },
+    /// Run the SMSC simulator (binds, answers submit_sm, emits receipts, injects faults).
+    SmscSim(smsgw::sim::SimArgs),
+    /// Validate both configuration files and print every problem with file, key and reason.
+    CheckConfig {
+        #[arg(long, default_value = "config/smsgw.toml", env = "SMSGW_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value = "config/smpp_rules.toml", env = "SMSGW_RULES")]
+        rules: PathBuf,
+    },
+    /// Send one message through a running gateway's REST API; prints the JSON answer.
+    Send(smsgw::api::client::SendArgs),
+    /// Mint a JWT for an app (arrives with authentication; not available in this build).
+    Token,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smsgw: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, rules } => {
+            // Signals must be blocked before any thread exists so every thread inherits the mask
+            // and only the watcher thread receives them.
+            let signals = smsgw::runtime::block_termination_signals()?;
+            let config = match smsgw::config::load(&config, &rules) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors.0 {
+                        eprintln!("error: {e}");
+                    }
+                    anyhow::bail!("invalid configuration ({} problem(s))", errors.0.len());
+                }
+            };
+            init_logging(&config.log.level, config.log.format == smsgw::config::LogFormat::Json);
+            for w in &config.warnings {
+                tracing::warn!("config: {w}");
+            }
+            smsgw::shard::gateway::serve(config, signals).context("serve")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SmscSim(args) => {
+            init_logging("info", false);
+            smsgw::sim::run(args).context("smsc-sim")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config, rules } => {
+            let (report, ok) = smsgw::config::check_config_report(&config, &rules);
+            print!("{report}");
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Send(args) => {
+            let (ok, body) = smsgw::api::client::send(&args)?;
+            println!("{body}");
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Token => {
+            anyhow::bail!("`smsgw token` is not available yet: JWT authentication is not part of this build")
+        }
+    }
+}
+
+/// `RUST_LOG` wins over the configured level.
+fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        // The json formatter needs an extra feature; fall back to text rather than fail.
+        builder.with_ansi(false).init();
+    } else {
+        builder.init();
+    }
 }

@@ -1,1 +1,296 @@
-//! TODO
+//! One core's world: its REST listener, its pipeline, its SMPP binds, and the tasks that feed
+//! receipts and bind health back into the shared state.
+//!
+//! * `pipeline` — the life of a message, stage by stage, in one place.
+//! * `stages` — the admission slots (auth, limit, policy).
+//! * `gateway` — `smsgw serve`: builds the shared parts, starts the shards, handles shutdown.
+
+pub mod gateway;
+pub mod pipeline;
+pub mod stages;
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::api::rest::RestApi;
+use crate::api::server::{self, ServerConfig};
+use crate::config::{LinkConfig, LinkId};
+use crate::route::LinkState;
+use crate::runtime::ShardContext;
+use crate::smpp::io::{self, BindConfig, BindEvents, BindState, Inbound};
+use crate::smpp::receipt::{self, ReceiptState};
+use crate::smpp::session::BindMode;
+use crate::state::{ReceiptInfo, ReceiptOutcome, Status};
+use pipeline::{Counters, Handover, LocalBind, Pipeline, Shared};
+use stages::Stages;
+
+/// What a shard receives from the starting thread.
+pub struct ShardInit {
+    pub listener: std::net::TcpListener,
+    pub inbox: async_channel::Receiver<Handover>,
+}
+
+/// Bound of one shard's inbound event channel (receipts, bind state changes) from its binds.
+const INBOUND_CAPACITY: usize = 4096;
+/// How often bind health is re-evaluated from the binds' enquire_link results. This reads local
+/// state only (no I/O); the enquire_link itself is sent by each bind every `enquire_interval`.
+const HEALTH_TICK: Duration = Duration::from_millis(250);
+/// A receipt whose id is not found yet may have overtaken the write of its submit_sm_resp:
+/// look again this many times, this far apart, before acknowledging it as unknown.
+const RECEIPT_RETRIES: u32 = 3;
+const RECEIPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// The shard's whole life: start binds and tasks, serve REST until shutdown, then drain.
+pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
+    let config = &shared.config;
+    let deadline_budget = config.server.shutdown_timeout;
+    let (events_tx, events_rx) = async_channel::bounded::<Inbound>(INBOUND_CAPACITY);
+
+    // This shard's binds.
+    let mut binds: BTreeMap<LinkId, Vec<LocalBind>> = BTreeMap::new();
+    for link in shared.registry.links() {
+        for index in shared.registry.binds_for_shard(link.id, ctx.id) {
+            for &mode in link.session_modes() {
+                let cfg = bind_config(link, index, mode, deadline_budget);
+                let handle = io::spawn_bind(cfg, BindEvents { inbound: events_tx.clone() });
+                info!(shard = ctx.id, link = link.id.0, bind = index, ?mode, "bind started");
+                binds.entry(link.id).or_default().push(LocalBind {
+                    index,
+                    handle,
+                    can_submit: mode != BindMode::Receiver,
+                });
+            }
+        }
+    }
+    drop(events_tx);
+
+    let pipeline = Rc::new(Pipeline::new(ctx.id, Arc::clone(&shared), Stages::default(), binds));
+
+    monoio::spawn(inbound_loop(Rc::clone(&pipeline), events_rx));
+    monoio::spawn(handover_loop(Rc::clone(&pipeline), init.inbox));
+    monoio::spawn(health_loop(Rc::clone(&pipeline), ctx.shutdown.clone()));
+
+    let server_cfg = Rc::new(ServerConfig {
+        limits: crate::api::http::Limits {
+            max_body_bytes: config.server.max_body_bytes.get(),
+            max_pipeline_depth: config.server.max_pipeline_depth.get() as usize,
+            ..Default::default()
+        },
+        max_connections: config.server.max_connections_per_shard.get() as usize,
+        ..Default::default()
+    });
+    let listener = match monoio::net::TcpListener::from_std(init.listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(shard = ctx.id, error = %e, "cannot register the listener; shard stops");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let api = Rc::new(RestApi::new(Rc::clone(&pipeline)));
+    // Half of the shutdown budget for in-flight HTTP requests, the rest for session windows.
+    server::serve(listener, api, server_cfg, ctx.shutdown.clone(), deadline_budget / 2).await;
+    let drain_started = Instant::now();
+    for (link, list) in pipeline.local_binds() {
+        for b in list {
+            b.handle.shutdown().await;
+            debug!(shard = ctx.id, link = link.0, bind = b.index, "bind shut down");
+        }
+    }
+    info!(
+        shard = ctx.id,
+        uptime_s = started.elapsed().as_secs(),
+        drain_ms = drain_started.elapsed().as_millis() as u64,
+        "shard drained"
+    );
+}
+
+/// The `BindConfig` of bind `index` of `link` (one session of it, `mode`).
+pub fn bind_config(link: &LinkConfig, index: u32, mode: BindMode, shutdown_budget: Duration) -> BindConfig {
+    let mut cfg = BindConfig::new(link.host.clone(), link.port, link.system_id.clone(), link.password.expose());
+    cfg.link_id = link.id.0;
+    cfg.bind_index = index;
+    cfg.system_type = link.system_type.clone();
+    cfg.bind_mode = mode;
+    cfg.window = link.window.get() as usize;
+    cfg.max_pending = link.max_pending.get() as usize;
+    cfg.resp_timeout = link.resp_timeout;
+    cfg.enquire_interval = link.enquire_interval;
+    cfg.connect_timeout = link.connect_timeout;
+    cfg.reconnect_min = link.reconnect_min;
+    cfg.reconnect_max = link.reconnect_max;
+    cfg.throttle_backoff = link.throttle_backoff;
+    // Leave room inside the shutdown budget for the unbind itself.
+    cfg.drain_timeout = (shutdown_budget / 2).min(cfg.drain_timeout);
+    cfg
+}
+
+/// Receipts and bind state changes from this shard's binds.
+async fn inbound_loop(pipeline: Rc<Pipeline>, events: async_channel::Receiver<Inbound>) {
+    while let Ok(event) = events.recv().await {
+        match event {
+            Inbound::Deliver { link_id, bind_index, pdu, ack } => {
+                // Each receipt waits for a durable store write; handle them concurrently (the
+                // bind bounds how many are unacknowledged at once).
+                let p = Rc::clone(&pipeline);
+                monoio::spawn(async move {
+                    if let Some(status) = handle_deliver(&p, link_id, bind_index, &pdu).await {
+                        ack.ack(status);
+                    }
+                    // `None`: store down; dropping `ack` answers a temporary error so the SMSC
+                    // sends the receipt again later.
+                });
+            }
+            Inbound::DataSm { ack, link_id, .. } => {
+                debug!(link = link_id, "data_sm received; not supported yet, acknowledged");
+                ack.ack(0);
+            }
+            Inbound::State { link_id, bind_index, state } => {
+                let up = matches!(state, BindState::Bound { .. });
+                let tx_session = pipeline
+                    .local_binds()
+                    .get(&LinkId(link_id))
+                    .and_then(|l| l.iter().find(|b| b.index == bind_index && b.can_submit))
+                    .is_some();
+                // For tx+rx links only the transmitter decides whether the link can send.
+                if tx_session || !up {
+                    report(pipeline.shared.health.report_bind_state(LinkId(link_id), bind_index, up, Instant::now()));
+                }
+                info!(link = link_id, bind = bind_index, ?state, "bind state");
+            }
+            Inbound::LateResponse { link_id, tag, part, status, message_id, .. } => {
+                warn!(link = link_id, tag, part, status, message_id, "late submit_sm_resp after the part was reported unknown");
+            }
+        }
+    }
+}
+
+fn report(t: Option<crate::route::Transition>) {
+    if let Some(t) = t {
+        match t.state {
+            LinkState::Connected => info!(link = t.link.0, "link connected"),
+            LinkState::Disconnected => warn!(link = t.link.0, "link disconnected"),
+        }
+    }
+}
+
+/// Parses and stores one deliver_sm. Returns the deliver_sm_resp status to send, or `None`
+/// to withhold the answer (the store is down: the SMSC must send it again).
+async fn handle_deliver(
+    p: &Pipeline,
+    link_id: u32,
+    bind_index: u32,
+    pdu: &crate::smpp::pdu::SubmitSm,
+) -> Option<u32> {
+    let counters = &p.shared.counters;
+    let receipt = match receipt::parse(pdu) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            debug!(link = link_id, "mobile-originated message received; not supported yet, acknowledged");
+            return Some(0);
+        }
+        Err(e) => {
+            // Acknowledge: a receipt we cannot read will not become readable by resending it.
+            Counters::inc(&counters.receipts_unparsable);
+            warn!(link = link_id, bind = bind_index, error = %e, "unparsable receipt acknowledged");
+            return Some(0);
+        }
+    };
+    let Some(link) = p.shared.registry.link(LinkId(link_id)) else {
+        return Some(0);
+    };
+    let smsc_id = receipt::normalize_id(&receipt.message_id, pipeline::receipt_id_format(link.dlr_id_format));
+    let info = ReceiptInfo {
+        status: receipt_status(receipt.state),
+        stat: receipt.stat_raw.clone().unwrap_or_else(|| receipt.state.stat_word().to_string()),
+        err: receipt.err_raw.clone(),
+        done_at_ms: None,
+        received_at_ms: crate::state::unix_ms(),
+    };
+    for attempt in 0..=RECEIPT_RETRIES {
+        match p.shared.store.apply_receipt(link_id, smsc_id.clone(), info.clone()).await {
+            Ok(ReceiptOutcome::Applied(_)) => {
+                Counters::inc(&counters.receipts_applied);
+                return Some(0);
+            }
+            Ok(ReceiptOutcome::Duplicate) => {
+                Counters::inc(&counters.receipts_duplicate);
+                return Some(0);
+            }
+            Ok(ReceiptOutcome::NotFound) if attempt < RECEIPT_RETRIES => {
+                monoio::time::sleep(RECEIPT_RETRY_DELAY).await;
+            }
+            Ok(ReceiptOutcome::NotFound) => {
+                Counters::inc(&counters.receipts_unknown_id);
+                warn!(link = link_id, smsc_id, "receipt for an unknown message id acknowledged");
+                return Some(0);
+            }
+            Err(e) if e.is_unavailable() => {
+                Counters::inc(&counters.receipts_not_acked_store_down);
+                warn!(link = link_id, error = %e, "state store unavailable: receipt not acknowledged");
+                return None;
+            }
+            Err(e) => {
+                warn!(link = link_id, error = %e, "receipt could not be applied; acknowledged");
+                return Some(0);
+            }
+        }
+    }
+    Some(0)
+}
+
+/// A receipt's state as a part status. Intermediate states map to `Submitted` (no change).
+pub fn receipt_status(s: ReceiptState) -> Status {
+    match s {
+        ReceiptState::Delivered => Status::Delivered,
+        ReceiptState::Expired => Status::Expired,
+        ReceiptState::Undeliverable | ReceiptState::Deleted => Status::Undeliverable,
+        ReceiptState::Rejected => Status::Rejected,
+        ReceiptState::Enroute | ReceiptState::Accepted | ReceiptState::Unknown => Status::Submitted,
+    }
+}
+
+/// Messages handed over by other shards: run each one here and send its answer back.
+async fn handover_loop(pipeline: Rc<Pipeline>, inbox: async_channel::Receiver<Handover>) {
+    while let Ok(Handover { job, reply }) = inbox.recv().await {
+        let p = Rc::clone(&pipeline);
+        monoio::spawn(async move {
+            let answer = p.execute(job).await;
+            let _ = reply.try_send(answer);
+        });
+    }
+}
+
+/// Feeds enquire_link results of this shard's binds into the shared health table: a bound bind
+/// whose last enquire_link answer is recent is up; one whose answers stopped is bound but not up.
+async fn health_loop(pipeline: Rc<Pipeline>, shutdown: crate::runtime::Shutdown) {
+    let health = Arc::clone(&pipeline.shared.health);
+    while !shutdown.is_triggered() {
+        let now = Instant::now();
+        for (link, list) in pipeline.local_binds() {
+            let Some(cfg) = pipeline.shared.registry.link(*link) else { continue };
+            // Two missed intervals plus the answer timeout: one lost enquire_link is not an outage.
+            let stale_after = cfg.enquire_interval * 2 + cfg.resp_timeout;
+            for b in list.iter().filter(|b| b.can_submit) {
+                let BindState::Bound { since } = b.handle.state() else { continue };
+                match b.handle.last_enquire_ok() {
+                    Some(t) if t >= since && now.saturating_duration_since(t) <= stale_after => {
+                        report(health.report_enquire_ok(*link, b.index, now));
+                    }
+                    _ if now.saturating_duration_since(since) > stale_after => {
+                        report(health.report_enquire_failed(*link, b.index, now));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        monoio::select! {
+            _ = monoio::time::sleep(HEALTH_TICK) => {},
+            _ = shutdown.wait() => {},
+        }
+    }
+}

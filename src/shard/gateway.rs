@@ -1,0 +1,132 @@
+//! `smsgw serve`: build the process-wide parts (registry, health table, state store, hand-over
+//! channels, listeners), start the shards, wait for a termination signal, shut down in bounded
+//! time.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::pipeline::{Counters, Shared};
+use super::{ShardInit, run};
+use crate::config::{Config, FsyncPolicy as ConfigFsync, StateBackend};
+use crate::route::{HealthTable, Registry};
+use crate::runtime::{self, ShardOptions, TerminationSignals};
+use crate::state::{EmbeddedConfig, EmbeddedStore, FsyncPolicy, StateStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot open the state store: {0}")]
+    State(String),
+    #[error("state backend {0:?} is not available in this build")]
+    Backend(StateBackend),
+    #[error("shards did not stop within the shutdown timeout ({0:?})")]
+    ShutdownTimeout(Duration),
+    #[error("signal watcher: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the gateway until SIGTERM/SIGINT; returns after a graceful shutdown.
+pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeError> {
+    let shard_count = config.server.shards.resolve();
+    let store = open_store(&config)?;
+    let registry = Arc::new(Registry::new(&config.rules, shard_count));
+    let health = Arc::new(HealthTable::new(Arc::clone(&registry), Instant::now()));
+    let listeners = runtime::bind_reuseport(config.server.http_addr, shard_count.get())
+        .map_err(|source| ServeError::Listen { addr: config.server.http_addr, source })?;
+    let http_addr = listeners[0].local_addr().unwrap_or(config.server.http_addr);
+
+    let capacity = config.routing.cross_shard_capacity.get();
+    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
+        (0..shard_count.get()).map(|_| async_channel::bounded(capacity)).unzip();
+    let shutdown_timeout = config.server.shutdown_timeout;
+    let shared = Arc::new(Shared {
+        config,
+        registry,
+        health,
+        store,
+        inboxes: inbox_tx,
+        counters: Counters::default(),
+    });
+
+    let (trigger, shutdown) = runtime::shutdown_pair();
+    // Tokio-only clients (Redis, S3, gRPC) will run here; started now so its threads exist
+    // before the shards pin theirs.
+    let side = runtime::side_runtime(2)?;
+    let opts = ShardOptions { shard_count: shard_count.get(), ..ShardOptions::default() };
+    let inits: Vec<ShardInit> = listeners
+        .into_iter()
+        .zip(inbox_rx)
+        .map(|(listener, inbox)| ShardInit { listener, inbox })
+        .collect();
+    let shared_for_shards = Arc::clone(&shared);
+    let shards = runtime::start_shards(&opts, shutdown, inits, move |ctx, init| {
+        run(ctx, init, Arc::clone(&shared_for_shards))
+    })?;
+    let drivers: Vec<&str> = shards.drivers.iter().map(|d| d.as_str()).collect();
+    info!(http = %http_addr, shards = shard_count.get(), ?drivers, "smsgw serving");
+
+    let name = signals.wait();
+    info!(signal = name, "termination signal: stopping accept, draining");
+    trigger.trigger();
+    // Close the hand-over channels so shards waiting on them stop.
+    for tx in &shared.inboxes {
+        tx.close();
+    }
+    // A second signal while draining means "now".
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let name = signals.wait();
+            warn!(signal = name, "second termination signal: exiting without draining");
+            std::process::exit(130);
+        })
+        .map_err(ServeError::Signals)?;
+    let deadline = Instant::now() + shutdown_timeout;
+    let stopped = shards.join_until(deadline);
+    side.shutdown_timeout(Duration::from_millis(200));
+    let c = &shared.counters;
+    info!(
+        accepted = c.accepted.load(Ordering::Relaxed),
+        submitted = c.submitted.load(Ordering::Relaxed),
+        failed = c.failed.load(Ordering::Relaxed),
+        receipts = c.receipts_applied.load(Ordering::Relaxed),
+        receipts_unknown = c.receipts_unknown_id.load(Ordering::Relaxed),
+        "counters at shutdown"
+    );
+    if !stopped {
+        error!(?shutdown_timeout, "shards still running at the shutdown deadline");
+        return Err(ServeError::ShutdownTimeout(shutdown_timeout));
+    }
+    // Dropping the last handle of the store lets its writer finish the batches it holds.
+    drop(shared);
+    info!("shutdown complete");
+    Ok(())
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, ServeError> {
+    match config.state.backend {
+        StateBackend::Embedded => {
+            let s = &config.state;
+            let cfg = EmbeddedConfig {
+                path: s.path.clone(),
+                ttl_secs: s.ttl.as_secs().max(1),
+                fsync: match s.fsync {
+                    ConfigFsync::Batch => FsyncPolicy::Batch,
+                    ConfigFsync::Off => FsyncPolicy::None,
+                },
+                max_batch: s.batch_max.get(),
+                max_batch_delay_us: s.batch_delay.as_micros() as u64,
+                ..EmbeddedConfig::default()
+            };
+            let store = EmbeddedStore::open(cfg).map_err(|e| ServeError::State(e.to_string()))?;
+            Ok(store)
+        }
+        other => Err(ServeError::Backend(other)),
+    }
+}

@@ -1,0 +1,735 @@
+//! The life of a message on a shard, in ONE place:
+//!
+//! ```text
+//! validate → auth → limit → policy → route → [hand over to the shard with a bind]
+//!          → segment → persist accepted → submit on one bind → persist submitted → answer
+//! ```
+//!
+//! Invariants kept here:
+//! * a success answer is only given after the record is in the state store (`create` resolved);
+//! * all parts of one message go over the same bind;
+//! * a message whose parts were never written (`NotSent`) may be retried once on another local
+//!   bind of the same link; parts with an `Unknown` fate are never re-sent automatically;
+//! * every accepted message ends submitted, or marked failed/rejected/unknown in the store.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::api::{ApiError, ErrorKind};
+use crate::config::{Config, IdFormat as ConfigIdFormat, LinkConfig, LinkId, Segmentation};
+use crate::route::{HealthTable, Registry, RouteError, ShardRouter, Target};
+use crate::shard::stages::{Admission, RequestMeta, Stages};
+use crate::smpp::io::{BindHandle, BindState, PartOutcome, SubmitError};
+use crate::smpp::pdu::{Addr21, SubmitSm};
+use crate::smpp::receipt::{self, IdFormat};
+use crate::smpp::segment::{self, RefAllocator, SegmentConfig, SegmentError, SegmentMode};
+use crate::smpp::text::{self, Encoding, TextInfo};
+use crate::state::{
+    self, CreateOutcome, MessageKey, MessageRecord, PartUpdate, StateError, StateStore, Status,
+    UpdateOutcome,
+};
+
+/// Process-wide, `Send + Sync` parts every shard reads. Immutable except counters.
+pub struct Shared {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub health: Arc<HealthTable>,
+    pub store: Arc<dyn StateStore>,
+    /// Inbound hand-over channel of every shard, by shard id (bounded).
+    pub inboxes: Vec<async_channel::Sender<Handover>>,
+    pub counters: Counters,
+}
+
+/// Process-wide counters (exported by the metrics work later; logged at shutdown now).
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub submitted: AtomicU64,
+    pub failed: AtomicU64,
+    pub handed_over: AtomicU64,
+    pub handover_full: AtomicU64,
+    pub retried_other_bind: AtomicU64,
+    pub receipts_applied: AtomicU64,
+    pub receipts_duplicate: AtomicU64,
+    pub receipts_unknown_id: AtomicU64,
+    pub receipts_unparsable: AtomicU64,
+    pub receipts_not_acked_store_down: AtomicU64,
+    pub state_write_failed_after_submit: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A send request after JSON decoding, before any check.
+#[derive(Debug, Clone)]
+pub struct SendInput {
+    pub esme: u32,
+    pub source: String,
+    pub destination: String,
+    pub message: String,
+    pub transaction_id: Option<String>,
+    pub encoding: Option<Encoding>,
+    pub callback_url: Option<String>,
+    pub strategy: Option<String>,
+}
+
+/// The outcome of a send. `error` is `None` for success; otherwise the message may still have
+/// been accepted (and recorded with a final failure status).
+#[derive(Debug, Clone)]
+pub struct SendAnswer {
+    pub error: Option<ApiError>,
+    pub esme: u32,
+    pub transaction_id: String,
+    pub parts: usize,
+    pub encoding: &'static str,
+    pub message_ids: Vec<String>,
+    pub status: Status,
+    pub link: Option<u32>,
+    pub duplicate: bool,
+}
+
+/// A message routed to a link, handed to the shard that owns a bind of it. `Send`.
+#[derive(Debug)]
+pub struct Job {
+    pub key: MessageKey,
+    pub esme: u32,
+    pub link: LinkId,
+    pub source: String,
+    pub destination: String,
+    pub message: String,
+    pub encoding: Option<Encoding>,
+    pub callback_url: Option<String>,
+}
+
+/// A job plus where to send its answer (a one-shot, bounded channel).
+pub struct Handover {
+    pub job: Job,
+    pub reply: async_channel::Sender<Result<SendAnswer, ApiError>>,
+}
+
+/// Longest destination: SMPP address fields are C-strings of at most 21 octets.
+const MAX_ADDR_LEN: usize = 20;
+/// Longest alphanumeric sender id (GSM 03.40: 11 characters).
+const MAX_ALPHA_SENDER_LEN: usize = 11;
+
+/// One bind of a link run by this shard.
+pub struct LocalBind {
+    pub index: u32,
+    pub handle: BindHandle,
+    /// False for the receiver half of a `tx+rx` bind: it never carries submits.
+    pub can_submit: bool,
+}
+
+/// Per-shard pipeline: plain `Rc`/`RefCell` state, no locks.
+pub struct Pipeline {
+    pub shard_id: usize,
+    pub shared: Arc<Shared>,
+    stages: Stages,
+    router: RefCell<ShardRouter>,
+    /// This shard's binds, by link.
+    binds: BTreeMap<LinkId, Vec<LocalBind>>,
+    /// Round-robin cursor over a link's local binds.
+    bind_cursor: Cell<usize>,
+    /// Concatenation references per segmentation mode (8-bit and 16-bit).
+    refs8: RefCell<RefAllocator>,
+    refs16: RefCell<RefAllocator>,
+    txid_counter: Cell<u64>,
+    txid_prefix: String,
+}
+
+impl Pipeline {
+    pub fn new(
+        shard_id: usize,
+        shared: Arc<Shared>,
+        stages: Stages,
+        binds: BTreeMap<LinkId, Vec<LocalBind>>,
+    ) -> Pipeline {
+        let seed = fastrand::u64(..);
+        let router = ShardRouter::new(Arc::clone(&shared.registry));
+        // Generated ids: instance, shard, start time and a counter: unique without coordination
+        // (the start time separates restarts of the same instance).
+        let txid_prefix = format!(
+            "{}-{}-{:x}-",
+            shared.config.server.instance_id,
+            shard_id,
+            state::unix_ms()
+        );
+        Pipeline {
+            shard_id,
+            stages,
+            router: RefCell::new(router),
+            binds,
+            bind_cursor: Cell::new(0),
+            refs8: RefCell::new(RefAllocator::for_mode(SegmentMode::Udh8, seed)),
+            refs16: RefCell::new(RefAllocator::for_mode(SegmentMode::Udh16, seed ^ 0x9E37_79B9)),
+            txid_counter: Cell::new(0),
+            txid_prefix,
+            shared,
+        }
+    }
+
+    pub fn local_binds(&self) -> &BTreeMap<LinkId, Vec<LocalBind>> {
+        &self.binds
+    }
+
+    fn next_transaction_id(&self) -> String {
+        let n = self.txid_counter.get() + 1;
+        self.txid_counter.set(n);
+        let mut id = String::with_capacity(self.txid_prefix.len() + 12);
+        id.push_str(&self.txid_prefix);
+        id.push_str(itoa::Buffer::new().format(n));
+        id
+    }
+
+    /// `POST /api/v1/sms/send`.
+    pub async fn send(&self, input: SendInput, meta: &RequestMeta<'_>) -> Result<SendAnswer, ApiError> {
+        // 1. validate
+        validate_address(&input.destination, "destination", false)?;
+        validate_address(&input.source, "source", true)?;
+        if input.message.is_empty() {
+            return Err(ApiError::new(ErrorKind::EmptyMessage, "`message` is empty"));
+        }
+        if let Some(t) = &input.transaction_id {
+            validate_transaction_id(t)?;
+        }
+        if let Some(url) = &input.callback_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+                return Err(ApiError::new(ErrorKind::InvalidField, "`callback_url` must be an http(s) URL of at most 2048 bytes"));
+            }
+        }
+        let target = self
+            .shared
+            .registry
+            .resolve(u64::from(input.esme))
+            .map_err(route_error)?;
+        // Part count for limits, with the target's segmentation when it is a link, else the
+        // default layout (a pool's members may differ; limits are approximate there).
+        let seg_cfg = match target {
+            Target::Link(l) => self.shared.registry.link(l).map(segment_config).unwrap_or_default(),
+            Target::Pool(_) => SegmentConfig::default(),
+        };
+        let info = text::check_text_len(&input.message, input.encoding, &seg_cfg).map_err(segment_error)?;
+
+        // 2-4. admission stages
+        let mut admission = Admission {
+            app_id: 0,
+            esme: input.esme,
+            destination: input.destination.clone(),
+            text_len_chars: input.message.chars().count(),
+            parts: info.parts,
+            strategy: input.strategy.clone(),
+        };
+        self.stages.admit(&mut admission, meta).await?;
+
+        let transaction_id = match input.transaction_id {
+            Some(t) => t,
+            None => self.next_transaction_id(),
+        };
+        let key = MessageKey::new(admission.app_id, transaction_id);
+
+        // 5. route (SWRR over globally healthy links: every shard keeps exact shares)
+        let health = &self.shared.health;
+        let link = self.router.borrow_mut().pick(target, |l| health.is_up(l)).map_err(route_error)?;
+        let job = Job {
+            key,
+            esme: input.esme,
+            link,
+            source: input.source,
+            destination: input.destination,
+            message: input.message,
+            encoding: input.encoding,
+            callback_url: input.callback_url,
+        };
+        if self.has_submit_bind(link) {
+            return self.execute(job).await;
+        }
+        self.hand_over(job).await
+    }
+
+    fn has_submit_bind(&self, link: LinkId) -> bool {
+        self.binds
+            .get(&link)
+            .is_some_and(|bs| bs.iter().any(|b| b.can_submit && matches!(b.handle.state(), BindState::Bound { .. })))
+    }
+
+    /// Sends the job to a shard that runs a bind of its link, and waits for its answer.
+    async fn hand_over(&self, job: Job) -> Result<SendAnswer, ApiError> {
+        let link = job.link;
+        let shards: Vec<usize> = self
+            .shared
+            .registry
+            .shards_with_link(link)
+            .filter(|&s| s != self.shard_id)
+            .collect();
+        if shards.is_empty() {
+            return Err(ApiError::new(ErrorKind::NoRoute, format!("no bound session of link {link}")).retry_after(1));
+        }
+        // Spread hand-overs over the candidate shards.
+        let pick = shards[self.bind_cursor.get() % shards.len()];
+        self.bind_cursor.set(self.bind_cursor.get().wrapping_add(1));
+        let (reply_tx, reply_rx) = async_channel::bounded(1);
+        let handover = Handover { job, reply: reply_tx };
+        match self.shared.inboxes[pick].try_send(handover) {
+            Ok(()) => Counters::inc(&self.shared.counters.handed_over),
+            Err(async_channel::TrySendError::Full(_)) => {
+                Counters::inc(&self.shared.counters.handover_full);
+                return Err(ApiError::new(ErrorKind::Overloaded, "cross-shard queue full").retry_after(1));
+            }
+            Err(async_channel::TrySendError::Closed(_)) => {
+                return Err(ApiError::new(ErrorKind::ShuttingDown, "gateway is shutting down"));
+            }
+        }
+        match reply_rx.recv().await {
+            Ok(r) => r,
+            // The other shard dropped the job (shutting down) before answering: it never created
+            // a record, or answered. Tell the client to retry with the same transaction_id.
+            Err(_) => Err(ApiError::new(ErrorKind::ShuttingDown, "gateway is shutting down; retry")),
+        }
+    }
+
+    /// Runs a job on this shard: segment, persist, submit, persist, answer.
+    pub async fn execute(&self, job: Job) -> Result<SendAnswer, ApiError> {
+        let link_cfg = self
+            .shared
+            .registry
+            .link(job.link)
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal, "routed to an unknown link"))?;
+        let seg_cfg = segment_config(link_cfg);
+        let segmented = {
+            let mut refs = match seg_cfg.mode {
+                SegmentMode::Udh8 => self.refs8.borrow_mut(),
+                _ => self.refs16.borrow_mut(),
+            };
+            segment::segment(&job.message, job.encoding, &seg_cfg, &mut refs, job.destination.as_bytes())
+                .map_err(segment_error)?
+        };
+        let info = segmented.info;
+        let now = state::unix_ms();
+
+        // Persist accepted: the idempotency check and the "recorded before answered" invariant.
+        let mut record = MessageRecord::new_accepted(
+            job.key.clone(),
+            job.esme,
+            job.source.clone(),
+            job.destination.clone(),
+            state_encoding(info.encoding),
+            job.message,
+            segmented.parts.len() as u16,
+            now,
+        );
+        record.link_id = Some(job.link.0);
+        record.callback_url = job.callback_url;
+        match self.shared.store.create(record).await {
+            Ok(CreateOutcome::Created(_)) => Counters::inc(&self.shared.counters.accepted),
+            Ok(CreateOutcome::Exists(existing)) => return Ok(answer_from_record(&existing, true)),
+            Err(e) => return Err(state_error(e)),
+        }
+
+        let template = submit_template(link_cfg, &job.source, &job.destination)?;
+        let parts: Vec<SubmitSm> = segmented.parts.into_iter().map(|p| p.to_submit_sm(&template)).collect();
+        let part_count = parts.len();
+
+        let outcome = self.submit_with_retry(job.link, parts).await;
+        let formats = receipt::IdFormats {
+            submit_resp: receipt_id_format(link_cfg.resp_id_format),
+            receipt: receipt_id_format(link_cfg.dlr_id_format),
+        };
+        let mut updates = Vec::with_capacity(part_count);
+        let mut message_ids = Vec::with_capacity(part_count);
+        let mut error: Option<ApiError> = None;
+        match outcome {
+            Ok(outcomes) => {
+                for (i, o) in outcomes.into_iter().enumerate() {
+                    let index = i as u16;
+                    match o {
+                        PartOutcome::Accepted { message_id } => {
+                            updates.push(PartUpdate::Submitted {
+                                index,
+                                link_id: job.link.0,
+                                smsc_message_id: formats.resp_key(&message_id),
+                            });
+                            message_ids.push(message_id);
+                        }
+                        PartOutcome::Rejected { status } => {
+                            updates.push(PartUpdate::Final { index, status: Status::Rejected, error_code: Some(status) });
+                            error.get_or_insert_with(|| {
+                                ApiError::new(
+                                    ErrorKind::SubmitRejected,
+                                    format!("SMSC rejected part {} with command_status 0x{status:08X}", i + 1),
+                                )
+                            });
+                        }
+                        PartOutcome::Unknown => {
+                            updates.push(PartUpdate::Final { index, status: Status::Unknown, error_code: None });
+                            error.get_or_insert_with(|| {
+                                ApiError::new(
+                                    ErrorKind::Timeout,
+                                    "no answer from the SMSC; the message may have been delivered and is not re-sent",
+                                )
+                            });
+                        }
+                        PartOutcome::NotSent => {
+                            updates.push(PartUpdate::Final { index, status: Status::Failed, error_code: None });
+                            error.get_or_insert_with(|| {
+                                ApiError::new(ErrorKind::SubmitFailed, "the session was lost before this message was sent")
+                                    .retry_after(1)
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                updates.push(PartUpdate::AllPending { status: Status::Failed, error_code: None });
+                error = Some(e);
+            }
+        }
+        let stored = self.shared.store.update(job.key.clone(), updates, state::unix_ms()).await;
+        let status = match stored {
+            Ok(UpdateOutcome::Updated { record, .. }) => record.status,
+            Ok(UpdateOutcome::NotFound) | Err(_) => {
+                // The record exists (create succeeded) but the submit outcome could not be
+                // written: receipts for it will not correlate. Count and log; the answer still
+                // tells the truth about the submission.
+                Counters::inc(&self.shared.counters.state_write_failed_after_submit);
+                tracing::error!(transaction_id = %job.key.transaction_id, "state write after submit failed");
+                if error.is_none() { Status::Submitted } else { Status::Failed }
+            }
+        };
+        if error.is_none() {
+            Counters::inc(&self.shared.counters.submitted);
+        } else {
+            Counters::inc(&self.shared.counters.failed);
+        }
+        Ok(SendAnswer {
+            error,
+            esme: job.esme,
+            transaction_id: job.key.transaction_id,
+            parts: part_count,
+            encoding: info.encoding.name(),
+            message_ids,
+            status,
+            link: Some(job.link.0),
+            duplicate: false,
+        })
+    }
+
+    /// Submits all parts on one local bind; if none of them was written (bind lost, queue full)
+    /// tries once more on another bound local bind of the same link.
+    async fn submit_with_retry(&self, link: LinkId, parts: Vec<SubmitSm>) -> Result<Vec<PartOutcome>, ApiError> {
+        let binds = self.binds.get(&link).map(Vec::as_slice).unwrap_or(&[]);
+        let bound: Vec<&LocalBind> = binds
+            .iter()
+            .filter(|b| b.can_submit && matches!(b.handle.state(), BindState::Bound { .. }))
+            .collect();
+        if bound.is_empty() {
+            return Err(ApiError::new(ErrorKind::NoRoute, format!("no bound session of link {link} on this shard")).retry_after(1));
+        }
+        let start = self.bind_cursor.get();
+        self.bind_cursor.set(start.wrapping_add(1));
+        let first = bound[start % bound.len()];
+        let second = (bound.len() > 1).then(|| bound[(start + 1) % bound.len()]);
+        // Keep a copy only when a second attempt is possible.
+        let spare = second.map(|_| parts.clone());
+        let result = first.handle.submit(parts).await;
+        let all_not_sent = match &result {
+            Ok(outcomes) => outcomes.iter().all(|o| *o == PartOutcome::NotSent),
+            Err(SubmitError::NotBound | SubmitError::QueueFull | SubmitError::Closed) => true,
+            Err(SubmitError::Invalid { .. }) => false,
+        };
+        if all_not_sent {
+            if let (Some(other), Some(parts)) = (second, spare) {
+                Counters::inc(&self.shared.counters.retried_other_bind);
+                return submit_result(other.handle.submit(parts).await);
+            }
+        }
+        submit_result(result)
+    }
+
+    /// `GET /api/v1/sms/{transaction_id}`.
+    pub async fn status(&self, transaction_id: &str, meta: &RequestMeta<'_>) -> Result<MessageRecord, ApiError> {
+        validate_transaction_id(transaction_id)?;
+        let mut admission = Admission {
+            app_id: 0,
+            esme: 0,
+            destination: String::new(),
+            text_len_chars: 0,
+            parts: 0,
+            strategy: None,
+        };
+        self.stages.authenticate(&mut admission, meta).await?;
+        match self.shared.store.get(MessageKey::new(admission.app_id, transaction_id)).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(ApiError::new(ErrorKind::UnknownTransaction, "no message with this transaction_id")),
+            Err(e) => Err(state_error(e)),
+        }
+    }
+
+    /// `POST /api/v1/sms/check-text-len`: with `esme`, that link's (or the default) layout.
+    pub fn check_text_len(&self, message: &str, encoding: Option<Encoding>, esme: Option<u32>) -> Result<TextInfo, ApiError> {
+        if message.is_empty() {
+            return Err(ApiError::new(ErrorKind::EmptyMessage, "`message` is empty"));
+        }
+        let cfg = match esme {
+            None => SegmentConfig::default(),
+            Some(e) => match self.shared.registry.resolve(u64::from(e)).map_err(route_error)? {
+                Target::Link(l) => self.shared.registry.link(l).map(segment_config).unwrap_or_default(),
+                Target::Pool(_) => SegmentConfig::default(),
+            },
+        };
+        text::check_text_len(message, encoding, &cfg).map_err(segment_error)
+    }
+
+    /// `GET /api/v1/smpp/links`: every link's and pool's state, from the shared health table.
+    pub fn links_report(&self) -> serde_json::Value {
+        let registry = &self.shared.registry;
+        let health = &self.shared.health;
+        let now = Instant::now();
+        let links: Vec<serde_json::Value> = registry
+            .links()
+            .map(|l| {
+                let snap = health.snapshot(l.id);
+                let (rate, burst) = health.effective_rate(l.id).unwrap_or((0, 0));
+                let binds: Vec<&'static str> = snap
+                    .as_ref()
+                    .map(|s| s.binds.iter().map(|b| bind_health_name(*b)).collect())
+                    .unwrap_or_default();
+                let up = binds.iter().filter(|b| **b == "up").count();
+                serde_json::json!({
+                    "id": l.id.0,
+                    "host": l.host,
+                    "port": l.port,
+                    "system_id": l.system_id,
+                    "enabled": l.enabled,
+                    "state": if health.is_up(l.id) { "connected" } else { "disconnected" },
+                    "since_s": snap.as_ref().map(|s| now.saturating_duration_since(s.since).as_secs()),
+                    "transitions": snap.as_ref().map(|s| s.transitions),
+                    "binds_configured": l.binds.get(),
+                    "binds_up": up,
+                    "binds": binds,
+                    "window": l.window.get(),
+                    "esme_rate": rate,
+                    "esme_rate_burst": burst,
+                    "configured_rate": l.esme_rate.get(),
+                })
+            })
+            .collect();
+        let pools: Vec<serde_json::Value> = registry
+            .pools()
+            .map(|p| {
+                let members: Vec<serde_json::Value> = p
+                    .members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "link": m.link.0,
+                            "weight": m.weight.get(),
+                            "state": if health.is_up(m.link) { "connected" } else { "disconnected" },
+                        })
+                    })
+                    .collect();
+                let healthy = p.members.iter().filter(|m| health.is_up(m.link)).count();
+                serde_json::json!({
+                    "id": p.id.0,
+                    "name": p.name,
+                    "members": members,
+                    "healthy_members": healthy,
+                    "capacity": health.pool_capacity(p.id).unwrap_or(0),
+                    "burst": health.pool_burst(p.id).unwrap_or(0),
+                })
+            })
+            .collect();
+        serde_json::json!({ "links": links, "pools": pools })
+    }
+}
+
+fn bind_health_name(b: crate::route::BindHealth) -> &'static str {
+    match b {
+        crate::route::BindHealth::Down => "down",
+        crate::route::BindHealth::Bound => "bound",
+        crate::route::BindHealth::Up => "up",
+    }
+}
+
+fn submit_result(r: Result<Vec<PartOutcome>, SubmitError>) -> Result<Vec<PartOutcome>, ApiError> {
+    r.map_err(|e| match e {
+        SubmitError::QueueFull => ApiError::new(ErrorKind::Overloaded, "session queue full").retry_after(1),
+        SubmitError::NotBound | SubmitError::Closed => {
+            ApiError::new(ErrorKind::NoRoute, "session lost before sending").retry_after(1)
+        }
+        SubmitError::Invalid { part, reason } => {
+            ApiError::new(ErrorKind::InvalidField, format!("part {} cannot be encoded: {reason}", part + 1))
+        }
+    })
+}
+
+/// What a duplicate `transaction_id` gets: the stored state, nothing re-sent.
+pub fn answer_from_record(r: &MessageRecord, duplicate: bool) -> SendAnswer {
+    let message_ids = r.parts.iter().filter_map(|p| p.smsc_message_id.clone()).collect();
+    let failed = matches!(r.status, Status::Failed | Status::Rejected | Status::Unknown);
+    SendAnswer {
+        error: failed.then(|| {
+            ApiError::new(ErrorKind::DuplicateTransaction, format!("transaction_id already used; the message is {}", r.status.as_str()))
+        }),
+        esme: r.esme,
+        transaction_id: r.transaction_id.clone(),
+        parts: r.parts.len(),
+        encoding: match r.encoding {
+            state::Encoding::Gsm7 => "gsm7",
+            state::Encoding::Latin1 => "latin1",
+            state::Encoding::Ucs2 => "ucs2",
+        },
+        message_ids,
+        status: r.status,
+        link: r.link_id,
+        duplicate,
+    }
+}
+
+pub fn segment_config(link: &LinkConfig) -> SegmentConfig {
+    let mode = match link.segmentation {
+        Segmentation::Udh8 => SegmentMode::Udh8,
+        Segmentation::Udh16 => SegmentMode::Udh16,
+        Segmentation::Sar => SegmentMode::Sar,
+        Segmentation::Payload => SegmentMode::MessagePayload,
+    };
+    SegmentConfig { mode, max_parts: link.max_parts, ..SegmentConfig::default() }
+}
+
+pub fn receipt_id_format(f: ConfigIdFormat) -> IdFormat {
+    match f {
+        ConfigIdFormat::AsIs => IdFormat::AsIs,
+        ConfigIdFormat::Hex => IdFormat::Hex,
+        ConfigIdFormat::Decimal => IdFormat::Decimal,
+    }
+}
+
+fn state_encoding(e: Encoding) -> state::Encoding {
+    match e {
+        Encoding::Gsm7 => state::Encoding::Gsm7,
+        Encoding::Latin1 => state::Encoding::Latin1,
+        Encoding::Ucs2 => state::Encoding::Ucs2,
+    }
+}
+
+/// The fixed fields of every part of one message on `link`.
+fn submit_template(link: &LinkConfig, source: &str, destination: &str) -> Result<SubmitSm, ApiError> {
+    let bad = |field: &str| ApiError::new(ErrorKind::InvalidAddress, format!("`{field}` does not fit an SMPP address"));
+    let alphanumeric = !is_numeric_address(source);
+    let (source_ton, source_npi) = if alphanumeric { (5, 0) } else { (link.source_ton, link.source_npi) };
+    let dest = destination.strip_prefix('+').unwrap_or(destination);
+    let src = if alphanumeric { source } else { source.strip_prefix('+').unwrap_or(source) };
+    Ok(SubmitSm {
+        source_addr_ton: source_ton,
+        source_addr_npi: source_npi,
+        source_addr: Addr21::new(src.as_bytes()).map_err(|_| bad("source"))?,
+        dest_addr_ton: link.dest_ton,
+        dest_addr_npi: link.dest_npi,
+        destination_addr: Addr21::new(dest.as_bytes()).map_err(|_| bad("destination"))?,
+        registered_delivery: link.registered_delivery,
+        ..SubmitSm::default()
+    })
+}
+
+fn is_numeric_address(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Destination: `+`? then 1..=20 digits. Source: that, or an alphanumeric sender id of
+/// 1..=11 printable ASCII characters.
+pub fn validate_address(value: &str, field: &'static str, allow_alpha: bool) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::new(ErrorKind::MissingField, format!("`{field}` is empty")));
+    }
+    let digits = value.strip_prefix('+').unwrap_or(value);
+    if is_numeric_address(value) && digits.len() <= MAX_ADDR_LEN {
+        return Ok(());
+    }
+    if allow_alpha
+        && value.len() <= MAX_ALPHA_SENDER_LEN
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-' || b == b'.')
+        && value.bytes().any(|b| b.is_ascii_alphanumeric())
+    {
+        return Ok(());
+    }
+    let why = if allow_alpha {
+        "a number of at most 20 digits (optionally with a leading +) or an alphanumeric sender id of at most 11 characters"
+    } else {
+        "a number of at most 20 digits, optionally with a leading +"
+    };
+    Err(ApiError::new(ErrorKind::InvalidAddress, format!("`{field}` must be {why}")))
+}
+
+fn validate_transaction_id(t: &str) -> Result<(), ApiError> {
+    if t.is_empty() || t.len() > state::model::MAX_TRANSACTION_ID_LEN || t.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidField,
+            format!("`transaction_id` must be 1..={} bytes without control characters", state::model::MAX_TRANSACTION_ID_LEN),
+        ));
+    }
+    Ok(())
+}
+
+fn route_error(e: RouteError) -> ApiError {
+    match e {
+        RouteError::UnknownEsme(id) => ApiError::new(ErrorKind::UnknownEsme, format!("no link or pool with id {id}")),
+        RouteError::LinkDisabled(_) | RouteError::ReceiveOnly(_) => ApiError::new(ErrorKind::NoRoute, e.to_string()),
+        RouteError::LinkDown(_) | RouteError::NoHealthyMember(_) => {
+            ApiError::new(ErrorKind::NoRoute, e.to_string()).retry_after(1)
+        }
+    }
+}
+
+fn segment_error(e: SegmentError) -> ApiError {
+    match e {
+        SegmentError::TooManyParts { .. } | SegmentError::PayloadTooLong { .. } => {
+            ApiError::new(ErrorKind::TooManyParts, e.to_string())
+        }
+        SegmentError::Text(t) => ApiError::new(ErrorKind::InvalidField, t.to_string()),
+    }
+}
+
+fn state_error(e: StateError) -> ApiError {
+    if e.is_unavailable() {
+        ApiError::new(ErrorKind::StateUnavailable, e.to_string()).retry_after(1)
+    } else {
+        match e {
+            StateError::Invalid(m) => ApiError::new(ErrorKind::InvalidField, m),
+            other => ApiError::new(ErrorKind::Internal, other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert!(validate_address("+4912345", "destination", false).is_ok());
+        assert!(validate_address("12345678901234567890", "destination", false).is_ok());
+        assert_eq!(
+            validate_address("123456789012345678901", "destination", false).unwrap_err().kind,
+            ErrorKind::InvalidAddress
+        );
+        assert_eq!(validate_address("12a", "destination", false).unwrap_err().kind, ErrorKind::InvalidAddress);
+        assert_eq!(validate_address("+", "destination", false).unwrap_err().kind, ErrorKind::InvalidAddress);
+        assert!(validate_address("MyShop", "source", true).is_ok());
+        assert_eq!(validate_address("MyShopIsTooLong", "source", true).unwrap_err().kind, ErrorKind::InvalidAddress);
+        assert_eq!(validate_address("", "source", true).unwrap_err().kind, ErrorKind::MissingField);
+    }
+
+    #[test]
+    fn transaction_ids() {
+        assert!(validate_transaction_id("abc-1").is_ok());
+        assert!(validate_transaction_id("").is_err());
+        assert!(validate_transaction_id("a\nb").is_err());
+        assert!(validate_transaction_id(&"x".repeat(200)).is_err());
+    }
+}
