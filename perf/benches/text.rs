@@ -9,12 +9,12 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use smsgw::smpp::pdu::{SubmitSm, tag};
 use smsgw::smpp::receipt::{self, IdFormat};
 use smsgw::smpp::segment::{RefAllocator, SegmentConfig, SegmentMode, segment};
-use smsgw::smpp::text::check_text_len;
+use smsgw::smpp::text::{Encoding, check_text_len};
 
 /// A GSM7 text of `n` characters: mostly ASCII with a few extension chars (2 septets each)
 /// and default-table non-ASCII letters, like a real promotional message.
 fn gsm7_text(n: usize) -> String {
-    "Hello Zoë, your order #1234 costs €25 [incl. tax]. Åland ~ Δ @home: "
+    "Hello Zoé, your order #1234 costs €25 [incl. tax]. Åland ~ Δ @home: "
         .chars()
         .cycle()
         .take(n)
@@ -41,6 +41,14 @@ fn bench_segment(c: &mut Criterion) {
     let mut group = c.benchmark_group("segment");
     for n in [160, 500, 1600] {
         for (name, text) in [("gsm7", gsm7_text(n)), ("ucs2", ucs2_text(n))] {
+            // Guard against a sample text that silently falls back to another encoding.
+            let info = check_text_len(&text, None, &cfg).unwrap();
+            let want = if name == "gsm7" {
+                Encoding::Gsm7
+            } else {
+                Encoding::Ucs2
+            };
+            assert_eq!(info.encoding, want, "{name} sample text");
             group.throughput(Throughput::Elements(n as u64));
             group.bench_with_input(BenchmarkId::new(name, n), &text, |b, text| {
                 b.iter(|| segment(black_box(text), None, &cfg, &mut refs, b"447700900123").unwrap())

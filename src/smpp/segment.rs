@@ -190,14 +190,17 @@ impl Iterator for Cuts<'_> {
     }
 }
 
-/// The layout decision shared by `check_text_len` and `segment`.
+/// The layout decision shared by `check_text_len` and `segment`. Allocates nothing.
 pub(crate) fn plan(
     text: &str,
     requested: Option<Encoding>,
     cfg: &SegmentConfig,
 ) -> Result<TextInfo, SegmentError> {
-    let encoding = text::resolve_encoding(text, requested)?;
-    let units = text::count_units(text, encoding)?;
+    let text::Measure {
+        encoding,
+        units,
+        has_pairs,
+    } = text::measure(text, requested)?;
     let opu = encoding.octets_per_unit();
     let single = single_part_units(encoding);
     let mut info = TextInfo {
@@ -227,17 +230,25 @@ pub(crate) fn plan(
         return Ok(info);
     }
     let capacity = multipart_units(encoding, cfg.mode);
-    let mut parts = 0;
-    let mut last_units = 0;
-    for (_, _, part_units) in (Cuts {
-        text,
-        pos: 0,
-        encoding,
-        capacity,
-    }) {
-        parts += 1;
-        last_units = part_units;
-    }
+    let (parts, last_units) = if has_pairs {
+        // A pair may move to the next part: walk the characters (greedy cut).
+        let mut parts = 0;
+        let mut last_units = 0;
+        for (_, _, part_units) in (Cuts {
+            text,
+            pos: 0,
+            encoding,
+            capacity,
+        }) {
+            parts += 1;
+            last_units = part_units;
+        }
+        (parts, last_units)
+    } else {
+        // Every character is one unit: cuts fall every `capacity` units.
+        let parts = units.div_ceil(capacity);
+        (parts, units - (parts - 1) * capacity)
+    };
     if parts > usize::from(cfg.max_parts.get()) {
         return Err(SegmentError::TooManyParts {
             parts,
@@ -388,20 +399,26 @@ fn build(text: &str, info: TextInfo, cfg: &SegmentConfig, reference: u16) -> Seg
         };
     }
 
+    // Multipart: encode once, then cut the encoded units. The cut rule here (back off one
+    // unit if the last unit would be the first half of a pair) is the unit-level twin of the
+    // character-level greedy cut in `plan`; the property test holds them to agreement.
+    let mut encoded = Vec::with_capacity(info.octets);
+    encode_into(text, &mut encoded);
+    let capacity = info.units_per_part;
     // `plan` bounded parts by max_parts <= 255.
     let total = info.parts as u8;
     let [ref_hi, ref_lo] = reference.to_be_bytes();
     let opu = encoding.octets_per_unit();
-    let cuts = Cuts {
-        text,
-        pos: 0,
-        encoding,
-        capacity: info.units_per_part,
-    };
+    let udh_octets = cfg.mode.udh_octets();
     let mut parts = Vec::with_capacity(info.parts);
-    for (index, (start, end, units)) in cuts.enumerate() {
-        let seq = (index + 1) as u8;
-        let mut short_message = Vec::with_capacity(cfg.mode.udh_octets() + units * opu);
+    let mut pos = 0;
+    while pos < info.units {
+        let mut end = (pos + capacity).min(info.units);
+        if end < info.units && starts_pair(&encoded, encoding, end - 1) {
+            end -= 1;
+        }
+        let seq = (parts.len() + 1) as u8;
+        let mut short_message = Vec::with_capacity(udh_octets + (end - pos) * opu);
         let mut tlvs = Tlvs::new();
         let mut esm_class_bits = 0;
         match cfg.mode {
@@ -420,7 +437,7 @@ fn build(text: &str, info: TextInfo, cfg: &SegmentConfig, reference: u16) -> Seg
             }
             SegmentMode::MessagePayload => {} // handled above
         }
-        encode_into(&text[start..end], &mut short_message);
+        short_message.extend_from_slice(&encoded[pos * opu..end * opu]);
         parts.push(Part {
             seq,
             total,
@@ -428,13 +445,27 @@ fn build(text: &str, info: TextInfo, cfg: &SegmentConfig, reference: u16) -> Seg
             esm_class_bits,
             data_coding,
             tlvs,
-            units,
+            units: end - pos,
         });
+        pos = end;
     }
+    debug_assert_eq!(parts.len(), info.parts, "plan and build disagree");
     Segmented {
         info,
         reference: Some(reference),
         parts,
+    }
+}
+
+/// True if unit `i` of the encoded text is the first half of a two-unit character: an ESC
+/// (our GSM encoder emits 0x1B only as the start of a pair, and no extension code is 0x1B) or
+/// a UTF-16 high surrogate.
+#[inline]
+fn starts_pair(encoded: &[u8], encoding: Encoding, i: usize) -> bool {
+    match encoding {
+        Encoding::Gsm7 => encoded[i] == text::GSM_ESC,
+        Encoding::Latin1 => false,
+        Encoding::Ucs2 => (0xD8..=0xDB).contains(&encoded[2 * i]),
     }
 }
 

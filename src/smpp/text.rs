@@ -368,6 +368,81 @@ pub fn count_units(text: &str, encoding: Encoding) -> Result<usize, TextError> {
     }
 }
 
+/// The result of one pass over a text: the encoding to use, its unit count, and whether any
+/// character costs two units (ESC pair / surrogate pair), which is what makes part cuts
+/// deviate from plain division.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measure {
+    pub encoding: Encoding,
+    pub units: usize,
+    pub has_pairs: bool,
+}
+
+/// Chooses (`requested` = `None`) or validates the encoding and counts units in a single pass.
+pub fn measure(text: &str, requested: Option<Encoding>) -> Result<Measure, TextError> {
+    match requested {
+        None => Ok(measure_auto(text)),
+        Some(Encoding::Ucs2) => Ok(measure_ucs2(text, 0)),
+        Some(encoding) => {
+            let mut units = 0;
+            let mut has_pairs = false;
+            for (index, ch) in text.chars().enumerate() {
+                let cost = encoding.char_units(ch).ok_or(TextError::Unrepresentable {
+                    ch,
+                    index,
+                    encoding,
+                })?;
+                has_pairs |= cost == 2;
+                units += usize::from(cost);
+            }
+            Ok(Measure {
+                encoding,
+                units,
+                has_pairs,
+            })
+        }
+    }
+}
+
+fn measure_auto(text: &str) -> Measure {
+    let mut septets = 0;
+    let mut chars = 0;
+    let mut has_pairs = false;
+    for (offset, ch) in text.char_indices() {
+        match gsm7_char_septets(ch) {
+            Some(cost) => {
+                septets += usize::from(cost);
+                has_pairs |= cost == 2;
+                chars += 1;
+            }
+            // Every char before `offset` is in the BMP (GSM chars are), so it is one UTF-16
+            // unit: continue counting UTF-16 units from here instead of starting over.
+            None => return measure_ucs2(&text[offset..], chars),
+        }
+    }
+    Measure {
+        encoding: Encoding::Gsm7,
+        units: septets,
+        has_pairs,
+    }
+}
+
+/// UTF-16 units of `rest`, plus `units_before` single units already counted (no pairs).
+fn measure_ucs2(rest: &str, units_before: usize) -> Measure {
+    let mut units = units_before;
+    let mut has_pairs = false;
+    for ch in rest.chars() {
+        let n = ch.len_utf16();
+        has_pairs |= n == 2;
+        units += n;
+    }
+    Measure {
+        encoding: Encoding::Ucs2,
+        units,
+        has_pairs,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decoding (lenient: input comes from SMSCs and handsets)
 
@@ -775,6 +850,25 @@ mod tests {
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), dc in any::<u8>()) {
             let _ = decode(&bytes, dc);
             let _ = unpack_septets(&bytes, dc, bytes.len() * 2);
+        }
+
+        #[test]
+        fn measure_matches_separate_passes(
+            text in "[a-z@{€ж😀]{0,60}|\\PC{0,60}",
+            requested in proptest::option::of(proptest::sample::select(vec![
+                Encoding::Gsm7, Encoding::Latin1, Encoding::Ucs2,
+            ])),
+        ) {
+            match (measure(&text, requested), resolve_encoding(&text, requested)) {
+                (Ok(m), Ok(enc)) => {
+                    prop_assert_eq!(m.encoding, enc);
+                    prop_assert_eq!(m.units, count_units(&text, enc).unwrap());
+                    let pairs = text.chars().any(|c| enc.char_units(c) == Some(2));
+                    prop_assert_eq!(m.has_pairs, pairs);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+            }
         }
 
         #[test]
