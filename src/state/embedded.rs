@@ -364,6 +364,9 @@ fn fjall_err(e: fjall::Error) -> StateError {
     StateError::Unavailable(format!("fjall: {e}"))
 }
 
+/// fjall's per-keyspace compaction filter chooser (`DatabaseBuilder::with_compaction_filter_factories`).
+type FilterAssigner = Arc<dyn Fn(&str) -> Option<Arc<dyn Factory>> + Send + Sync>;
+
 /// Compaction filter: drops entries whose expiry (a BE u64 at `offset` of the key or value)
 /// is more than the grace period in the past.
 struct ExpiryFilterFactory {
@@ -431,21 +434,20 @@ impl EmbeddedStore {
         std::fs::create_dir_all(&cfg.path)
             .map_err(|e| StateError::Unavailable(format!("create {}: {e}", cfg.path.display())))?;
         let grace_ms = cfg.purge_grace_secs.saturating_mul(1000);
-        let assigner: Arc<dyn Fn(&str) -> Option<Arc<dyn Factory>> + Send + Sync> =
-            Arc::new(move |name: &str| -> Option<Arc<dyn Factory>> {
-                let (in_key, offset) = match name {
-                    "msg" => (false, codec::RECORD_EXPIRY_OFFSET),
-                    "smsc" => (false, 0),
-                    "open" => (true, 0),
-                    _ => return None,
-                };
-                Some(Arc::new(ExpiryFilterFactory {
-                    name: "smsgw-expiry",
-                    in_key,
-                    offset,
-                    grace_ms,
-                }))
-            });
+        let assigner: FilterAssigner = Arc::new(move |name: &str| -> Option<Arc<dyn Factory>> {
+            let (in_key, offset) = match name {
+                "msg" => (false, codec::RECORD_EXPIRY_OFFSET),
+                "smsc" => (false, 0),
+                "open" => (true, 0),
+                _ => return None,
+            };
+            Some(Arc::new(ExpiryFilterFactory {
+                name: "smsgw-expiry",
+                in_key,
+                offset,
+                grace_ms,
+            }))
+        });
         let db = Database::builder(&cfg.path)
             .cache_size(cfg.cache_mib.saturating_mul(1024 * 1024))
             // We persist per batch ourselves (the policy decides the mode).
@@ -1206,6 +1208,91 @@ mod tests {
         assert!(
             matches!(r, Ok(crate::state::CreateOutcome::Created(_))),
             "{r:?}"
+        );
+    }
+
+    /// Child half of `sigkill_loses_no_acknowledged_write`: writes until killed, printing
+    /// each acknowledged id. Ignored in normal runs; the parent runs it explicitly.
+    #[test]
+    #[ignore = "spawned by sigkill_loses_no_acknowledged_write"]
+    fn crash_child() {
+        let Ok(dir) = std::env::var("SMSGW_STATE_CRASH_DIR") else {
+            return;
+        };
+        let s = EmbeddedStore::open(EmbeddedConfig {
+            path: PathBuf::from(dir),
+            fsync: FsyncPolicy::None,
+            ..EmbeddedConfig::default()
+        })
+        .expect("open");
+        monoio_block_on(async {
+            // Bounded: the parent kills us long before this ends.
+            for i in 0..1_000_000u32 {
+                let tx = format!("crash-{i}");
+                if let Ok(crate::state::CreateOutcome::Created(_)) = s.create(record(&tx)).await {
+                    println!("ACK {tx}");
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn sigkill_loses_no_acknowledged_write() {
+        use std::io::BufRead;
+        let h = Harness::new(FsyncPolicy::None);
+        let dir = h.dir.path().join("crash");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "state::embedded::tests::crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SMSGW_STATE_CRASH_DIR", &dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let out = child.stdout.take().expect("stdout");
+        let mut acked = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = line.strip_prefix("ACK ") {
+                acked.push(tx.to_string());
+            }
+            if acked.len() >= 2_000 || Instant::now() > deadline {
+                break;
+            }
+        }
+        // Child::kill is SIGKILL on Unix: no destructors, no final persist.
+        child.kill().expect("kill child");
+        let _ = child.wait();
+        assert!(
+            acked.len() >= 100,
+            "child acknowledged only {}",
+            acked.len()
+        );
+        let s = EmbeddedStore::open(EmbeddedConfig {
+            path: dir,
+            ..EmbeddedConfig::default()
+        })
+        .expect("reopen after SIGKILL");
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|tx| {
+                monoio_block_on(s.get(MessageKey::new(1, tx.as_str())))
+                    .expect("get")
+                    .is_none()
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged writes lost: {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
         );
     }
 
