@@ -137,7 +137,7 @@ impl DlrState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MalformedKind {
-    /// submit_sm_resp whose message_id has no terminating NUL (body error; framing holds).
+    /// submit_sm_resp whose message_id is 70 octets without NUL (over the 65-octet field).
     CorruptResp,
     /// A header announcing command_length 8 (< 16): framing is lost, the ESME must close.
     BadLength,

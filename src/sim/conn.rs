@@ -260,6 +260,19 @@ async fn read_loop(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        // The behaviour may have changed while the read was pending (e.g. a test sets a fault
+        // and then sends): look again so these PDUs see it, and hold them while paused.
+        loop {
+            let g = shared.generation.load(Ordering::Acquire);
+            if g != seen_gen {
+                seen_gen = g;
+                beh = shared.behaviour();
+            }
+            if !beh.paused || handle.is_killed() || shared.is_shutdown() {
+                break;
+            }
+            monoio::time::sleep(PAUSE_POLL).await;
+        }
         if skip > 0 {
             let n = skip.min(buf.len());
             buf.drain(..n);
@@ -722,13 +735,15 @@ fn inject(em: &mut Emitter<'_>, kind: MalformedKind, resp_id: u32, seq: u32, id:
     };
     match kind {
         MalformedKind::CorruptResp => em.emit(|out| {
-            // message_id without its NUL: the body ends inside a C-octet string.
-            let len = 16 + id.len();
-            out.extend_from_slice(&(len as u32).to_be_bytes());
+            // A message_id of 70 octets and no NUL: beyond the 65-octet field, so even a
+            // decoder lenient about a missing final NUL must reject it.
+            const LEN: usize = 70;
+            out.extend_from_slice(&((16 + LEN) as u32).to_be_bytes());
             out.extend_from_slice(&resp_id.to_be_bytes());
             out.extend_from_slice(&ESME_ROK.to_be_bytes());
             out.extend_from_slice(&seq.to_be_bytes());
             out.extend_from_slice(id.as_bytes());
+            out.resize(out.len() + LEN - id.len(), b'#');
         }),
         MalformedKind::BadLength => em.emit(|out| {
             out.extend_from_slice(&8u32.to_be_bytes());
