@@ -278,6 +278,16 @@ impl<'a> FileCtx<'a> {
         for (id_text, entry) in entries {
             let key = format!("{name}.{id_text}");
             let id = match id_text.parse::<u32>() {
+                // `[links.0100]` and `[links.100]` are two TOML keys but one id: refuse rather
+                // than let one silently replace the other.
+                Ok(id) if id > 0 && (good.contains_key(&id) || broken.contains(&id)) => {
+                    errors.push(self.error(
+                        key,
+                        format!("id {id} is defined twice (as `{id_text}` and another spelling)"),
+                    ));
+                    broken.insert(id);
+                    continue;
+                }
                 Ok(id) if id > 0 => id,
                 _ => {
                     errors.push(self.error(

@@ -610,3 +610,21 @@ fn errors_inside_arrays_get_their_index_and_line() {
     assert_eq!(e.line, Some(10), "{errs}");
     assert!(e.reason.contains("expected an integer"), "{errs}");
 }
+
+#[test]
+fn one_id_spelled_twice_is_an_error() {
+    let rules = format!(
+        "{LINK}[links.0100]\nhost = \"h\"\nsystem_id = \"s\"\npassword = \"p\"\nesme_rate = 1\n"
+    );
+    let errs = errors("", &rules);
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    assert!(errs.0[0].reason.contains("defined twice"), "{errs}");
+}
+
+#[test]
+fn no_links_is_a_warning() {
+    let c = load_strs("", "").unwrap();
+    assert!(c.rules.links.is_empty());
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings[0].key, "links");
+}

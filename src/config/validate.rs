@@ -312,6 +312,12 @@ impl Check<'_, '_, '_> {
                 );
             }
         }
+        if links.is_empty() && broken_links.is_empty() {
+            warnings.push(self.file.error(
+                "links",
+                "no links are configured: every send will answer unknown esme",
+            ));
+        }
         let mut pools = BTreeMap::new();
         for (id, f) in rules.pools {
             match self.pool(id, f, &links, &broken_links, &pool_ids, warnings) {
