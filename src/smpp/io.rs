@@ -12,7 +12,38 @@
 //!
 //! Reconnect: capped exponential back-off with jitter (each delay drawn from [d/2, d]); the
 //! exponent resets only after a bind stayed up for `reconnect_max`, so a link that binds and
-//! drops at once cannot cause a reconnect storm.
+//! drops at once cannot cause a reconnect storm. A refused bind is retried the same way.
+//!
+//! What a caller of `BindHandle::submit` can rely on (one `PartOutcome` per part):
+//!
+//! | session outcome | `PartOutcome` | may the gateway send it elsewhere? |
+//! |---|---|---|
+//! | submit_sm_resp OK | `Accepted { message_id }` | no: delivered to the SMSC |
+//! | error status, generic_nack, throttled beyond `throttle_max_retries` | `Rejected { status }` | per status |
+//! | no answer in `resp_timeout`, answer unreadable, session died after the write | `Unknown` | not without risking a duplicate |
+//! | never written (queued, or throttled and not re-sent yet) when the session ended | `NotSent` | yes |
+//!
+//! A response that arrives after its part was reported `Unknown` is passed on as
+//! `Inbound::LateResponse` with the caller's tag; nothing is ever re-sent because of a timeout.
+//!
+//! `BindConfig` (validated by the config layer):
+//!
+//! | field | default (`BindConfig::new`) | meaning |
+//! |---|---|---|
+//! | `window` | 10 | submits written and unanswered, at most |
+//! | `max_pending` | 1000 | submits queued behind the window; beyond it `QueueFull` |
+//! | `resp_timeout` | 10 s | per submit; also bind, unbind and enquire_link answer timeouts |
+//! | `enquire_interval` | 30 s | enquire_link after this long without any PDU received |
+//! | `connect_timeout` | 5 s | TCP connect |
+//! | `reconnect_min` / `reconnect_max` | 500 ms / 30 s | back-off range (doubling, jittered) |
+//! | `throttle_backoff` / `throttle_backoff_max` | 200 ms / 5 s | session pause after 0x58/0x14 (doubling per round) |
+//! | `throttle_max_retries` | 5 | re-sends of one part after throttling answers |
+//! | `max_pdu_len` | 64 KiB | largest PDU accepted or produced |
+//! | `max_unacked_delivers` | 1000 | receipts handed out and not acknowledged; beyond it 0x64 |
+//! | `drain_timeout` | 5 s | graceful shutdown: wait for outstanding answers before unbind |
+//!
+//! `host` is resolved with the blocking system resolver on each connect: configure an IP
+//! address for binds on a latency-sensitive core.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
