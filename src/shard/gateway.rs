@@ -70,6 +70,8 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     })?;
     let drivers: Vec<&str> = shards.drivers.iter().map(|d| d.as_str()).collect();
     info!(http = %http_addr, shards = shard_count.get(), ?drivers, "smsgw serving");
+    // One plain line on stdout so scripts and tests that configure port 0 learn the address.
+    println!("smsgw listening http={http_addr} shards={} drivers={}", shard_count.get(), drivers.join(","));
 
     let name = signals.wait();
     info!(signal = name, "termination signal: stopping accept, draining");

@@ -266,25 +266,19 @@ async fn handover_loop(pipeline: Rc<Pipeline>, inbox: async_channel::Receiver<Ha
 }
 
 /// Feeds enquire_link results of this shard's binds into the shared health table: a bound bind
-/// whose last enquire_link answer is recent is up; one whose answers stopped is bound but not up.
+/// becomes up once it has answered an enquire_link since it bound. There is no "stale" check
+/// here: the session itself declares the link dead when an enquire_link goes unanswered, and the
+/// resulting `Down` state reaches the table through `inbound_loop`. (Under traffic a session
+/// sends no enquire_link at all, so staleness of the last answer would be a false alarm.)
 async fn health_loop(pipeline: Rc<Pipeline>, shutdown: crate::runtime::Shutdown) {
     let health = Arc::clone(&pipeline.shared.health);
     while !shutdown.is_triggered() {
         let now = Instant::now();
         for (link, list) in pipeline.local_binds() {
-            let Some(cfg) = pipeline.shared.registry.link(*link) else { continue };
-            // Two missed intervals plus the answer timeout: one lost enquire_link is not an outage.
-            let stale_after = cfg.enquire_interval * 2 + cfg.resp_timeout;
             for b in list.iter().filter(|b| b.can_submit) {
                 let BindState::Bound { since } = b.handle.state() else { continue };
-                match b.handle.last_enquire_ok() {
-                    Some(t) if t >= since && now.saturating_duration_since(t) <= stale_after => {
-                        report(health.report_enquire_ok(*link, b.index, now));
-                    }
-                    _ if now.saturating_duration_since(since) > stale_after => {
-                        report(health.report_enquire_failed(*link, b.index, now));
-                    }
-                    _ => {}
+                if b.handle.last_enquire_ok().is_some_and(|t| t >= since) {
+                    report(health.report_enquire_ok(*link, b.index, now));
                 }
             }
         }
