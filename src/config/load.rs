@@ -39,7 +39,7 @@ pub fn from_sources(
     let (Some(smsgw_file), Some(rules_file), Some(gateway), Some(parsed_rules)) =
         (smsgw_file, rules_file, gateway, parsed_rules)
     else {
-        return Err(ConfigErrors(errors));
+        return Err(ConfigErrors(sorted(errors, smsgw.path)));
     };
     let outcome = validate::validate(
         &smsgw_file,
@@ -51,8 +51,15 @@ pub fn from_sources(
     );
     match outcome {
         Some(config) if errors.is_empty() => Ok(config),
-        _ => Err(ConfigErrors(errors)),
+        _ => Err(ConfigErrors(sorted(errors, smsgw.path))),
     }
+}
+
+/// File order: smsgw.toml before smpp_rules.toml, then by line (stable, so problems on one
+/// line keep the order they were found in), which is how an operator reads the files.
+fn sorted(mut errors: Vec<ConfigError>, smsgw_path: &Path) -> Vec<ConfigError> {
+    errors.sort_by_key(|e| (e.file != smsgw_path, e.line.unwrap_or(0)));
+    errors
 }
 
 /// The `smsgw.toml` sections that deserialized; `None` where a section had errors.

@@ -130,7 +130,7 @@ fn render_report(result: Result<Config, ConfigErrors>) -> (String, bool) {
             let enabled = config.rules.links.values().filter(|l| l.enabled).count();
             let _ = writeln!(
                 out,
-                "ok: {} link(s) ({} enabled), {} pool(s); http {}, grpc {}, {} shard(s), state {:?} at {}",
+                "ok: {} link(s) ({} enabled), {} pool(s); http {}, grpc {}, {} shard(s), state {} at {}",
                 config.rules.links.len(),
                 enabled,
                 config.rules.pools.len(),
@@ -141,7 +141,7 @@ fn render_report(result: Result<Config, ConfigErrors>) -> (String, bool) {
                         format!("{} (one per core)", config.server.shards.resolve()),
                     ShardCount::Fixed(n) => n.to_string(),
                 },
-                config.state.backend,
+                config.state.backend.as_str(),
                 config.state.path.display(),
             );
             (out, true)

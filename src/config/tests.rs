@@ -628,3 +628,26 @@ fn no_links_is_a_warning() {
     assert_eq!(c.warnings.len(), 1);
     assert_eq!(c.warnings[0].key, "links");
 }
+
+#[test]
+fn errors_are_in_file_then_line_order() {
+    let errs = errors(
+        "[server]\nshards = -1\n[sever]\n",
+        &format!("{LINK}window = 0\nwindw = 1\n"),
+    );
+    let order: Vec<(&str, Option<usize>)> = errs
+        .0
+        .iter()
+        .map(|e| (e.file.to_str().unwrap(), e.line))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("smsgw.toml", Some(2)),
+            ("smsgw.toml", Some(3)),
+            ("rules/smpp_rules.toml", Some(7)),
+            ("rules/smpp_rules.toml", Some(8)),
+        ],
+        "{errs}"
+    );
+}

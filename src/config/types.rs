@@ -91,6 +91,16 @@ pub enum StateBackend {
     Aerospike,
 }
 
+impl StateBackend {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateBackend::Embedded => "embedded",
+            StateBackend::Aerospike => "aerospike",
+        }
+    }
+}
+
 /// When a written batch counts as stored (and so when its messages may be answered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
