@@ -1240,3 +1240,18 @@ mod model {
         }
     }
 }
+
+#[test]
+fn degenerate_config_does_not_spin_or_stall() {
+    let mut c = cfg();
+    c.window = 0;
+    c.enquire_interval = Duration::ZERO;
+    let mut h = Smsc::bound(c);
+    h.s.submit(1, sm("a"), h.now).unwrap();
+    assert_eq!(names(&h.sent()), ["a"], "window 0 would never send");
+    h.advance(Duration::from_millis(10));
+    let e = h.take_one();
+    assert_eq!(e.body, Body::EnquireLink);
+    h.feed(resp(&e, 0, Body::EnquireLinkResp));
+    assert!(h.sent().is_empty(), "no enquire_link storm at interval 0");
+}

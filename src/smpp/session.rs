@@ -295,7 +295,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(cfg: SessionConfig, now: Instant) -> Self {
+    /// Creates a session in `Open`. Degenerate values that would stall or spin it are raised
+    /// to a floor (window 1, enquire_interval 10 ms, max_pdu_len 64): the config layer should
+    /// have refused them, but a session must not busy-loop on a typo.
+    pub fn new(mut cfg: SessionConfig, now: Instant) -> Self {
+        cfg.window = cfg.window.max(1);
+        cfg.enquire_interval = cfg.enquire_interval.max(Duration::from_millis(10));
+        cfg.max_pdu_len = cfg.max_pdu_len.max(64);
         let first = match cfg.initial_sequence {
             0 => 1,
             s if s > MAX_SEQUENCE => 1,
