@@ -434,7 +434,9 @@ pub(super) fn unknown_key_reason(what: &str, name: &str, expected: &[&str]) -> S
     let suggestion = expected
         .iter()
         .map(|k| (edit_distance(name, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        // Close enough to be a typo (one edit per three characters, at least one), and not so
+        // short that every key would be "close".
+        .filter(|(d, k)| *d <= 1.max(k.len() / 3) && *d < name.len())
         .min();
     match suggestion {
         Some((_, k)) => format!("unknown {what} `{name}`; did you mean `{k}`?"),

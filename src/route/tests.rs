@@ -407,3 +407,106 @@ proptest! {
         prop_assert_eq!(with, expected);
     }
 }
+
+#[derive(Debug, Clone, Copy)]
+enum Report {
+    Bind(u32, bool),
+    EnquireOk(u32),
+    EnquireFailed(u32),
+}
+
+fn report_strategy() -> impl Strategy<Value = Report> {
+    prop_oneof![
+        (0u32..3, any::<bool>()).prop_map(|(b, up)| Report::Bind(b, up)),
+        (0u32..3).prop_map(Report::EnquireOk),
+        (0u32..3).prop_map(Report::EnquireFailed),
+    ]
+}
+
+proptest! {
+    /// Against a straightforward model: a bind is up iff it bound and answered an enquire_link
+    /// since, without a failed one after; the link is up iff a bind is; a transition is
+    /// returned exactly when the link's state flips.
+    #[test]
+    fn health_table_matches_model(reports in proptest::collection::vec(report_strategy(), 0..60)) {
+        let health = HealthTable::new(registry(2), Instant::now());
+        let link = LinkId(100); // 3 binds
+        let mut model = [BindHealth::Down; 3];
+        let mut was_up = false;
+        for r in reports {
+            let now = Instant::now();
+            let t = match r {
+                Report::Bind(b, up) => {
+                    let m = &mut model[b as usize];
+                    *m = match (up, *m) { (false, _) => BindHealth::Down, (true, BindHealth::Up) => BindHealth::Up, (true, _) => BindHealth::Bound };
+                    health.report_bind_state(link, b, up, now)
+                }
+                Report::EnquireOk(b) => {
+                    let m = &mut model[b as usize];
+                    if *m != BindHealth::Down { *m = BindHealth::Up; }
+                    health.report_enquire_ok(link, b, now)
+                }
+                Report::EnquireFailed(b) => {
+                    let m = &mut model[b as usize];
+                    if *m != BindHealth::Down { *m = BindHealth::Bound; }
+                    health.report_enquire_failed(link, b, now)
+                }
+            };
+            let up = model.contains(&BindHealth::Up);
+            prop_assert_eq!(health.is_up(link), up);
+            prop_assert_eq!(health.snapshot(link).unwrap().binds, model.to_vec());
+            match t {
+                Some(t) => {
+                    prop_assert_ne!(up, was_up);
+                    prop_assert_eq!(t.state, if up { LinkState::Connected } else { LinkState::Disconnected });
+                }
+                None => prop_assert_eq!(up, was_up),
+            }
+            was_up = up;
+        }
+    }
+}
+
+/// Binds of one link report from different threads (as from different shards): transitions
+/// still alternate and the final state agrees with the binds' final states.
+#[test]
+fn health_reports_from_many_threads() {
+    let health = Arc::new(HealthTable::new(registry(3), Instant::now()));
+    let link = LinkId(100);
+    let threads: Vec<_> = (0..3u32)
+        .map(|bind| {
+            let health = Arc::clone(&health);
+            std::thread::spawn(move || {
+                let mut transitions = Vec::new();
+                for i in 0..2000u32 {
+                    let now = Instant::now();
+                    let t = match (i + bind) % 3 {
+                        0 => health.report_bind_state(link, bind, true, now),
+                        1 => health.report_enquire_ok(link, bind, now),
+                        _ => health.report_bind_state(link, bind, i % 2 == 0, now),
+                    };
+                    transitions.extend(t);
+                }
+                transitions
+            })
+        })
+        .collect();
+    let all: Vec<Transition> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let connected = all
+        .iter()
+        .filter(|t| t.state == LinkState::Connected)
+        .count();
+    let disconnected = all.len() - connected;
+    let snap = health.snapshot(link).unwrap();
+    let final_up = snap.binds.contains(&BindHealth::Up);
+    assert_eq!(health.is_up(link), final_up);
+    assert_eq!(
+        connected - disconnected,
+        usize::from(final_up),
+        "{connected} vs {disconnected}"
+    );
+    assert_eq!(snap.transitions as usize, all.len());
+}
