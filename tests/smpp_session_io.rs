@@ -522,3 +522,53 @@ async fn hung_smsc_is_detected_by_enquire_link_and_reconnected() {
     assert_eq!(h.last_enquire_ok(), None);
     h.shutdown().await;
 }
+
+/// Throughput through the whole driver on loopback (SMSC in the same thread, so this is a
+/// floor). Ignored by default; run:
+/// `cargo test --release --test smpp_session_io -- --ignored --nocapture throughput`.
+#[monoio::test(timer_enabled = true)]
+#[ignore]
+async fn throughput_over_loopback() {
+    let (smsc, port) = Smsc::start(Behaviour {
+        answer_submits: true,
+        ..Default::default()
+    });
+    let mut c = config(port);
+    c.window = 256;
+    c.max_pending = 4096;
+    let (events, _rx) = channel();
+    let h = spawn_bind(c, events);
+    bound(&h).await;
+    const TASKS: usize = 512;
+    const PER_TASK: usize = 200;
+    let start = Instant::now();
+    let mut joins = Vec::new();
+    for _ in 0..TASKS {
+        let h = h.clone();
+        joins.push(monoio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..PER_TASK {
+                if let Ok(v) = h.submit(vec![sm("load")]).await
+                    && matches!(v[0], PartOutcome::Accepted { .. })
+                {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for j in joins {
+        ok += j.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(ok, TASKS * PER_TASK);
+    assert_eq!(smsc.log.borrow().submits.len(), TASKS * PER_TASK);
+    println!(
+        "{} submits accepted in {:.3} s: {:.0} msg/s (ESME and SMSC on one core)",
+        ok,
+        secs,
+        ok as f64 / secs
+    );
+    h.shutdown().await;
+}
