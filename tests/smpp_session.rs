@@ -1255,3 +1255,13 @@ fn degenerate_config_does_not_spin_or_stall() {
     h.feed(resp(&e, 0, Body::EnquireLinkResp));
     assert!(h.sent().is_empty(), "no enquire_link storm at interval 0");
 }
+
+#[test]
+fn config_debug_does_not_print_the_password() {
+    let c = SessionConfig::new(BindMode::Transceiver, "esme", "s3cr3t").unwrap();
+    let s = format!("{c:?}");
+    assert!(s.contains("esme") && !s.contains("s3cr3t"), "{s}");
+    let b = smsgw::smpp::io::BindConfig::new("127.0.0.1", 2775, "esme", "s3cr3t");
+    let s = format!("{b:?}");
+    assert!(s.contains("2775") && !s.contains("s3cr3t"), "{s}");
+}

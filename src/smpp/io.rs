@@ -62,7 +62,8 @@ use crate::smpp::session::{self, Event, Outcome, Session, SessionConfig, Token};
 pub use crate::smpp::session::BindMode;
 
 /// Everything one bind needs. Validated by the config layer; the driver trusts it.
-#[derive(Debug, Clone)]
+/// `Debug` prints everything but the password.
+#[derive(Clone)]
 pub struct BindConfig {
     pub link_id: u32,
     pub bind_index: u32,
@@ -95,6 +96,37 @@ pub struct BindConfig {
     pub max_unacked_delivers: usize,
     /// How long a graceful shutdown waits for outstanding responses before unbinding.
     pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for BindConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindConfig")
+            .field("link_id", &self.link_id)
+            .field("bind_index", &self.bind_index)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("system_id", &self.system_id)
+            .field("password", &"<redacted>")
+            .field("system_type", &self.system_type)
+            .field("bind_mode", &self.bind_mode)
+            .field("addr_ton", &self.addr_ton)
+            .field("addr_npi", &self.addr_npi)
+            .field("address_range", &self.address_range)
+            .field("window", &self.window)
+            .field("max_pending", &self.max_pending)
+            .field("resp_timeout", &self.resp_timeout)
+            .field("enquire_interval", &self.enquire_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("throttle_backoff", &self.throttle_backoff)
+            .field("throttle_backoff_max", &self.throttle_backoff_max)
+            .field("throttle_max_retries", &self.throttle_max_retries)
+            .field("max_pdu_len", &self.max_pdu_len)
+            .field("max_unacked_delivers", &self.max_unacked_delivers)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
 }
 
 impl BindConfig {

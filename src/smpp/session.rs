@@ -42,7 +42,8 @@ pub type Token = u64;
 pub const MAX_SEQUENCE: u32 = 0x7FFF_FFFF;
 
 /// Session parameters. Construct with `SessionConfig::new` and adjust fields.
-#[derive(Debug, Clone)]
+/// `Debug` prints everything but the password.
+#[derive(Clone)]
 pub struct SessionConfig {
     pub bind_mode: BindMode,
     pub system_id: pdu::SystemId,
@@ -81,6 +82,35 @@ pub struct SessionConfig {
     /// sending requests (enquire_link, deliver_sm) but never reads our answers would otherwise
     /// grow this buffer without bound.
     pub max_output_len: usize,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("bind_mode", &self.bind_mode)
+            .field("system_id", &self.system_id)
+            .field("password", &"<redacted>")
+            .field("system_type", &self.system_type)
+            .field("addr_ton", &self.addr_ton)
+            .field("addr_npi", &self.addr_npi)
+            .field("address_range", &self.address_range)
+            .field("window", &self.window)
+            .field("max_pending", &self.max_pending)
+            .field("resp_timeout", &self.resp_timeout)
+            .field("bind_timeout", &self.bind_timeout)
+            .field("enquire_interval", &self.enquire_interval)
+            .field("enquire_timeout", &self.enquire_timeout)
+            .field("unbind_timeout", &self.unbind_timeout)
+            .field("throttle_backoff", &self.throttle_backoff)
+            .field("throttle_backoff_max", &self.throttle_backoff_max)
+            .field("throttle_max_retries", &self.throttle_max_retries)
+            .field("max_pdu_len", &self.max_pdu_len)
+            .field("max_unanswered_delivers", &self.max_unanswered_delivers)
+            .field("late_memory", &self.late_memory)
+            .field("initial_sequence", &self.initial_sequence)
+            .field("max_output_len", &self.max_output_len)
+            .finish()
+    }
 }
 
 impl SessionConfig {
