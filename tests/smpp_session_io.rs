@@ -28,6 +28,8 @@ struct Behaviour {
     resp_delay: Duration,
     /// Ignore enquire_link (a hung SMSC whose TCP connection stays open).
     ignore_enquire_link: bool,
+    /// Answer this many submit_sm with ESME_RTHROTTLED first.
+    throttle_first: usize,
 }
 
 #[derive(Default)]
@@ -118,6 +120,12 @@ impl Smsc {
                             break;
                         }
                         if !b.answer_submits {
+                            continue;
+                        }
+                        if b.throttle_first > 0 {
+                            self.behaviour.borrow_mut().throttle_first -= 1;
+                            let body = Body::SubmitSmResp(SubmitSmResp::default());
+                            pdu::encode(&reply(status::ESME_RTHROTTLED, body), &mut out).unwrap();
                             continue;
                         }
                         if !b.resp_delay.is_zero() {
@@ -569,6 +577,44 @@ async fn throughput_over_loopback() {
         ok,
         secs,
         ok as f64 / secs
+    );
+    h.shutdown().await;
+}
+
+#[monoio::test(timer_enabled = true)]
+async fn throttled_parts_are_retried_in_order_and_keep_their_identity() {
+    let (smsc, port) = Smsc::start(Behaviour {
+        answer_submits: true,
+        throttle_first: 3,
+        ..Default::default()
+    });
+    let mut c = config(port);
+    c.throttle_backoff = Duration::from_millis(30);
+    let (events, _rx) = channel();
+    let h = spawn_bind(c, events);
+    bound(&h).await;
+    let t0 = Instant::now();
+    let out = h.submit(vec![sm("p1"), sm("p2"), sm("p3")]).await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(30),
+        "waited out the back-off"
+    );
+    // All three were throttled once and re-sent in their original order.
+    assert_eq!(
+        smsc.log.borrow().submits,
+        ["p1", "p2", "p3", "p1", "p2", "p3"]
+    );
+    let ids: Vec<_> = out
+        .iter()
+        .map(|o| match o {
+            PartOutcome::Accepted { message_id } => message_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        ["1", "2", "3"],
+        "each part got the id of its own answer"
     );
     h.shutdown().await;
 }
