@@ -57,7 +57,10 @@ impl<const N: usize> COctet<N> {
     pub(crate) fn set_from_wire(&mut self, bytes: &[u8]) {
         debug_assert!(bytes.len() <= Self::MAX && !bytes.contains(&0));
         let old = self.len as usize;
-        self.buf[..bytes.len()].copy_from_slice(bytes);
+        // Empty is the common case (service_type, times): skip the `memcpy` call.
+        if !bytes.is_empty() {
+            self.buf[..bytes.len()].copy_from_slice(bytes);
+        }
         if bytes.len() < old {
             self.buf[bytes.len()..old].fill(0);
         }
