@@ -11,7 +11,8 @@
 # "1000 5000 20000"), CONNECTIONS (64), PIPELINE (1), BENCH_THREADS (1), SHARDS (1: gateway
 # shards and null-server threads, so both servers get the same cores), ESME (500, the pool of the
 # default rules), TEXT_MIX, DLR_PERCENT (100), NO_BUILD=1 (reuse target/release/smsgw),
-# OUT (result directory, default a new temp dir), SIM_PORT/HTTP_PORT/NULL_PORT.
+# OUT (result directory, default a new temp dir), SIM_PORT/HTTP_PORT/NULL_PORT/GRPC_PORT,
+# BENCH_BIN (binary for `bench`/`null-http`, default the same release binary).
 # Every process it starts is stopped by PID on exit, even on failure or Ctrl-C.
 set -euo pipefail
 
@@ -34,6 +35,8 @@ OUT=${OUT:-$(mktemp -d /tmp/smsgw-e2e.XXXXXX)}
 mkdir -p "$OUT"
 
 BIN="$ROOT/target/release/smsgw"
+# The binary that runs `bench` and `null-http` (same as BIN unless overridden).
+BENCH_BIN=${BENCH_BIN:-$BIN}
 PIDS=()
 
 cleanup() {
@@ -77,6 +80,8 @@ latency_field() { # file field (inside "latency")
     sed -n "s/^    \"$2\": \([^,]*\),\{0,1\}$/\1/p" "$1" | head -n1
 }
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
 if [ "${NO_BUILD:-0}" != 1 ]; then
     log "building release binary"
     cargo build --release --bin smsgw
@@ -102,7 +107,7 @@ sed -e "s|^port = 2775|port = $SIM_PORT|" \
 log "starting smsc-sim on :$SIM_PORT, null-http on :$NULL_PORT, gateway on :$HTTP_PORT (results in $OUT)"
 "$BIN" smsc-sim --listen "127.0.0.1:$SIM_PORT" --dlr-percent "$DLR_PERCENT" >"$OUT/sim.log" 2>&1 &
 PIDS+=($!)
-"$BIN" null-http --addr "127.0.0.1:$NULL_PORT" --threads "$SHARDS" >"$OUT/null.log" 2>&1 &
+"$BENCH_BIN" null-http --addr "127.0.0.1:$NULL_PORT" --threads "$SHARDS" >"$OUT/null.log" 2>&1 &
 PIDS+=($!)
 wait_port 127.0.0.1 "$SIM_PORT" smsc-sim
 wait_port 127.0.0.1 "$NULL_PORT" null-http
@@ -117,7 +122,7 @@ run_bench() { # name url rate max_error_rate
     local name=$1 url=$2 rate=$3 max_err=$4
     log "bench $name: rate $rate for $DURATION"
     set +e
-    "$BIN" bench --url "$url" --rate "$rate" "${COMMON[@]}" --max-error-rate "$max_err" \
+    "$BENCH_BIN" bench --url "$url" --rate "$rate" "${COMMON[@]}" --max-error-rate "$max_err" \
         --json "$OUT/$name.json" --hdr-out "$OUT/$name.hdr" >"$OUT/$name.txt" 2>&1
     local rc=$?
     set -e
@@ -128,7 +133,7 @@ run_bench() { # name url rate max_error_rate
 # Wait until the gateway routes (links bound): a short low-rate probe must succeed.
 ready=0
 for _ in $(seq 1 30); do
-    if "$BIN" bench --url "http://127.0.0.1:$HTTP_PORT" --rate 20 --requests 10 --connections 1 \
+    if "$BENCH_BIN" bench --url "http://127.0.0.1:$HTTP_PORT" --rate 20 --requests 10 --connections 1 \
         --esme "$ESME" --quiet --max-error-rate 0 >"$OUT/probe.txt" 2>&1; then
         ready=1
         break
@@ -144,12 +149,15 @@ done
 run_bench gw-max "http://127.0.0.1:$HTTP_PORT" max 1
 
 null_rate=$(json_field "$OUT/null-max.json" accepted_per_s)
+gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT/gateway.log" | head -n1)
 {
     echo
     echo "# smsgw end-to-end REST benchmark"
     echo "date        $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "revision    $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
-    echo "machine     nproc=$(nproc) kernel=$(uname -r) bench-driver=$(json_field "$OUT/null-max.json" driver)"
+    echo "machine     nproc=$(nproc) kernel=$(uname -r) bench-driver=$(json_field "$OUT/null-max.json" driver) gateway-drivers=${gw_drivers:-unknown}"
+    echo "load avg    at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box skews absolute figures)"
+    echo "command     DURATION=$DURATION RATES=\"$RATES\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS bench/run-e2e.sh"
     echo "client      connections=$CONNECTIONS pipeline=$PIPELINE threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
     echo "servers     gateway shards=$SHARDS, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
     echo
