@@ -651,3 +651,65 @@ fn errors_are_in_file_then_line_order() {
         "{errs}"
     );
 }
+
+/// The keys a file struct accepts, read from serde's own "unknown field ..., expected ..."
+/// message, so this list cannot drift from the structs.
+fn accepted_keys<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let mut probe = toml::Table::new();
+    probe.insert("__probe__".into(), toml::Value::Integer(0));
+    let err = T::deserialize(toml::Value::Table(probe))
+        .err()
+        .expect("probe key must be refused");
+    let message = err.message().to_string();
+    // "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
+    let (_, list) = message
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("{message}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_key_is_documented() {
+    use super::file::*;
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let section = |title: &str| -> String {
+        let start = doc
+            .find(title)
+            .unwrap_or_else(|| panic!("docs lack a {title} section"));
+        let rest = &doc[start + title.len()..];
+        rest[..rest.find("\n### ").unwrap_or(rest.len())].to_string()
+    };
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("### `[server]`", accepted_keys::<ServerFile>()),
+        ("### `[state]`", accepted_keys::<StateFile>()),
+        ("### `[log]`", accepted_keys::<LogFile>()),
+        ("### `[health]`", accepted_keys::<HealthFile>()),
+        ("### `[routing]`", accepted_keys::<RoutingFile>()),
+        ("### `[links.<id>]`", accepted_keys::<LinkFile>()),
+        ("### `[pools.<id>]`", accepted_keys::<PoolFile>()),
+        (
+            "### `[pools.<id>]`",
+            accepted_keys::<PoolMemberFile>()
+                .into_iter()
+                .map(|k| format!("members[].{k}"))
+                .collect(),
+        ),
+    ];
+    for (title, keys) in cases {
+        let text = section(title);
+        assert!(!keys.is_empty());
+        for key in keys {
+            assert!(
+                text.contains(&format!("| `{key}` |")),
+                "{title} lacks a row for `{key}`"
+            );
+        }
+    }
+}
