@@ -15,6 +15,10 @@ use smsgw::state::{
     PartUpdate, ReceiptInfo, ReceiptOutcome, StateStore, Status, UpdateOutcome, unix_ms,
 };
 
+// Same allocator as the `smsgw` binary: the writer is allocation-heavy, glibc malloc skews it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

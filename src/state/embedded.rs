@@ -681,7 +681,7 @@ impl EmbeddedStore {
             start = c;
         }
         let mut page = ScanPage::default();
-        let limit = limit.max(1);
+        let limit = limit.clamp(1, super::MAX_PAGE);
         let mut last: Option<Vec<u8>> = None;
         for kv in self.trees.open.range(start..) {
             let k = kv.key().map_err(fjall_err)?;
@@ -1021,7 +1021,7 @@ impl Writer {
         limit: usize,
     ) -> Result<Vec<MessageRecord>, StateError> {
         let mut out = Vec::new();
-        let limit = limit.max(1);
+        let limit = limit.clamp(1, super::MAX_PAGE);
         // Stale entries (record gone or final) are removed as they are walked, so each costs
         // one read once; the walk stops at `limit` results.
         let end = now_ms.saturating_add(1).to_be_bytes();

@@ -41,6 +41,10 @@ pub use model::{
     TransitionRefused,
 };
 
+/// Largest page of [`StateStore::scan_non_final`] / [`StateStore::expire_due`]: bounds the
+/// memory of one call and the size of the write batch an expiry sweep creates.
+pub const MAX_PAGE: usize = 10_000;
+
 /// A runtime-agnostic future returned by every [`StateStore`] method.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'static>>;
 
@@ -152,15 +156,17 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> StoreFuture<Option<(MessageKey, u16)>>;
 
     /// Walks live records that are not final (for resubmission / reconciliation after a
-    /// restart), at most `limit` per page, oldest expiry first.
+    /// restart), at most `limit` (clamped to 1..=[`MAX_PAGE`]) per page, oldest expiry first.
     fn scan_non_final(&self, cursor: Option<ScanCursor>, limit: usize) -> StoreFuture<ScanPage>;
 
-    /// Marks up to `limit` records whose expiry is `<= now_ms` and that are still non-final as
+    /// Marks up to `limit` (clamped to 1..=[`MAX_PAGE`]) records whose expiry is `<= now_ms` and that are still non-final as
     /// `Expired` (every non-final part), and returns them; each such record is returned once.
     /// The gateway calls it periodically and writes a CDR for each.
     fn expire_due(&self, now_ms: u64, limit: usize) -> StoreFuture<Vec<MessageRecord>>;
 
-    /// Cheap health check (no I/O): false while the store is known to be failing.
+    /// Cheap health check (no I/O) for `/healthy` and metrics: false while the store is known
+    /// to be failing (last write failed, or writer stuck). Advisory only: do not use it to stop
+    /// sending writes, since a write is what detects recovery; failing writes already fail fast.
     fn is_available(&self) -> bool;
 }
 
