@@ -67,7 +67,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("invalid configuration ({} problem(s))", errors.0.len());
                 }
             };
-            init_logging(&config.log.level, config.log.format == smsgw::config::LogFormat::Json);
+            init_logging(
+                &config.log.level,
+                config.log.format == smsgw::config::LogFormat::Json,
+            );
             for w in &config.warnings {
                 tracing::warn!("config: {w}");
             }
@@ -82,15 +85,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config, rules } => {
             let (report, ok) = smsgw::config::check_config_report(&config, &rules);
             print!("{report}");
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Send(args) => {
             let (ok, body) = smsgw::api::client::send(&args)?;
             println!("{body}");
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Token => {
-            anyhow::bail!("`smsgw token` is not available yet: JWT authentication is not part of this build")
+            anyhow::bail!(
+                "`smsgw token` is not available yet: JWT authentication is not part of this build"
+            )
         }
     }
 }
@@ -101,7 +114,9 @@ fn init_logging(level: &str, json: bool) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         // The json formatter needs an extra feature; fall back to text rather than fail.
         builder.with_ansi(false).init();

@@ -43,7 +43,10 @@ pub enum ClientError {
     #[error("unsupported URL {0:?}: expected http://host:port")]
     Url(String),
     #[error("cannot reach {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("I/O error talking to the gateway: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed HTTP answer from the gateway")]
@@ -102,8 +105,10 @@ pub fn request(
         .map(|r| r.trim_end_matches('/'))
         .filter(|r| !r.is_empty() && !r.contains('/'))
         .ok_or_else(|| ClientError::Url(base_url.to_string()))?;
-    let mut stream = TcpStream::connect(host_port)
-        .map_err(|source| ClientError::Connect { addr: host_port.to_string(), source })?;
+    let mut stream = TcpStream::connect(host_port).map_err(|source| ClientError::Connect {
+        addr: host_port.to_string(),
+        source,
+    })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut req = format!(
@@ -119,10 +124,19 @@ pub fn request(
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    stream.write_all(&bytes)?;
+    // The server may answer and close before reading the whole body (e.g. 413): a failed write
+    // is reported only if no answer can be read either.
+    let write_result = stream.write_all(&bytes);
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    parse_answer(&answer)
+    let read_result = stream.read_to_end(&mut answer);
+    match parse_answer(&answer) {
+        Ok(a) => Ok(a),
+        Err(e) => {
+            write_result?;
+            read_result?;
+            Err(e)
+        }
+    }
 }
 
 fn parse_answer(answer: &[u8]) -> Result<(u16, String), ClientError> {
@@ -137,7 +151,13 @@ fn parse_answer(answer: &[u8]) -> Result<(u16, String), ClientError> {
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
     let rest = &answer[head..];
     let body = match len {
         Some(n) if n <= rest.len() => &rest[..n],

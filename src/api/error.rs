@@ -102,7 +102,9 @@ impl ErrorKind {
     pub fn source(self) -> Source {
         use ErrorKind::*;
         match self {
-            NoRoute | StateUnavailable | SubmitRejected | SubmitFailed | Timeout => Source::Upstream,
+            NoRoute | StateUnavailable | SubmitRejected | SubmitFailed | Timeout => {
+                Source::Upstream
+            }
             Overloaded | ShuttingDown | Internal => Source::Internal,
             _ => Source::Client,
         }
@@ -111,19 +113,29 @@ impl ErrorKind {
     /// Whether the same request may succeed if retried later unchanged.
     pub fn retryable(self) -> bool {
         use ErrorKind::*;
-        matches!(self, RateLimited | NoRoute | Overloaded | StateUnavailable | SubmitFailed | Timeout | ShuttingDown)
+        matches!(
+            self,
+            RateLimited
+                | NoRoute
+                | Overloaded
+                | StateUnavailable
+                | SubmitFailed
+                | Timeout
+                | ShuttingDown
+        )
     }
 
     /// gRPC status code (numeric, per the gRPC spec) for the same failure.
     pub fn grpc_code(self) -> i32 {
         use ErrorKind::*;
         match self {
-            InvalidJson | MissingField | InvalidField | InvalidAddress | EmptyMessage | TooManyParts => 3, // INVALID_ARGUMENT
+            InvalidJson | MissingField | InvalidField | InvalidAddress | EmptyMessage
+            | TooManyParts => 3, // INVALID_ARGUMENT
             UnknownEsme | UnknownTransaction | NotFound => 5, // NOT_FOUND
-            DuplicateTransaction => 6,                         // ALREADY_EXISTS
-            Forbidden | PolicyRejected => 7,                   // PERMISSION_DENIED
-            RateLimited => 8,                                  // RESOURCE_EXHAUSTED
-            MethodNotAllowed => 12,                            // UNIMPLEMENTED
+            DuplicateTransaction => 6,                        // ALREADY_EXISTS
+            Forbidden | PolicyRejected => 7,                  // PERMISSION_DENIED
+            RateLimited => 8,                                 // RESOURCE_EXHAUSTED
+            MethodNotAllowed => 12,                           // UNIMPLEMENTED
             BodyTooLarge => 8,
             Unauthorized => 16, // UNAUTHENTICATED
             NoRoute | Overloaded | StateUnavailable | ShuttingDown | SubmitFailed => 14, // UNAVAILABLE
@@ -146,7 +158,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> ApiError {
-        ApiError { kind, message: message.into(), retry_after_s: None }
+        ApiError {
+            kind,
+            message: message.into(),
+            retry_after_s: None,
+        }
     }
 
     pub fn retry_after(mut self, seconds: u32) -> ApiError {
@@ -155,7 +171,10 @@ impl ApiError {
     }
 
     pub fn to_response(&self) -> Response {
-        let resp = Response::json(self.kind.http_status(), http::error_body(&self.message, self.kind.code()));
+        let resp = Response::json(
+            self.kind.http_status(),
+            http::error_body(&self.message, self.kind.code()),
+        );
         match self.retry_after_s {
             Some(s) => resp.with_header("retry-after", s.to_string()),
             None => resp,
@@ -171,9 +190,22 @@ mod tests {
     fn client_errors_are_never_5xx() {
         use ErrorKind::*;
         for k in [
-            InvalidJson, MissingField, InvalidField, InvalidAddress, EmptyMessage, TooManyParts,
-            UnknownEsme, UnknownTransaction, DuplicateTransaction, NotFound, MethodNotAllowed,
-            BodyTooLarge, Unauthorized, Forbidden, RateLimited, PolicyRejected,
+            InvalidJson,
+            MissingField,
+            InvalidField,
+            InvalidAddress,
+            EmptyMessage,
+            TooManyParts,
+            UnknownEsme,
+            UnknownTransaction,
+            DuplicateTransaction,
+            NotFound,
+            MethodNotAllowed,
+            BodyTooLarge,
+            Unauthorized,
+            Forbidden,
+            RateLimited,
+            PolicyRejected,
         ] {
             assert_eq!(k.source(), Source::Client, "{k:?}");
             assert!((400..500).contains(&k.http_status()), "{k:?}");
@@ -182,7 +214,9 @@ mod tests {
 
     #[test]
     fn response_has_code_and_retry_after() {
-        let r = ApiError::new(ErrorKind::RateLimited, "slow down").retry_after(2).to_response();
+        let r = ApiError::new(ErrorKind::RateLimited, "slow down")
+            .retry_after(2)
+            .to_response();
         assert_eq!(r.status, 429);
         assert_eq!(r.body, br#"{"error":"slow down","code":"rate_limited"}"#);
         assert_eq!(r.headers, vec![("retry-after", "2".to_string())]);

@@ -23,7 +23,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_head_bytes: 8 * 1024, max_body_bytes: 64 * 1024, max_pipeline_depth: 32 }
+        Limits {
+            max_head_bytes: 8 * 1024,
+            max_body_bytes: 64 * 1024,
+            max_pipeline_depth: 32,
+        }
     }
 }
 
@@ -94,7 +98,9 @@ pub enum HttpError {
     TooManyHeaders,
     #[error("request body larger than the limit")]
     BodyTooLarge,
-    #[error("chunked or other transfer-encoded request bodies are not supported; send Content-Length")]
+    #[error(
+        "chunked or other transfer-encoded request bodies are not supported; send Content-Length"
+    )]
     LengthRequired,
     #[error("invalid Content-Length")]
     BadContentLength,
@@ -127,6 +133,9 @@ impl HttpError {
 }
 
 /// Result of looking at the front of the read buffer.
+// `Complete` is by far the common variant and lives on the stack for one request; boxing it to
+// shrink `Partial` would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parse<'b> {
     /// A whole request and the number of bytes it used.
@@ -146,7 +155,9 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parse<'b>, Ht
             if buf.len() > limits.max_head_bytes {
                 return Err(HttpError::HeadTooLarge);
             }
-            return Ok(Parse::Partial { expect_continue: false });
+            return Ok(Parse::Partial {
+                expect_continue: false,
+            });
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(httparse::Error::Version) => return Err(HttpError::Version),
@@ -219,11 +230,15 @@ fn parse_content_length(v: &[u8]) -> Option<usize> {
     if v.is_empty() || v.len() > 12 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter().try_fold(0usize, |acc, d| acc.checked_mul(10)?.checked_add((d - b'0') as usize))
+    v.iter().try_fold(0usize, |acc, d| {
+        acc.checked_mul(10)?.checked_add((d - b'0') as usize)
+    })
 }
 
 fn contains_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// An answer ready to serialise.
@@ -238,7 +253,12 @@ pub struct Response {
 
 impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, content_type: "application/json", body, headers: Vec::new() }
+        Response {
+            status,
+            content_type: "application/json",
+            body,
+            headers: Vec::new(),
+        }
     }
 
     pub fn with_header(mut self, name: &'static str, value: String) -> Response {
@@ -322,7 +342,11 @@ mod tests {
     use super::*;
 
     fn lim() -> Limits {
-        Limits { max_head_bytes: 256, max_body_bytes: 16, max_pipeline_depth: 4 }
+        Limits {
+            max_head_bytes: 256,
+            max_body_bytes: 16,
+            max_pipeline_depth: 4,
+        }
     }
 
     fn complete(buf: &[u8]) -> (Request<'_>, usize) {
@@ -359,48 +383,84 @@ mod tests {
     fn partial_head_and_partial_body() {
         assert!(matches!(
             parse_request(b"GET / HTTP/1.1\r\nHo", &lim()),
-            Ok(Parse::Partial { expect_continue: false })
+            Ok(Parse::Partial {
+                expect_continue: false
+            })
         ));
         assert!(matches!(
             parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe", &lim()),
-            Ok(Parse::Partial { expect_continue: false })
+            Ok(Parse::Partial {
+                expect_continue: false
+            })
         ));
         assert!(matches!(
             parse_request(
                 b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
                 &lim()
             ),
-            Ok(Parse::Partial { expect_continue: true })
+            Ok(Parse::Partial {
+                expect_continue: true
+            })
         ));
     }
 
     #[test]
     fn limits_and_framing_errors() {
         let big = b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n";
-        assert_eq!(parse_request(big, &lim()).unwrap_err(), HttpError::BodyTooLarge);
+        assert_eq!(
+            parse_request(big, &lim()).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse_request(chunked, &lim()).unwrap_err(), HttpError::LengthRequired);
+        assert_eq!(
+            parse_request(chunked, &lim()).unwrap_err(),
+            HttpError::LengthRequired
+        );
         let bad_len = b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
-        assert_eq!(parse_request(bad_len, &lim()).unwrap_err(), HttpError::BadContentLength);
+        assert_eq!(
+            parse_request(bad_len, &lim()).unwrap_err(),
+            HttpError::BadContentLength
+        );
         let two_len = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
-        assert_eq!(parse_request(two_len, &lim()).unwrap_err(), HttpError::BadContentLength);
+        assert_eq!(
+            parse_request(two_len, &lim()).unwrap_err(),
+            HttpError::BadContentLength
+        );
         let huge_len = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n";
-        assert_eq!(parse_request(huge_len, &lim()).unwrap_err(), HttpError::BadContentLength);
+        assert_eq!(
+            parse_request(huge_len, &lim()).unwrap_err(),
+            HttpError::BadContentLength
+        );
         let garbage = b"\x00\x01 nonsense\r\n\r\n";
-        assert_eq!(parse_request(garbage, &lim()).unwrap_err(), HttpError::Malformed);
+        assert_eq!(
+            parse_request(garbage, &lim()).unwrap_err(),
+            HttpError::Malformed
+        );
         // A method token that never ends is still "partial" to httparse: the size bound stops it.
         let long_head = vec![b'a'; 300];
-        assert_eq!(parse_request(&long_head, &lim()).unwrap_err(), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_request(&long_head, &lim()).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
         let mut long_hdr = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long_hdr.extend(std::iter::repeat_n(b'v', 300));
-        assert_eq!(parse_request(&long_hdr, &lim()).unwrap_err(), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_request(&long_hdr, &lim()).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..(MAX_HEADERS + 1) {
             many.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        let big_lim = Limits { max_head_bytes: 4096, ..lim() };
-        assert_eq!(parse_request(&many, &big_lim).unwrap_err(), HttpError::TooManyHeaders);
+        let big_lim = Limits {
+            max_head_bytes: 4096,
+            ..lim()
+        };
+        assert_eq!(
+            parse_request(&many, &big_lim).unwrap_err(),
+            HttpError::TooManyHeaders
+        );
     }
 
     #[test]

@@ -61,7 +61,12 @@ impl RestApi {
     async fn route(&self, req: &Request<'_>) -> Result<Response, ApiError> {
         let get = matches!(req.method, Method::Get | Method::Head);
         let post = req.method == Method::Post;
-        let wrong_method = || Err(ApiError::new(ErrorKind::MethodNotAllowed, "method not allowed on this path"));
+        let wrong_method = || {
+            Err(ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                "method not allowed on this path",
+            ))
+        };
         match req.path {
             "/healthy" => {
                 if !get {
@@ -93,17 +98,23 @@ impl RestApi {
                 }
                 Ok(Response::json(200, OPENAPI_JSON.as_bytes().to_vec()))
             }
-            path if path.starts_with(STATUS_PREFIX) && !path[STATUS_PREFIX.len()..].contains('/') => {
+            path if path.starts_with(STATUS_PREFIX)
+                && !path[STATUS_PREFIX.len()..].contains('/') =>
+            {
                 if !get {
                     return wrong_method();
                 }
-                let id = percent_decode(&path[STATUS_PREFIX.len()..])
-                    .ok_or_else(|| ApiError::new(ErrorKind::InvalidField, "transaction_id is not valid UTF-8"))?;
+                let id = percent_decode(&path[STATUS_PREFIX.len()..]).ok_or_else(|| {
+                    ApiError::new(ErrorKind::InvalidField, "transaction_id is not valid UTF-8")
+                })?;
                 if id.is_empty() {
                     return Err(ApiError::new(ErrorKind::NotFound, "no such route"));
                 }
                 let meta_headers = |name: &str| req.header_str(name);
-                let meta = RequestMeta { client_ip: client_ip(req), header: &meta_headers };
+                let meta = RequestMeta {
+                    client_ip: client_ip(req),
+                    header: &meta_headers,
+                };
                 let record = self.pipeline.status(&id, &meta).await?;
                 Ok(json(200, &StatusView::from_record(&record)))
             }
@@ -115,7 +126,10 @@ impl RestApi {
         let body: SendBody<'_> = parse_json(req.body)?;
         let input = body.into_input()?;
         let meta_headers = |name: &str| req.header_str(name);
-        let meta = RequestMeta { client_ip: client_ip(req), header: &meta_headers };
+        let meta = RequestMeta {
+            client_ip: client_ip(req),
+            header: &meta_headers,
+        };
         let answer = self.pipeline.send(input, &meta).await?;
         let status = match &answer.error {
             None => 200,
@@ -128,7 +142,9 @@ impl RestApi {
         let body: TextLenBody<'_> = parse_json(req.body)?;
         let message = body.message.ok_or_else(|| missing("message"))?;
         let encoding = parse_encoding(body.encoding.as_deref())?;
-        let info = self.pipeline.check_text_len(&message, encoding, body.esme)?;
+        let info = self
+            .pipeline
+            .check_text_len(&message, encoding, body.esme)?;
         Ok(json(
             200,
             &serde_json::json!({
@@ -156,7 +172,8 @@ fn client_ip(_req: &Request<'_>) -> IpAddr {
 fn json<T: Serialize>(status: u16, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => Response::json(status, body),
-        Err(e) => ApiError::new(ErrorKind::Internal, format!("cannot serialise answer: {e}")).to_response(),
+        Err(e) => ApiError::new(ErrorKind::Internal, format!("cannot serialise answer: {e}"))
+            .to_response(),
     }
 }
 
@@ -167,7 +184,10 @@ fn missing(field: &str) -> ApiError {
 /// Syntax errors are 400 `invalid_json`; a well-formed document with a wrong type is 422.
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::new(ErrorKind::InvalidJson, "request body is empty; expected a JSON object"));
+        return Err(ApiError::new(
+            ErrorKind::InvalidJson,
+            "request body is empty; expected a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(ErrorKind::InvalidField, e.to_string()),
@@ -180,7 +200,10 @@ fn parse_encoding(name: Option<&str>) -> Result<Option<Encoding>, ApiError> {
         None => Ok(None),
         Some(n) if n.eq_ignore_ascii_case("auto") || n.is_empty() => Ok(None),
         Some(n) => n.parse::<Encoding>().map(Some).map_err(|_| {
-            ApiError::new(ErrorKind::InvalidField, format!("unknown encoding {n:?} (expected auto, gsm7, latin1 or ucs2)"))
+            ApiError::new(
+                ErrorKind::InvalidField,
+                format!("unknown encoding {n:?} (expected auto, gsm7, latin1 or ucs2)"),
+            )
         }),
     }
 }
@@ -220,11 +243,19 @@ impl SendBody<'_> {
             NumberOrString::Text(s) => s.trim().parse::<u32>().ok(),
         }
         .filter(|&n| n > 0)
-        .ok_or_else(|| ApiError::new(ErrorKind::InvalidField, "`esme` must be a positive link or pool id"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::InvalidField,
+                "`esme` must be a positive link or pool id",
+            )
+        })?;
         Ok(SendInput {
             esme,
             source: self.source.ok_or_else(|| missing("source"))?.into_owned(),
-            destination: self.destination.ok_or_else(|| missing("destination"))?.into_owned(),
+            destination: self
+                .destination
+                .ok_or_else(|| missing("destination"))?
+                .into_owned(),
             message: self.message.ok_or_else(|| missing("message"))?.into_owned(),
             transaction_id: self.transaction_id.map(Cow::into_owned),
             encoding: parse_encoding(self.encoding.as_deref())?,
@@ -395,7 +426,9 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::InvalidJson);
         let e = parse_json::<SendBody<'_>>(b"").err().unwrap();
         assert_eq!(e.kind, ErrorKind::InvalidJson);
-        let e = parse_json::<SendBody<'_>>(br#"{"source": 5}"#).err().unwrap();
+        let e = parse_json::<SendBody<'_>>(br#"{"source": 5}"#)
+            .err()
+            .unwrap();
         assert_eq!(e.kind, ErrorKind::InvalidField);
         let e = parse_json::<SendBody<'_>>(b"[1,2]").err().unwrap();
         assert_eq!(e.kind, ErrorKind::InvalidField);
@@ -403,19 +436,29 @@ mod tests {
 
     #[test]
     fn send_body_fields() {
-        let b: SendBody<'_> =
-            parse_json(br#"{"esme":"100","source":"A","destination":"+1","message":"hi\n","extra":1}"#).unwrap();
+        let b: SendBody<'_> = parse_json(
+            br#"{"esme":"100","source":"A","destination":"+1","message":"hi\n","extra":1}"#,
+        )
+        .unwrap();
         let i = b.into_input().unwrap();
         assert_eq!((i.esme, i.message.as_str()), (100, "hi\n"));
-        let b: SendBody<'_> = parse_json(br#"{"esme":100,"source":"A","destination":"1"}"#).unwrap();
+        let b: SendBody<'_> =
+            parse_json(br#"{"esme":100,"source":"A","destination":"1"}"#).unwrap();
         assert_eq!(b.into_input().err().unwrap().kind, ErrorKind::MissingField);
         // A negative id matches neither variant: a type error in a well-formed document.
-        let e = parse_json::<SendBody<'_>>(br#"{"esme":-1,"source":"A","destination":"1","message":"x"}"#).err().unwrap();
+        let e = parse_json::<SendBody<'_>>(
+            br#"{"esme":-1,"source":"A","destination":"1","message":"x"}"#,
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.kind, ErrorKind::InvalidField);
-        let b: SendBody<'_> = parse_json(br#"{"esme":"x","source":"A","destination":"1","message":"x"}"#).unwrap();
-        assert_eq!(b.into_input().err().unwrap().kind, ErrorKind::InvalidField);
         let b: SendBody<'_> =
-            parse_json(br#"{"esme":1,"source":"A","destination":"1","message":"x","encoding":"klingon"}"#).unwrap();
+            parse_json(br#"{"esme":"x","source":"A","destination":"1","message":"x"}"#).unwrap();
+        assert_eq!(b.into_input().err().unwrap().kind, ErrorKind::InvalidField);
+        let b: SendBody<'_> = parse_json(
+            br#"{"esme":1,"source":"A","destination":"1","message":"x","encoding":"klingon"}"#,
+        )
+        .unwrap();
         assert_eq!(b.into_input().err().unwrap().kind, ErrorKind::InvalidField);
     }
 

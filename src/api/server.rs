@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -115,7 +115,10 @@ pub async fn serve<S: Service + 'static>(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     if conns.get() > 0 {
-        warn!(open = conns.get(), "shutdown: connections still open at the drain deadline");
+        warn!(
+            open = conns.get(),
+            "shutdown: connections still open at the drain deadline"
+        );
     }
 }
 
@@ -142,6 +145,7 @@ pub async fn connection<S: Service>(
         // Answer every complete request already buffered (bounded per batch), in order.
         let mut consumed = 0usize;
         let mut close = false;
+        let mut framing_error = false;
         let mut answered = 0usize;
         let mut want_continue = false;
         out.clear();
@@ -166,9 +170,11 @@ pub async fn connection<S: Service>(
                     break;
                 }
                 Err(e) => {
-                    let resp = Response::json(e.status(), http::error_body(&e.to_string(), e.code()));
+                    let resp =
+                        Response::json(e.status(), http::error_body(&e.to_string(), e.code()));
                     http::write_response(&mut out, &resp, false, false);
                     close = true;
+                    framing_error = true;
                     break;
                 }
             }
@@ -183,6 +189,9 @@ pub async fn connection<S: Service>(
             res?;
         }
         if close {
+            if framing_error {
+                linger(&mut stream).await;
+            }
             return Ok(());
         }
         if consumed > 0 {
@@ -198,7 +207,7 @@ pub async fn connection<S: Service>(
         // Need more bytes. Grow within the bound; the parser reports limit breaches itself, so
         // a full buffer here only happens for a request that exactly fills it and is incomplete.
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            let room = max_buffer.saturating_sub(buf.len()).max(1024).min(READ_CHUNK);
+            let room = max_buffer.saturating_sub(buf.len()).clamp(1024, READ_CHUNK);
             buf.reserve(room);
         }
         let len = buf.len();
@@ -223,6 +232,33 @@ pub async fn connection<S: Service>(
     }
 }
 
+/// Bytes and time spent discarding input after an error answer.
+const LINGER_MAX_BYTES: usize = 1024 * 1024;
+const LINGER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// After answering a request we will not read (e.g. 413), close our side and discard what the
+/// client is still sending for a bounded time. Closing with unread input makes the kernel send
+/// a reset, and the client may then lose our answer before reading it.
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + LINGER_TIMEOUT;
+    let mut discarded = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    while discarded < LINGER_MAX_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match monoio::time::timeout(left, stream.read(buf)).await {
+            Ok((Ok(n), back)) if n > 0 => {
+                discarded += n;
+                buf = back;
+            }
+            _ => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,21 +271,42 @@ mod tests {
             let mut body = req.path.as_bytes().to_vec();
             body.push(b':');
             body.extend_from_slice(req.body);
-            Response { status: 200, content_type: "text/plain", body, headers: Vec::new() }
+            Response {
+                status: 200,
+                content_type: "text/plain",
+                body,
+                headers: Vec::new(),
+            }
         }
     }
 
     /// Starts a one-shard server on a free port in a thread; returns its address and trigger.
-    fn start(cfg: ServerConfig) -> (std::net::SocketAddr, crate::runtime::ShutdownTrigger, std::thread::JoinHandle<()>) {
+    fn start(
+        cfg: ServerConfig,
+    ) -> (
+        std::net::SocketAddr,
+        crate::runtime::ShutdownTrigger,
+        std::thread::JoinHandle<()>,
+    ) {
         let (trigger, shutdown) = crate::runtime::shutdown_pair();
         let listeners = crate::runtime::bind_reuseport("127.0.0.1:0".parse().unwrap(), 1).unwrap();
         let addr = listeners[0].local_addr().unwrap();
         let l = listeners.into_iter().next().unwrap();
         let handle = std::thread::spawn(move || {
-            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::from_std(l).unwrap();
-                serve(listener, Rc::new(Echo), Rc::new(cfg), shutdown, Duration::from_secs(2)).await;
+                serve(
+                    listener,
+                    Rc::new(Echo),
+                    Rc::new(cfg),
+                    shutdown,
+                    Duration::from_secs(2),
+                )
+                .await;
             });
         });
         (addr, trigger, handle)
@@ -282,7 +339,11 @@ mod tests {
     #[test]
     fn request_split_across_reads_and_oversized_body() {
         let cfg = ServerConfig {
-            limits: Limits { max_head_bytes: 1024, max_body_bytes: 8, max_pipeline_depth: 2 },
+            limits: Limits {
+                max_head_bytes: 1024,
+                max_body_bytes: 8,
+                max_pipeline_depth: 2,
+            },
             ..ServerConfig::default()
         };
         let (addr, trigger, h) = start(cfg);
@@ -291,7 +352,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         s.write_all(b"Length: 3\r\n\r\nab").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        s.write_all(b"cPOST /y HTTP/1.1\r\nContent-Length: 9\r\n\r\n").unwrap();
+        s.write_all(b"cPOST /y HTTP/1.1\r\nContent-Length: 9\r\n\r\n")
+            .unwrap();
         let text = read_until_closed(&mut s);
         assert!(text.contains("/x:abc"), "{text}");
         assert!(text.contains("413 Payload Too Large"), "{text}");
@@ -303,12 +365,17 @@ mod tests {
     #[test]
     fn expect_continue_and_pipeline_depth_bound() {
         let cfg = ServerConfig {
-            limits: Limits { max_head_bytes: 1024, max_body_bytes: 64, max_pipeline_depth: 2 },
+            limits: Limits {
+                max_head_bytes: 1024,
+                max_body_bytes: 64,
+                max_pipeline_depth: 2,
+            },
             ..ServerConfig::default()
         };
         let (addr, trigger, h) = start(cfg);
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap();
+        s.write_all(b"POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .unwrap();
         let mut first = [0u8; 25];
         s.read_exact(&mut first).unwrap();
         assert_eq!(&first, http::CONTINUE);
@@ -322,8 +389,10 @@ mod tests {
         s.write_all(&many).unwrap();
         let text = read_until_closed(&mut s);
         assert!(text.contains("/e:ok"), "{text}");
-        let positions: Vec<usize> =
-            ["/0:", "/1:", "/2:", "/3:", "/last:"].iter().map(|p| text.find(p).unwrap()).collect();
+        let positions: Vec<usize> = ["/0:", "/1:", "/2:", "/3:", "/last:"]
+            .iter()
+            .map(|p| text.find(p).unwrap())
+            .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
         trigger.trigger();
         h.join().unwrap();
@@ -348,7 +417,8 @@ mod tests {
     fn bad_request_is_answered_and_closed() {
         let (addr, trigger, h) = start(ServerConfig::default());
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .unwrap();
         let text = read_until_closed(&mut s);
         assert!(text.starts_with("HTTP/1.1 411 Length Required"), "{text}");
         assert!(text.contains("length_required"));

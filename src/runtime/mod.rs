@@ -35,9 +35,15 @@ impl Driver {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("shard {shard}: cannot build the monoio runtime: {source}")]
-    Build { shard: usize, source: std::io::Error },
+    Build {
+        shard: usize,
+        source: std::io::Error,
+    },
     #[error("shard {shard}: cannot start the thread: {source}")]
-    Spawn { shard: usize, source: std::io::Error },
+    Spawn {
+        shard: usize,
+        source: std::io::Error,
+    },
     #[error("shard {shard} died during start")]
     DiedAtStart { shard: usize },
     #[error("cannot build the tokio side runtime: {0}")]
@@ -102,13 +108,19 @@ pub struct ShardOptions {
 
 impl Default for ShardOptions {
     fn default() -> Self {
-        ShardOptions { shard_count: default_shard_count(), pin_cores: true, ring_entries: 1024 }
+        ShardOptions {
+            shard_count: default_shard_count(),
+            pin_cores: true,
+            ring_entries: 1024,
+        }
     }
 }
 
 /// One shard per available core.
 pub fn default_shard_count() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The running shard threads.
@@ -154,7 +166,11 @@ where
 {
     assert_eq!(inits.len(), opts.shard_count, "one init value per shard");
     let factory = Arc::new(factory);
-    let cores = if opts.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let cores = if opts.pin_cores {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<Driver, std::io::Error>)>();
     let mut handles = Vec::with_capacity(opts.shard_count);
     for (id, init) in inits.into_iter().enumerate() {
@@ -192,7 +208,12 @@ where
                 );
                 let _ = ready_tx.send((id, Ok(driver)));
                 drop(ready_tx);
-                let ctx = ShardContext { id, shard_count, driver, shutdown };
+                let ctx = ShardContext {
+                    id,
+                    shard_count,
+                    driver,
+                    shutdown,
+                };
                 rt.block_on(factory(ctx, init));
                 info!(shard = id, "shard stopped");
             })
@@ -253,7 +274,11 @@ impl TerminationSignals {
             // SAFETY: `set` is initialised and blocked; `sig` is a valid out pointer.
             let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
             if rc == 0 {
-                return if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+                return if sig == libc::SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
             }
         }
     }
@@ -261,21 +286,26 @@ impl TerminationSignals {
     /// Starts a thread that waits for a termination signal and then triggers `trigger`.
     /// A second signal while shutting down exits at once (the operator insists).
     pub fn spawn_watcher(self, trigger: ShutdownTrigger) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new().name("signals".into()).spawn(move || {
-            let name = self.wait();
-            info!(signal = name, "termination signal: shutting down");
-            trigger.trigger();
-            let name = self.wait();
-            warn!(signal = name, "second termination signal: exiting now");
-            std::process::exit(130);
-        })
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let name = self.wait();
+                info!(signal = name, "termination signal: shutting down");
+                trigger.trigger();
+                let name = self.wait();
+                warn!(signal = name, "second termination signal: exiting now");
+                std::process::exit(130);
+            })
     }
 }
 
 /// Binds `count` listeners on `addr` with SO_REUSEPORT so the kernel spreads connections across
 /// shards. Port 0 is resolved by the first bind and reused by the rest. Done on the main thread
 /// so "address in use" is a start-up error, not a log line in a shard.
-pub fn bind_reuseport(addr: std::net::SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_reuseport(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
@@ -302,7 +332,11 @@ mod tests {
     fn shards_run_their_factory_and_stop_on_shutdown() {
         let (trigger, shutdown) = shutdown_pair();
         let (tx, rx) = std::sync::mpsc::channel();
-        let opts = ShardOptions { shard_count: 2, pin_cores: false, ring_entries: 64 };
+        let opts = ShardOptions {
+            shard_count: 2,
+            pin_cores: false,
+            ring_entries: 64,
+        };
         let shards = start_shards(&opts, shutdown, vec![10u32, 20u32], move |ctx, init| {
             let tx = tx.clone();
             async move {

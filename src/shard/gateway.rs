@@ -20,7 +20,10 @@ pub enum ServeError {
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the state store: {0}")]
     State(String),
     #[error("state backend {0:?} is not available in this build")]
@@ -37,13 +40,19 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     let store = open_store(&config)?;
     let registry = Arc::new(Registry::new(&config.rules, shard_count));
     let health = Arc::new(HealthTable::new(Arc::clone(&registry), Instant::now()));
-    let listeners = runtime::bind_reuseport(config.server.http_addr, shard_count.get())
-        .map_err(|source| ServeError::Listen { addr: config.server.http_addr, source })?;
+    let listeners =
+        runtime::bind_reuseport(config.server.http_addr, shard_count.get()).map_err(|source| {
+            ServeError::Listen {
+                addr: config.server.http_addr,
+                source,
+            }
+        })?;
     let http_addr = listeners[0].local_addr().unwrap_or(config.server.http_addr);
 
     let capacity = config.routing.cross_shard_capacity.get();
-    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
-        (0..shard_count.get()).map(|_| async_channel::bounded(capacity)).unzip();
+    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..shard_count.get())
+        .map(|_| async_channel::bounded(capacity))
+        .unzip();
     let shutdown_timeout = config.server.shutdown_timeout;
     let shared = Arc::new(Shared {
         config,
@@ -58,7 +67,10 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     // Tokio-only clients (Redis, S3, gRPC) will run here; started now so its threads exist
     // before the shards pin theirs.
     let side = runtime::side_runtime(2)?;
-    let opts = ShardOptions { shard_count: shard_count.get(), ..ShardOptions::default() };
+    let opts = ShardOptions {
+        shard_count: shard_count.get(),
+        ..ShardOptions::default()
+    };
     let inits: Vec<ShardInit> = listeners
         .into_iter()
         .zip(inbox_rx)
@@ -71,10 +83,17 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     let drivers: Vec<&str> = shards.drivers.iter().map(|d| d.as_str()).collect();
     info!(http = %http_addr, shards = shard_count.get(), ?drivers, "smsgw serving");
     // One plain line on stdout so scripts and tests that configure port 0 learn the address.
-    println!("smsgw listening http={http_addr} shards={} drivers={}", shard_count.get(), drivers.join(","));
+    println!(
+        "smsgw listening http={http_addr} shards={} drivers={}",
+        shard_count.get(),
+        drivers.join(",")
+    );
 
     let name = signals.wait();
-    info!(signal = name, "termination signal: stopping accept, draining");
+    info!(
+        signal = name,
+        "termination signal: stopping accept, draining"
+    );
     trigger.trigger();
     // Close the hand-over channels so shards waiting on them stop.
     for tx in &shared.inboxes {
@@ -85,7 +104,10 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         .name("signals".into())
         .spawn(move || {
             let name = signals.wait();
-            warn!(signal = name, "second termination signal: exiting without draining");
+            warn!(
+                signal = name,
+                "second termination signal: exiting without draining"
+            );
             std::process::exit(130);
         })
         .map_err(ServeError::Signals)?;
@@ -102,7 +124,10 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         "counters at shutdown"
     );
     if !stopped {
-        error!(?shutdown_timeout, "shards still running at the shutdown deadline");
+        error!(
+            ?shutdown_timeout,
+            "shards still running at the shutdown deadline"
+        );
         return Err(ServeError::ShutdownTimeout(shutdown_timeout));
     }
     // Dropping the last handle of the store lets its writer finish the batches it holds.

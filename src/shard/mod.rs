@@ -56,8 +56,19 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
         for index in shared.registry.binds_for_shard(link.id, ctx.id) {
             for &mode in link.session_modes() {
                 let cfg = bind_config(link, index, mode, deadline_budget);
-                let handle = io::spawn_bind(cfg, BindEvents { inbound: events_tx.clone() });
-                info!(shard = ctx.id, link = link.id.0, bind = index, ?mode, "bind started");
+                let handle = io::spawn_bind(
+                    cfg,
+                    BindEvents {
+                        inbound: events_tx.clone(),
+                    },
+                );
+                info!(
+                    shard = ctx.id,
+                    link = link.id.0,
+                    bind = index,
+                    ?mode,
+                    "bind started"
+                );
                 binds.entry(link.id).or_default().push(LocalBind {
                     index,
                     handle,
@@ -68,7 +79,12 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
     }
     drop(events_tx);
 
-    let pipeline = Rc::new(Pipeline::new(ctx.id, Arc::clone(&shared), Stages::default(), binds));
+    let pipeline = Rc::new(Pipeline::new(
+        ctx.id,
+        Arc::clone(&shared),
+        Stages::default(),
+        binds,
+    ));
 
     monoio::spawn(inbound_loop(Rc::clone(&pipeline), events_rx));
     monoio::spawn(handover_loop(Rc::clone(&pipeline), init.inbox));
@@ -93,12 +109,24 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
     let started = Instant::now();
     let api = Rc::new(RestApi::new(Rc::clone(&pipeline)));
     // Half of the shutdown budget for in-flight HTTP requests, the rest for session windows.
-    server::serve(listener, api, server_cfg, ctx.shutdown.clone(), deadline_budget / 2).await;
+    server::serve(
+        listener,
+        api,
+        server_cfg,
+        ctx.shutdown.clone(),
+        deadline_budget / 2,
+    )
+    .await;
     let drain_started = Instant::now();
     for (link, list) in pipeline.local_binds() {
         for b in list {
             b.handle.shutdown().await;
-            debug!(shard = ctx.id, link = link.0, bind = b.index, "bind shut down");
+            debug!(
+                shard = ctx.id,
+                link = link.0,
+                bind = b.index,
+                "bind shut down"
+            );
         }
     }
     info!(
@@ -110,8 +138,18 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
 }
 
 /// The `BindConfig` of bind `index` of `link` (one session of it, `mode`).
-pub fn bind_config(link: &LinkConfig, index: u32, mode: BindMode, shutdown_budget: Duration) -> BindConfig {
-    let mut cfg = BindConfig::new(link.host.clone(), link.port, link.system_id.clone(), link.password.expose());
+pub fn bind_config(
+    link: &LinkConfig,
+    index: u32,
+    mode: BindMode,
+    shutdown_budget: Duration,
+) -> BindConfig {
+    let mut cfg = BindConfig::new(
+        link.host.clone(),
+        link.port,
+        link.system_id.clone(),
+        link.password.expose(),
+    );
     cfg.link_id = link.id.0;
     cfg.bind_index = index;
     cfg.system_type = link.system_type.clone();
@@ -133,7 +171,12 @@ pub fn bind_config(link: &LinkConfig, index: u32, mode: BindMode, shutdown_budge
 async fn inbound_loop(pipeline: Rc<Pipeline>, events: async_channel::Receiver<Inbound>) {
     while let Ok(event) = events.recv().await {
         match event {
-            Inbound::Deliver { link_id, bind_index, pdu, ack } => {
+            Inbound::Deliver {
+                link_id,
+                bind_index,
+                pdu,
+                ack,
+            } => {
                 // Each receipt waits for a durable store write; handle them concurrently (the
                 // bind bounds how many are unacknowledged at once).
                 let p = Rc::clone(&pipeline);
@@ -146,10 +189,17 @@ async fn inbound_loop(pipeline: Rc<Pipeline>, events: async_channel::Receiver<In
                 });
             }
             Inbound::DataSm { ack, link_id, .. } => {
-                debug!(link = link_id, "data_sm received; not supported yet, acknowledged");
+                debug!(
+                    link = link_id,
+                    "data_sm received; not supported yet, acknowledged"
+                );
                 ack.ack(0);
             }
-            Inbound::State { link_id, bind_index, state } => {
+            Inbound::State {
+                link_id,
+                bind_index,
+                state,
+            } => {
                 let up = matches!(state, BindState::Bound { .. });
                 let tx_session = pipeline
                     .local_binds()
@@ -158,12 +208,31 @@ async fn inbound_loop(pipeline: Rc<Pipeline>, events: async_channel::Receiver<In
                     .is_some();
                 // For tx+rx links only the transmitter decides whether the link can send.
                 if tx_session || !up {
-                    report(pipeline.shared.health.report_bind_state(LinkId(link_id), bind_index, up, Instant::now()));
+                    report(pipeline.shared.health.report_bind_state(
+                        LinkId(link_id),
+                        bind_index,
+                        up,
+                        Instant::now(),
+                    ));
                 }
                 info!(link = link_id, bind = bind_index, ?state, "bind state");
             }
-            Inbound::LateResponse { link_id, tag, part, status, message_id, .. } => {
-                warn!(link = link_id, tag, part, status, message_id, "late submit_sm_resp after the part was reported unknown");
+            Inbound::LateResponse {
+                link_id,
+                tag,
+                part,
+                status,
+                message_id,
+                ..
+            } => {
+                warn!(
+                    link = link_id,
+                    tag,
+                    part,
+                    status,
+                    message_id,
+                    "late submit_sm_resp after the part was reported unknown"
+                );
             }
         }
     }
@@ -190,7 +259,10 @@ async fn handle_deliver(
     let receipt = match receipt::parse(pdu) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            debug!(link = link_id, "mobile-originated message received; not supported yet, acknowledged");
+            debug!(
+                link = link_id,
+                "mobile-originated message received; not supported yet, acknowledged"
+            );
             return Some(0);
         }
         Err(e) => {
@@ -203,16 +275,27 @@ async fn handle_deliver(
     let Some(link) = p.shared.registry.link(LinkId(link_id)) else {
         return Some(0);
     };
-    let smsc_id = receipt::normalize_id(&receipt.message_id, pipeline::receipt_id_format(link.dlr_id_format));
+    let smsc_id = receipt::normalize_id(
+        &receipt.message_id,
+        pipeline::receipt_id_format(link.dlr_id_format),
+    );
     let info = ReceiptInfo {
         status: receipt_status(receipt.state),
-        stat: receipt.stat_raw.clone().unwrap_or_else(|| receipt.state.stat_word().to_string()),
+        stat: receipt
+            .stat_raw
+            .clone()
+            .unwrap_or_else(|| receipt.state.stat_word().to_string()),
         err: receipt.err_raw.clone(),
         done_at_ms: None,
         received_at_ms: crate::state::unix_ms(),
     };
     for attempt in 0..=RECEIPT_RETRIES {
-        match p.shared.store.apply_receipt(link_id, smsc_id.clone(), info.clone()).await {
+        match p
+            .shared
+            .store
+            .apply_receipt(link_id, smsc_id.clone(), info.clone())
+            .await
+        {
             Ok(ReceiptOutcome::Applied(_)) => {
                 Counters::inc(&counters.receipts_applied);
                 return Some(0);
@@ -226,7 +309,10 @@ async fn handle_deliver(
             }
             Ok(ReceiptOutcome::NotFound) => {
                 Counters::inc(&counters.receipts_unknown_id);
-                warn!(link = link_id, smsc_id, "receipt for an unknown message id acknowledged");
+                warn!(
+                    link = link_id,
+                    smsc_id, "receipt for an unknown message id acknowledged"
+                );
                 return Some(0);
             }
             Err(e) if e.is_unavailable() => {
@@ -276,7 +362,9 @@ async fn health_loop(pipeline: Rc<Pipeline>, shutdown: crate::runtime::Shutdown)
         let now = Instant::now();
         for (link, list) in pipeline.local_binds() {
             for b in list.iter().filter(|b| b.can_submit) {
-                let BindState::Bound { since } = b.handle.state() else { continue };
+                let BindState::Bound { since } = b.handle.state() else {
+                    continue;
+                };
                 if b.handle.last_enquire_ok().is_some_and(|t| t >= since) {
                     report(health.report_enquire_ok(*link, b.index, now));
                 }

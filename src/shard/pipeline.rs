@@ -167,7 +167,10 @@ impl Pipeline {
             binds,
             bind_cursor: Cell::new(0),
             refs8: RefCell::new(RefAllocator::for_mode(SegmentMode::Udh8, seed)),
-            refs16: RefCell::new(RefAllocator::for_mode(SegmentMode::Udh16, seed ^ 0x9E37_79B9)),
+            refs16: RefCell::new(RefAllocator::for_mode(
+                SegmentMode::Udh16,
+                seed ^ 0x9E37_79B9,
+            )),
             txid_counter: Cell::new(0),
             txid_prefix,
             shared,
@@ -188,7 +191,11 @@ impl Pipeline {
     }
 
     /// `POST /api/v1/sms/send`.
-    pub async fn send(&self, input: SendInput, meta: &RequestMeta<'_>) -> Result<SendAnswer, ApiError> {
+    pub async fn send(
+        &self,
+        input: SendInput,
+        meta: &RequestMeta<'_>,
+    ) -> Result<SendAnswer, ApiError> {
         // 1. validate
         validate_address(&input.destination, "destination", false)?;
         validate_address(&input.source, "source", true)?;
@@ -198,10 +205,13 @@ impl Pipeline {
         if let Some(t) = &input.transaction_id {
             validate_transaction_id(t)?;
         }
-        if let Some(url) = &input.callback_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-                return Err(ApiError::new(ErrorKind::InvalidField, "`callback_url` must be an http(s) URL of at most 2048 bytes"));
-            }
+        if let Some(url) = &input.callback_url
+            && (!(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048)
+        {
+            return Err(ApiError::new(
+                ErrorKind::InvalidField,
+                "`callback_url` must be an http(s) URL of at most 2048 bytes",
+            ));
         }
         let target = self
             .shared
@@ -211,10 +221,16 @@ impl Pipeline {
         // Part count for limits, with the target's segmentation when it is a link, else the
         // default layout (a pool's members may differ; limits are approximate there).
         let seg_cfg = match target {
-            Target::Link(l) => self.shared.registry.link(l).map(segment_config).unwrap_or_default(),
+            Target::Link(l) => self
+                .shared
+                .registry
+                .link(l)
+                .map(segment_config)
+                .unwrap_or_default(),
             Target::Pool(_) => SegmentConfig::default(),
         };
-        let info = text::check_text_len(&input.message, input.encoding, &seg_cfg).map_err(segment_error)?;
+        let info = text::check_text_len(&input.message, input.encoding, &seg_cfg)
+            .map_err(segment_error)?;
 
         // 2-4. admission stages
         let mut admission = Admission {
@@ -235,7 +251,11 @@ impl Pipeline {
 
         // 5. route (SWRR over globally healthy links: every shard keeps exact shares)
         let health = &self.shared.health;
-        let link = self.router.borrow_mut().pick(target, |l| health.is_up(l)).map_err(route_error)?;
+        let link = self
+            .router
+            .borrow_mut()
+            .pick(target, |l| health.is_up(l))
+            .map_err(route_error)?;
         let job = Job {
             key,
             esme: input.esme,
@@ -253,9 +273,10 @@ impl Pipeline {
     }
 
     fn has_submit_bind(&self, link: LinkId) -> bool {
-        self.binds
-            .get(&link)
-            .is_some_and(|bs| bs.iter().any(|b| b.can_submit && matches!(b.handle.state(), BindState::Bound { .. })))
+        self.binds.get(&link).is_some_and(|bs| {
+            bs.iter()
+                .any(|b| b.can_submit && matches!(b.handle.state(), BindState::Bound { .. }))
+        })
     }
 
     /// Sends the job to a shard that runs a bind of its link, and waits for its answer.
@@ -268,28 +289,43 @@ impl Pipeline {
             .filter(|&s| s != self.shard_id)
             .collect();
         if shards.is_empty() {
-            return Err(ApiError::new(ErrorKind::NoRoute, format!("no bound session of link {link}")).retry_after(1));
+            return Err(ApiError::new(
+                ErrorKind::NoRoute,
+                format!("no bound session of link {link}"),
+            )
+            .retry_after(1));
         }
         // Spread hand-overs over the candidate shards.
         let pick = shards[self.bind_cursor.get() % shards.len()];
         self.bind_cursor.set(self.bind_cursor.get().wrapping_add(1));
         let (reply_tx, reply_rx) = async_channel::bounded(1);
-        let handover = Handover { job, reply: reply_tx };
+        let handover = Handover {
+            job,
+            reply: reply_tx,
+        };
         match self.shared.inboxes[pick].try_send(handover) {
             Ok(()) => Counters::inc(&self.shared.counters.handed_over),
             Err(async_channel::TrySendError::Full(_)) => {
                 Counters::inc(&self.shared.counters.handover_full);
-                return Err(ApiError::new(ErrorKind::Overloaded, "cross-shard queue full").retry_after(1));
+                return Err(
+                    ApiError::new(ErrorKind::Overloaded, "cross-shard queue full").retry_after(1),
+                );
             }
             Err(async_channel::TrySendError::Closed(_)) => {
-                return Err(ApiError::new(ErrorKind::ShuttingDown, "gateway is shutting down"));
+                return Err(ApiError::new(
+                    ErrorKind::ShuttingDown,
+                    "gateway is shutting down",
+                ));
             }
         }
         match reply_rx.recv().await {
             Ok(r) => r,
             // The other shard dropped the job (shutting down) before answering: it never created
             // a record, or answered. Tell the client to retry with the same transaction_id.
-            Err(_) => Err(ApiError::new(ErrorKind::ShuttingDown, "gateway is shutting down; retry")),
+            Err(_) => Err(ApiError::new(
+                ErrorKind::ShuttingDown,
+                "gateway is shutting down; retry",
+            )),
         }
     }
 
@@ -306,8 +342,14 @@ impl Pipeline {
                 SegmentMode::Udh8 => self.refs8.borrow_mut(),
                 _ => self.refs16.borrow_mut(),
             };
-            segment::segment(&job.message, job.encoding, &seg_cfg, &mut refs, job.destination.as_bytes())
-                .map_err(segment_error)?
+            segment::segment(
+                &job.message,
+                job.encoding,
+                &seg_cfg,
+                &mut refs,
+                job.destination.as_bytes(),
+            )
+            .map_err(segment_error)?
         };
         let info = segmented.info;
         let now = state::unix_ms();
@@ -332,7 +374,11 @@ impl Pipeline {
         }
 
         let template = submit_template(link_cfg, &job.source, &job.destination)?;
-        let parts: Vec<SubmitSm> = segmented.parts.into_iter().map(|p| p.to_submit_sm(&template)).collect();
+        let parts: Vec<SubmitSm> = segmented
+            .parts
+            .into_iter()
+            .map(|p| p.to_submit_sm(&template))
+            .collect();
         let part_count = parts.len();
 
         let outcome = self.submit_with_retry(job.link, parts).await;
@@ -357,16 +403,27 @@ impl Pipeline {
                             message_ids.push(message_id);
                         }
                         PartOutcome::Rejected { status } => {
-                            updates.push(PartUpdate::Final { index, status: Status::Rejected, error_code: Some(status) });
+                            updates.push(PartUpdate::Final {
+                                index,
+                                status: Status::Rejected,
+                                error_code: Some(status),
+                            });
                             error.get_or_insert_with(|| {
                                 ApiError::new(
                                     ErrorKind::SubmitRejected,
-                                    format!("SMSC rejected part {} with command_status 0x{status:08X}", i + 1),
+                                    format!(
+                                        "SMSC rejected part {} with command_status 0x{status:08X}",
+                                        i + 1
+                                    ),
                                 )
                             });
                         }
                         PartOutcome::Unknown => {
-                            updates.push(PartUpdate::Final { index, status: Status::Unknown, error_code: None });
+                            updates.push(PartUpdate::Final {
+                                index,
+                                status: Status::Unknown,
+                                error_code: None,
+                            });
                             error.get_or_insert_with(|| {
                                 ApiError::new(
                                     ErrorKind::Timeout,
@@ -375,21 +432,35 @@ impl Pipeline {
                             });
                         }
                         PartOutcome::NotSent => {
-                            updates.push(PartUpdate::Final { index, status: Status::Failed, error_code: None });
+                            updates.push(PartUpdate::Final {
+                                index,
+                                status: Status::Failed,
+                                error_code: None,
+                            });
                             error.get_or_insert_with(|| {
-                                ApiError::new(ErrorKind::SubmitFailed, "the session was lost before this message was sent")
-                                    .retry_after(1)
+                                ApiError::new(
+                                    ErrorKind::SubmitFailed,
+                                    "the session was lost before this message was sent",
+                                )
+                                .retry_after(1)
                             });
                         }
                     }
                 }
             }
             Err(e) => {
-                updates.push(PartUpdate::AllPending { status: Status::Failed, error_code: None });
+                updates.push(PartUpdate::AllPending {
+                    status: Status::Failed,
+                    error_code: None,
+                });
                 error = Some(e);
             }
         }
-        let stored = self.shared.store.update(job.key.clone(), updates, state::unix_ms()).await;
+        let stored = self
+            .shared
+            .store
+            .update(job.key.clone(), updates, state::unix_ms())
+            .await;
         let status = match stored {
             Ok(UpdateOutcome::Updated { record, .. }) => record.status,
             Ok(UpdateOutcome::NotFound) | Err(_) => {
@@ -398,7 +469,11 @@ impl Pipeline {
                 // tells the truth about the submission.
                 Counters::inc(&self.shared.counters.state_write_failed_after_submit);
                 tracing::error!(transaction_id = %job.key.transaction_id, "state write after submit failed");
-                if error.is_none() { Status::Submitted } else { Status::Failed }
+                if error.is_none() {
+                    Status::Submitted
+                } else {
+                    Status::Failed
+                }
             }
         };
         if error.is_none() {
@@ -421,14 +496,22 @@ impl Pipeline {
 
     /// Submits all parts on one local bind; if none of them was written (bind lost, queue full)
     /// tries once more on another bound local bind of the same link.
-    async fn submit_with_retry(&self, link: LinkId, parts: Vec<SubmitSm>) -> Result<Vec<PartOutcome>, ApiError> {
+    async fn submit_with_retry(
+        &self,
+        link: LinkId,
+        parts: Vec<SubmitSm>,
+    ) -> Result<Vec<PartOutcome>, ApiError> {
         let binds = self.binds.get(&link).map(Vec::as_slice).unwrap_or(&[]);
         let bound: Vec<&LocalBind> = binds
             .iter()
             .filter(|b| b.can_submit && matches!(b.handle.state(), BindState::Bound { .. }))
             .collect();
         if bound.is_empty() {
-            return Err(ApiError::new(ErrorKind::NoRoute, format!("no bound session of link {link} on this shard")).retry_after(1));
+            return Err(ApiError::new(
+                ErrorKind::NoRoute,
+                format!("no bound session of link {link} on this shard"),
+            )
+            .retry_after(1));
         }
         let start = self.bind_cursor.get();
         self.bind_cursor.set(start.wrapping_add(1));
@@ -442,17 +525,19 @@ impl Pipeline {
             Err(SubmitError::NotBound | SubmitError::QueueFull | SubmitError::Closed) => true,
             Err(SubmitError::Invalid { .. }) => false,
         };
-        if all_not_sent {
-            if let (Some(other), Some(parts)) = (second, spare) {
-                Counters::inc(&self.shared.counters.retried_other_bind);
-                return submit_result(other.handle.submit(parts).await);
-            }
+        if all_not_sent && let (Some(other), Some(parts)) = (second, spare) {
+            Counters::inc(&self.shared.counters.retried_other_bind);
+            return submit_result(other.handle.submit(parts).await);
         }
         submit_result(result)
     }
 
     /// `GET /api/v1/sms/{transaction_id}`.
-    pub async fn status(&self, transaction_id: &str, meta: &RequestMeta<'_>) -> Result<MessageRecord, ApiError> {
+    pub async fn status(
+        &self,
+        transaction_id: &str,
+        meta: &RequestMeta<'_>,
+    ) -> Result<MessageRecord, ApiError> {
         validate_transaction_id(transaction_id)?;
         let mut admission = Admission {
             app_id: 0,
@@ -463,22 +548,45 @@ impl Pipeline {
             strategy: None,
         };
         self.stages.authenticate(&mut admission, meta).await?;
-        match self.shared.store.get(MessageKey::new(admission.app_id, transaction_id)).await {
+        match self
+            .shared
+            .store
+            .get(MessageKey::new(admission.app_id, transaction_id))
+            .await
+        {
             Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(ApiError::new(ErrorKind::UnknownTransaction, "no message with this transaction_id")),
+            Ok(None) => Err(ApiError::new(
+                ErrorKind::UnknownTransaction,
+                "no message with this transaction_id",
+            )),
             Err(e) => Err(state_error(e)),
         }
     }
 
     /// `POST /api/v1/sms/check-text-len`: with `esme`, that link's (or the default) layout.
-    pub fn check_text_len(&self, message: &str, encoding: Option<Encoding>, esme: Option<u32>) -> Result<TextInfo, ApiError> {
+    pub fn check_text_len(
+        &self,
+        message: &str,
+        encoding: Option<Encoding>,
+        esme: Option<u32>,
+    ) -> Result<TextInfo, ApiError> {
         if message.is_empty() {
             return Err(ApiError::new(ErrorKind::EmptyMessage, "`message` is empty"));
         }
         let cfg = match esme {
             None => SegmentConfig::default(),
-            Some(e) => match self.shared.registry.resolve(u64::from(e)).map_err(route_error)? {
-                Target::Link(l) => self.shared.registry.link(l).map(segment_config).unwrap_or_default(),
+            Some(e) => match self
+                .shared
+                .registry
+                .resolve(u64::from(e))
+                .map_err(route_error)?
+            {
+                Target::Link(l) => self
+                    .shared
+                    .registry
+                    .link(l)
+                    .map(segment_config)
+                    .unwrap_or_default(),
                 Target::Pool(_) => SegmentConfig::default(),
             },
         };
@@ -558,23 +666,39 @@ fn bind_health_name(b: crate::route::BindHealth) -> &'static str {
 
 fn submit_result(r: Result<Vec<PartOutcome>, SubmitError>) -> Result<Vec<PartOutcome>, ApiError> {
     r.map_err(|e| match e {
-        SubmitError::QueueFull => ApiError::new(ErrorKind::Overloaded, "session queue full").retry_after(1),
+        SubmitError::QueueFull => {
+            ApiError::new(ErrorKind::Overloaded, "session queue full").retry_after(1)
+        }
         SubmitError::NotBound | SubmitError::Closed => {
             ApiError::new(ErrorKind::NoRoute, "session lost before sending").retry_after(1)
         }
-        SubmitError::Invalid { part, reason } => {
-            ApiError::new(ErrorKind::InvalidField, format!("part {} cannot be encoded: {reason}", part + 1))
-        }
+        SubmitError::Invalid { part, reason } => ApiError::new(
+            ErrorKind::InvalidField,
+            format!("part {} cannot be encoded: {reason}", part + 1),
+        ),
     })
 }
 
 /// What a duplicate `transaction_id` gets: the stored state, nothing re-sent.
 pub fn answer_from_record(r: &MessageRecord, duplicate: bool) -> SendAnswer {
-    let message_ids = r.parts.iter().filter_map(|p| p.smsc_message_id.clone()).collect();
-    let failed = matches!(r.status, Status::Failed | Status::Rejected | Status::Unknown);
+    let message_ids = r
+        .parts
+        .iter()
+        .filter_map(|p| p.smsc_message_id.clone())
+        .collect();
+    let failed = matches!(
+        r.status,
+        Status::Failed | Status::Rejected | Status::Unknown
+    );
     SendAnswer {
         error: failed.then(|| {
-            ApiError::new(ErrorKind::DuplicateTransaction, format!("transaction_id already used; the message is {}", r.status.as_str()))
+            ApiError::new(
+                ErrorKind::DuplicateTransaction,
+                format!(
+                    "transaction_id already used; the message is {}",
+                    r.status.as_str()
+                ),
+            )
         }),
         esme: r.esme,
         transaction_id: r.transaction_id.clone(),
@@ -598,7 +722,11 @@ pub fn segment_config(link: &LinkConfig) -> SegmentConfig {
         Segmentation::Sar => SegmentMode::Sar,
         Segmentation::Payload => SegmentMode::MessagePayload,
     };
-    SegmentConfig { mode, max_parts: link.max_parts, ..SegmentConfig::default() }
+    SegmentConfig {
+        mode,
+        max_parts: link.max_parts,
+        ..SegmentConfig::default()
+    }
 }
 
 pub fn receipt_id_format(f: ConfigIdFormat) -> IdFormat {
@@ -618,12 +746,29 @@ fn state_encoding(e: Encoding) -> state::Encoding {
 }
 
 /// The fixed fields of every part of one message on `link`.
-fn submit_template(link: &LinkConfig, source: &str, destination: &str) -> Result<SubmitSm, ApiError> {
-    let bad = |field: &str| ApiError::new(ErrorKind::InvalidAddress, format!("`{field}` does not fit an SMPP address"));
+fn submit_template(
+    link: &LinkConfig,
+    source: &str,
+    destination: &str,
+) -> Result<SubmitSm, ApiError> {
+    let bad = |field: &str| {
+        ApiError::new(
+            ErrorKind::InvalidAddress,
+            format!("`{field}` does not fit an SMPP address"),
+        )
+    };
     let alphanumeric = !is_numeric_address(source);
-    let (source_ton, source_npi) = if alphanumeric { (5, 0) } else { (link.source_ton, link.source_npi) };
+    let (source_ton, source_npi) = if alphanumeric {
+        (5, 0)
+    } else {
+        (link.source_ton, link.source_npi)
+    };
     let dest = destination.strip_prefix('+').unwrap_or(destination);
-    let src = if alphanumeric { source } else { source.strip_prefix('+').unwrap_or(source) };
+    let src = if alphanumeric {
+        source
+    } else {
+        source.strip_prefix('+').unwrap_or(source)
+    };
     Ok(SubmitSm {
         source_addr_ton: source_ton,
         source_addr_npi: source_npi,
@@ -643,9 +788,16 @@ fn is_numeric_address(s: &str) -> bool {
 
 /// Destination: `+`? then 1..=20 digits. Source: that, or an alphanumeric sender id of
 /// 1..=11 printable ASCII characters.
-pub fn validate_address(value: &str, field: &'static str, allow_alpha: bool) -> Result<(), ApiError> {
+pub fn validate_address(
+    value: &str,
+    field: &'static str,
+    allow_alpha: bool,
+) -> Result<(), ApiError> {
     if value.is_empty() {
-        return Err(ApiError::new(ErrorKind::MissingField, format!("`{field}` is empty")));
+        return Err(ApiError::new(
+            ErrorKind::MissingField,
+            format!("`{field}` is empty"),
+        ));
     }
     let digits = value.strip_prefix('+').unwrap_or(value);
     if is_numeric_address(value) && digits.len() <= MAX_ADDR_LEN {
@@ -653,7 +805,9 @@ pub fn validate_address(value: &str, field: &'static str, allow_alpha: bool) -> 
     }
     if allow_alpha
         && value.len() <= MAX_ALPHA_SENDER_LEN
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-' || b == b'.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-' || b == b'.')
         && value.bytes().any(|b| b.is_ascii_alphanumeric())
     {
         return Ok(());
@@ -663,14 +817,23 @@ pub fn validate_address(value: &str, field: &'static str, allow_alpha: bool) -> 
     } else {
         "a number of at most 20 digits, optionally with a leading +"
     };
-    Err(ApiError::new(ErrorKind::InvalidAddress, format!("`{field}` must be {why}")))
+    Err(ApiError::new(
+        ErrorKind::InvalidAddress,
+        format!("`{field}` must be {why}"),
+    ))
 }
 
 fn validate_transaction_id(t: &str) -> Result<(), ApiError> {
-    if t.is_empty() || t.len() > state::model::MAX_TRANSACTION_ID_LEN || t.chars().any(char::is_control) {
+    if t.is_empty()
+        || t.len() > state::model::MAX_TRANSACTION_ID_LEN
+        || t.chars().any(char::is_control)
+    {
         return Err(ApiError::new(
             ErrorKind::InvalidField,
-            format!("`transaction_id` must be 1..={} bytes without control characters", state::model::MAX_TRANSACTION_ID_LEN),
+            format!(
+                "`transaction_id` must be 1..={} bytes without control characters",
+                state::model::MAX_TRANSACTION_ID_LEN
+            ),
         ));
     }
     Ok(())
@@ -678,8 +841,13 @@ fn validate_transaction_id(t: &str) -> Result<(), ApiError> {
 
 fn route_error(e: RouteError) -> ApiError {
     match e {
-        RouteError::UnknownEsme(id) => ApiError::new(ErrorKind::UnknownEsme, format!("no link or pool with id {id}")),
-        RouteError::LinkDisabled(_) | RouteError::ReceiveOnly(_) => ApiError::new(ErrorKind::NoRoute, e.to_string()),
+        RouteError::UnknownEsme(id) => ApiError::new(
+            ErrorKind::UnknownEsme,
+            format!("no link or pool with id {id}"),
+        ),
+        RouteError::LinkDisabled(_) | RouteError::ReceiveOnly(_) => {
+            ApiError::new(ErrorKind::NoRoute, e.to_string())
+        }
         RouteError::LinkDown(_) | RouteError::NoHealthyMember(_) => {
             ApiError::new(ErrorKind::NoRoute, e.to_string()).retry_after(1)
         }
@@ -715,14 +883,34 @@ mod tests {
         assert!(validate_address("+4912345", "destination", false).is_ok());
         assert!(validate_address("12345678901234567890", "destination", false).is_ok());
         assert_eq!(
-            validate_address("123456789012345678901", "destination", false).unwrap_err().kind,
+            validate_address("123456789012345678901", "destination", false)
+                .unwrap_err()
+                .kind,
             ErrorKind::InvalidAddress
         );
-        assert_eq!(validate_address("12a", "destination", false).unwrap_err().kind, ErrorKind::InvalidAddress);
-        assert_eq!(validate_address("+", "destination", false).unwrap_err().kind, ErrorKind::InvalidAddress);
+        assert_eq!(
+            validate_address("12a", "destination", false)
+                .unwrap_err()
+                .kind,
+            ErrorKind::InvalidAddress
+        );
+        assert_eq!(
+            validate_address("+", "destination", false)
+                .unwrap_err()
+                .kind,
+            ErrorKind::InvalidAddress
+        );
         assert!(validate_address("MyShop", "source", true).is_ok());
-        assert_eq!(validate_address("MyShopIsTooLong", "source", true).unwrap_err().kind, ErrorKind::InvalidAddress);
-        assert_eq!(validate_address("", "source", true).unwrap_err().kind, ErrorKind::MissingField);
+        assert_eq!(
+            validate_address("MyShopIsTooLong", "source", true)
+                .unwrap_err()
+                .kind,
+            ErrorKind::InvalidAddress
+        );
+        assert_eq!(
+            validate_address("", "source", true).unwrap_err().kind,
+            ErrorKind::MissingField
+        );
     }
 
     #[test]

@@ -55,7 +55,11 @@ impl Stage for PassThrough {
         self.0
     }
 
-    fn check<'s>(&'s self, _admission: &'s mut Admission, _meta: &'s RequestMeta<'_>) -> Verdict<'s> {
+    fn check<'s>(
+        &'s self,
+        _admission: &'s mut Admission,
+        _meta: &'s RequestMeta<'_>,
+    ) -> Verdict<'s> {
         Verdict::Pass
     }
 }
@@ -79,7 +83,11 @@ impl Default for Stages {
 
 impl Stages {
     /// Runs the stages in order; the first rejection wins.
-    pub async fn admit(&self, admission: &mut Admission, meta: &RequestMeta<'_>) -> Result<(), ApiError> {
+    pub async fn admit(
+        &self,
+        admission: &mut Admission,
+        meta: &RequestMeta<'_>,
+    ) -> Result<(), ApiError> {
         for stage in [&self.auth, &self.limit, &self.policy] {
             match stage.check(&mut *admission, meta) {
                 Verdict::Pass => {}
@@ -91,7 +99,11 @@ impl Stages {
     }
 
     /// Authentication only (status lookups need to know the app, not limits or policy).
-    pub async fn authenticate(&self, admission: &mut Admission, meta: &RequestMeta<'_>) -> Result<(), ApiError> {
+    pub async fn authenticate(
+        &self,
+        admission: &mut Admission,
+        meta: &RequestMeta<'_>,
+    ) -> Result<(), ApiError> {
         match self.auth.check(admission, meta) {
             Verdict::Pass => Ok(()),
             Verdict::Reject(e) => Err(e),
@@ -113,7 +125,9 @@ mod tests {
         }
         fn check<'s>(&'s self, a: &'s mut Admission, _m: &'s RequestMeta<'_>) -> Verdict<'s> {
             if a.parts > self.0 {
-                Verdict::Reject(ApiError::new(ErrorKind::RateLimited, "too many parts").retry_after(1))
+                Verdict::Reject(
+                    ApiError::new(ErrorKind::RateLimited, "too many parts").retry_after(1),
+                )
             } else {
                 Verdict::Pass
             }
@@ -128,7 +142,9 @@ mod tests {
         }
         fn check<'s>(&'s self, a: &'s mut Admission, m: &'s RequestMeta<'_>) -> Verdict<'s> {
             Verdict::Wait(Box::pin(async move {
-                a.app_id = (m.header)("x-app-id").and_then(|v| v.parse().ok()).unwrap_or(0);
+                a.app_id = (m.header)("x-app-id")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 Ok(())
             }))
         }
@@ -136,9 +152,16 @@ mod tests {
 
     #[test]
     fn stages_run_in_order_and_first_rejection_wins() {
-        let stages = Stages { auth: Box::new(SetApp), limit: Box::new(RejectOver(2)), ..Stages::default() };
+        let stages = Stages {
+            auth: Box::new(SetApp),
+            limit: Box::new(RejectOver(2)),
+            ..Stages::default()
+        };
         let lookup = |name: &str| (name == "x-app-id").then_some("42");
-        let meta = RequestMeta { client_ip: [127, 0, 0, 1].into(), header: &lookup };
+        let meta = RequestMeta {
+            client_ip: [127, 0, 0, 1].into(),
+            header: &lookup,
+        };
         let mut a = Admission {
             app_id: 0,
             esme: 1,
@@ -147,7 +170,9 @@ mod tests {
             parts: 1,
             strategy: None,
         };
-        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().build().unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .build()
+            .unwrap();
         rt.block_on(async {
             stages.admit(&mut a, &meta).await.unwrap();
             assert_eq!(a.app_id, 42);

@@ -63,10 +63,22 @@ impl Drop for Proc {
 
 /// Spawns `smsgw <args>` with `env`, forwards its stderr to the test's stderr (prefixed), and
 /// returns the first stdout line that starts with `ready_prefix` (within `timeout`).
-pub fn spawn(name: &str, args: &[String], env: &[(&str, &str)], ready_prefix: &str, timeout: Duration) -> (Proc, String) {
+pub fn spawn(
+    name: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    ready_prefix: &str,
+    timeout: Duration,
+) -> (Proc, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.env("RUST_LOG", std::env::var("SMSGW_TEST_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("SMSGW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     cmd.env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
@@ -89,7 +101,10 @@ pub fn spawn(name: &str, args: &[String], env: &[(&str, &str)], ready_prefix: &s
             eprintln!("[{tag}] {line}");
         }
     });
-    let mut proc = Proc { name: name.to_string(), child };
+    let mut proc = Proc {
+        name: name.to_string(),
+        child,
+    };
     match rx.recv_timeout(timeout) {
         Ok(line) => (proc, line),
         Err(_) => {
@@ -101,7 +116,8 @@ pub fn spawn(name: &str, args: &[String], env: &[(&str, &str)], ready_prefix: &s
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// A running simulator.
@@ -129,15 +145,32 @@ impl Sim {
             "50".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (proc, line) = spawn("sim", &args, &[], "smsc-sim listening", Duration::from_secs(20));
-        let smpp: std::net::SocketAddr = field(&line, "smpp").and_then(|a| a.parse().ok()).expect("smpp addr");
+        let (proc, line) = spawn(
+            "sim",
+            &args,
+            &[],
+            "smsc-sim listening",
+            Duration::from_secs(20),
+        );
+        let smpp: std::net::SocketAddr = field(&line, "smpp")
+            .and_then(|a| a.parse().ok())
+            .expect("smpp addr");
         let control = field(&line, "control").expect("control addr").to_string();
-        Sim { proc, smpp_port: smpp.port(), control: format!("http://{control}") }
+        Sim {
+            proc,
+            smpp_port: smpp.port(),
+            control: format!("http://{control}"),
+        }
     }
 
     /// `GET /messages?limit=N` → the `messages` array.
     pub fn messages(&self, limit: usize) -> Vec<Value> {
-        let (st, v) = http(&self.control, "GET", &format!("/messages?limit={limit}"), "");
+        let (st, v) = http(
+            &self.control,
+            "GET",
+            &format!("/messages?limit={limit}"),
+            "",
+        );
         assert_eq!(st, 200, "sim /messages: {v}");
         v["messages"].as_array().cloned().unwrap_or_default()
     }
@@ -163,7 +196,13 @@ pub struct LinkSpec {
 
 impl LinkSpec {
     pub fn new(id: u32, port: u16) -> LinkSpec {
-        LinkSpec { id, port, binds: 1, system_id: format!("gw{id}"), extra: String::new() }
+        LinkSpec {
+            id,
+            port,
+            binds: 1,
+            system_id: format!("gw{id}"),
+            extra: String::new(),
+        }
     }
 }
 
@@ -185,7 +224,13 @@ pub struct GatewayOptions {
 
 impl Default for GatewayOptions {
     fn default() -> Self {
-        GatewayOptions { shards: 2, links: Vec::new(), pools: Vec::new(), max_body_bytes: 16 * 1024, legacy_driver: false }
+        GatewayOptions {
+            shards: 2,
+            links: Vec::new(),
+            pools: Vec::new(),
+            max_body_bytes: 16 * 1024,
+            legacy_driver: false,
+        }
     }
 }
 
@@ -253,14 +298,30 @@ impl Gateway {
             "--rules".into(),
             b.display().to_string(),
         ];
-        let env: Vec<(&str, &str)> =
-            if o.legacy_driver { vec![("MONOIO_FORCE_LEGACY_DRIVER", "1")] } else { Vec::new() };
-        let (proc, line) = spawn("gw", &args, &env, "smsgw listening", Duration::from_secs(30));
+        let env: Vec<(&str, &str)> = if o.legacy_driver {
+            vec![("MONOIO_FORCE_LEGACY_DRIVER", "1")]
+        } else {
+            Vec::new()
+        };
+        let (proc, line) = spawn(
+            "gw",
+            &args,
+            &env,
+            "smsgw listening",
+            Duration::from_secs(30),
+        );
         let addr = field(&line, "http").expect("http addr").to_string();
         if o.legacy_driver {
-            assert!(line.contains("drivers=epoll"), "legacy driver not in use: {line}");
+            assert!(
+                line.contains("drivers=epoll"),
+                "legacy driver not in use: {line}"
+            );
         }
-        Gateway { proc, url: format!("http://{addr}"), dir }
+        Gateway {
+            proc,
+            url: format!("http://{addr}"),
+            dir,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
@@ -272,7 +333,8 @@ impl Gateway {
     }
 
     pub fn send(&self, esme: u32, to: &str, text: &str) -> (u16, Value) {
-        let body = serde_json::json!({"esme": esme, "source": "Test", "destination": to, "message": text});
+        let body =
+            serde_json::json!({"esme": esme, "source": "Test", "destination": to, "message": text});
         self.post("/api/v1/sms/send", &body.to_string())
     }
 
@@ -283,10 +345,18 @@ impl Gateway {
             let (st, v) = self.get("/api/v1/smpp/links");
             st == 200
                 && ids.iter().all(|id| {
-                    v["links"].as_array().into_iter().flatten().any(|l| l["id"] == *id && l["state"] == want)
+                    v["links"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|l| l["id"] == *id && l["state"] == want)
                 })
         });
-        assert!(ok, "links {ids:?} not {want} within {timeout:?}: {}", self.get("/api/v1/smpp/links").1);
+        assert!(
+            ok,
+            "links {ids:?} not {want} within {timeout:?}: {}",
+            self.get("/api/v1/smpp/links").1
+        );
     }
 
     /// Polls the status of `txid` until it is `status`.
