@@ -1265,3 +1265,21 @@ fn config_debug_does_not_print_the_password() {
     let s = format!("{b:?}");
     assert!(s.contains("2775") && !s.contains("s3cr3t"), "{s}");
 }
+
+#[test]
+fn a_message_larger_than_the_queue_fits_an_idle_window() {
+    let mut c = cfg();
+    c.window = 10;
+    c.max_pending = 2;
+    let mut h = Smsc::bound(c);
+    assert_eq!(h.s.pending_room(h.now), 12);
+    h.s.submit_all((0..12).map(|i| (i, sm("p"))), h.now)
+        .unwrap();
+    assert_eq!(h.sent().len(), 10);
+    assert_eq!(h.s.pending_len(), 2);
+    assert_eq!(h.s.pending_room(h.now), 0);
+    assert!(matches!(
+        h.s.submit(99, sm("x"), h.now),
+        Err(SubmitError::QueueFull { .. })
+    ));
+}

@@ -401,9 +401,17 @@ impl Session {
         self.pending.len()
     }
 
-    /// How many more submits the pending queue takes right now.
-    pub fn pending_room(&self) -> usize {
-        self.cfg.max_pending.saturating_sub(self.pending.len())
+    /// How many more submits `submit` admits right now: free queue places, plus free window
+    /// slots when they would be written at once (bound, no back-off, nothing queued ahead).
+    pub fn pending_room(&self, now: Instant) -> usize {
+        let queue = self.cfg.max_pending.saturating_sub(self.pending.len());
+        let sendable_now = self.is_bound() && !self.in_backoff(now) && self.pending.is_empty();
+        let window = if sendable_now {
+            self.cfg.window.saturating_sub(self.outstanding.len())
+        } else {
+            0
+        };
+        queue + window
     }
 
     pub fn unanswered_delivers(&self) -> usize {
@@ -467,9 +475,12 @@ impl Session {
         {
             return Err((0, SubmitError::NotAccepting));
         }
+        // Items that go straight into the window never occupy the queue, so a message of
+        // more parts than `max_pending` still fits an idle session.
+        let room = self.pending_room(now);
         let mut batch = Vec::new();
         for (i, (token, sm)) in items.into_iter().enumerate() {
-            if self.pending.len() + i >= self.cfg.max_pending {
+            if i >= room {
                 return Err((
                     i,
                     SubmitError::QueueFull {
