@@ -461,10 +461,10 @@ impl BindHandle {
             if self.shared.state.get() == BindState::Closed {
                 Poll::Ready(())
             } else {
-                self.shared
-                    .closed_wakers
-                    .borrow_mut()
-                    .push(cx.waker().clone());
+                let mut wakers = self.shared.closed_wakers.borrow_mut();
+                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         })
