@@ -103,16 +103,16 @@ proptest! {
         assert_exact_windows(&picks, &expected);
     }
 
-    /// Health flips at random points; between flips (after each change) every full window of
-    /// the eligible members' total weight is exact, and down members are never picked.
+    /// Health flips at random points, also mid-period; after each change every window of the
+    /// eligible members' total weight is exact, and down members are never picked.
     #[test]
     fn swrr_exact_between_health_changes(
         weights in proptest::collection::vec(1u32..=10, 2..=6),
-        phases in proptest::collection::vec((any::<u64>(), 1usize..=3), 1..=6),
+        phases in proptest::collection::vec((any::<u64>(), 1usize..=3, 0usize..=40), 1..=6),
     ) {
         let all = members(&weights);
         let mut swrr = Swrr::new(&all);
-        for (mask_seed, periods) in phases {
+        for (mask_seed, periods, extra) in phases {
             let up: Vec<bool> = (0..all.len()).map(|i| mask_seed & (1 << i) != 0).collect();
             let eligible: HashMap<LinkId, u32> =
                 all.iter().zip(&up).filter(|(_, u)| **u).map(|(m, _)| (m.link, m.weight.get())).collect();
@@ -122,7 +122,10 @@ proptest! {
                 continue;
             }
             let w: u32 = eligible.values().sum();
-            let picks: Vec<_> = (0..w as usize * periods).map(|_| swrr.pick(is_up).unwrap()).collect();
+            // `extra` leaves the phase mid-period, so the next phase starts from a state that
+            // is not all-zero: that is where carried-over weights would skew the shares.
+            let n = w as usize * periods + extra;
+            let picks: Vec<_> = (0..n).map(|_| swrr.pick(is_up).unwrap()).collect();
             assert_exact_windows(&picks, &eligible);
         }
     }
