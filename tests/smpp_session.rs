@@ -1001,7 +1001,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: super::cases(512), ..ProptestConfig::default() })]
 
         /// Arbitrary bytes in arbitrary chunks never panic, and every submit still ends in
         /// exactly one outcome.
@@ -1137,7 +1137,7 @@ mod model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: super::cases(256), ..ProptestConfig::default() })]
 
         #[test]
         fn invariants_hold_under_random_smsc_behaviour(ops in proptest::collection::vec(op(), 1..120)) {
@@ -1282,4 +1282,13 @@ fn a_message_larger_than_the_queue_fits_an_idle_window() {
         h.s.submit(99, sm("x"), h.now),
         Err(SubmitError::QueueFull { .. })
     ));
+}
+
+/// Property-test case count: the default keeps CI fast; fuzz longer with e.g.
+/// `PROPTEST_CASES=200000 cargo test --release --test smpp_session -- fuzz model`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
