@@ -63,7 +63,9 @@ http() {
 }
 
 log "starting the SMSC simulator on $SMPP_ADDR"
-"$BIN" smsc-sim --listen "$SMPP_ADDR" --dlr-delay-ms 200 >"$WORK/sim.log" 2>&1 &
+# Message ids start from the clock so they never repeat ids of an earlier demo run still in the
+# state store (var/state), as a real SMSC's would not.
+"$BIN" smsc-sim --listen "$SMPP_ADDR" --dlr-delay-ms 200 --id-start "$(date +%s)000" >"$WORK/sim.log" 2>&1 &
 SIM_PID=$!
 
 log "starting the gateway (config/smsgw.toml, config/smpp_rules.toml)"

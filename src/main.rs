@@ -37,6 +37,10 @@ enum Command {
     },
     /// Send one message through a running gateway's REST API; prints the JSON answer.
     Send(smsgw::api::client::SendArgs),
+    /// Open-loop load generator for the REST send API (HDR histograms; see PERF.md).
+    Bench(smsgw::loadgen::BenchArgs),
+    /// A trivial HTTP server answering every request: the baseline for `bench`.
+    NullHttp(smsgw::loadgen::NullServerArgs),
     /// Mint a JWT for an app (arrives with authentication; not available in this build).
     Token,
 }
@@ -99,6 +103,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Bench(args) => {
+            init_logging("warn", false);
+            let code = smsgw::loadgen::run(args)?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::NullHttp(args) => {
+            init_logging("info", false);
+            smsgw::loadgen::run_null_server(args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Token => {
             anyhow::bail!(

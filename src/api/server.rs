@@ -146,22 +146,19 @@ pub async fn connection<S: Service>(
         let mut consumed = 0usize;
         let mut close = false;
         let mut framing_error = false;
-        let mut answered = 0usize;
         let mut want_continue = false;
+        let mut error_resp: Option<Response> = None;
         out.clear();
-        while answered < limits.max_pipeline_depth {
+        // Parse every complete request (bounded per batch); stop after one that closes.
+        let mut batch: Vec<Request<'_>> = Vec::new();
+        while batch.len() < limits.max_pipeline_depth {
             match http::parse_request(&buf[consumed..], limits) {
                 Ok(Parse::Complete(req, used)) => {
-                    let resp = service.call(&req).await;
-                    // Once shutdown started, tell the client to go elsewhere for its next request.
-                    let keep_alive = req.keep_alive && !shutdown.is_triggered();
-                    let head_only = req.method == http::Method::Head;
-                    http::write_response(&mut out, &resp, keep_alive, head_only);
                     consumed += used;
-                    answered += 1;
                     continue_sent = false;
-                    if !keep_alive {
-                        close = true;
+                    let last = !req.keep_alive;
+                    batch.push(req);
+                    if last {
                         break;
                     }
                 }
@@ -170,14 +167,37 @@ pub async fn connection<S: Service>(
                     break;
                 }
                 Err(e) => {
-                    let resp =
-                        Response::json(e.status(), http::error_body(&e.to_string(), e.code()));
-                    http::write_response(&mut out, &resp, false, false);
-                    close = true;
-                    framing_error = true;
+                    error_resp = Some(Response::json(
+                        e.status(),
+                        http::error_body(&e.to_string(), e.code()),
+                    ));
                     break;
                 }
             }
+        }
+        let answered = batch.len();
+        // Pipelined requests are handled concurrently (a send waits for the SMSC); their
+        // answers are still written in request order, all in one write.
+        let responses = if answered == 1 {
+            vec![service.call(&batch[0]).await]
+        } else {
+            join_all(batch.iter().map(|r| service.call(r)).collect()).await
+        };
+        for (req, resp) in batch.iter().zip(&responses) {
+            // Once shutdown started, tell the client to go elsewhere for its next request.
+            let keep_alive = req.keep_alive && !shutdown.is_triggered();
+            http::write_response(&mut out, resp, keep_alive, req.method == http::Method::Head);
+            if !keep_alive {
+                close = true;
+            }
+        }
+        drop(batch);
+        if let Some(resp) = error_resp {
+            if !close {
+                http::write_response(&mut out, &resp, false, false);
+                framing_error = true;
+            }
+            close = true;
         }
         if want_continue {
             out.extend_from_slice(http::CONTINUE);
@@ -232,6 +252,31 @@ pub async fn connection<S: Service>(
     }
 }
 
+/// Runs all futures concurrently on the current task; outputs in input order. Every wake polls
+/// the futures still pending: fine for a batch bounded by the pipeline depth.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
 /// Bytes and time spent discarding input after an error answer.
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
 const LINGER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -268,6 +313,10 @@ mod tests {
 
     impl Service for Echo {
         async fn call(&self, req: &Request<'_>) -> Response {
+            // `?ms=N` makes the answer wait N ms (a send waiting for its SMSC).
+            if let Some(ms) = req.query.strip_prefix("ms=").and_then(|v| v.parse().ok()) {
+                monoio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let mut body = req.path.as_bytes().to_vec();
             body.push(b':');
             body.extend_from_slice(req.body);
@@ -394,6 +443,28 @@ mod tests {
             .map(|p| text.find(p).unwrap())
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        trigger.trigger();
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn pipelined_requests_run_concurrently_answers_stay_in_order() {
+        let (addr, trigger, h) = start(ServerConfig::default());
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let started = std::time::Instant::now();
+        // The first waits longest: sequential handling would take 1000 ms.
+        s.write_all(
+            b"GET /a?ms=400 HTTP/1.1\r\n\r\nGET /b?ms=300 HTTP/1.1\r\n\r\nGET /c?ms=200 HTTP/1.1\r\n\r\nGET /d?ms=100 HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let text = read_until_closed(&mut s);
+        let elapsed = started.elapsed();
+        let pos: Vec<usize> = ["/a:", "/b:", "/c:", "/d:"]
+            .iter()
+            .map(|p| text.find(p).unwrap())
+            .collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(elapsed < Duration::from_millis(900), "took {elapsed:?}");
         trigger.trigger();
         h.join().unwrap();
     }
