@@ -293,6 +293,8 @@ enum Op {
     Expire(u64, usize, Completer<Vec<MessageRecord>>),
     /// Test hook: the writer sleeps (simulates a stuck disk).
     Stall(Duration, Completer<()>),
+    /// Commit everything before it and fsync.
+    Flush(Completer<()>),
 }
 
 impl Op {
@@ -303,6 +305,7 @@ impl Op {
             Op::Receipt(_, _, _, c) => c.as_fail(),
             Op::Expire(_, _, c) => c.as_fail(),
             Op::Stall(_, c) => c.as_fail(),
+            Op::Flush(c) => c.as_fail(),
         }
     }
 }
@@ -320,6 +323,7 @@ enum Done {
         Result<Vec<MessageRecord>, StateError>,
     ),
     Stall(Completer<()>),
+    Flush(Completer<()>),
 }
 
 impl Done {
@@ -337,6 +341,7 @@ impl Done {
             Done::Receipt(c, r) => c.complete(pick(r, commit)),
             Done::Expire(c, r) => c.complete(pick(r, commit)),
             Done::Stall(c) => c.complete(pick(Ok(()), commit)),
+            Done::Flush(c) => c.complete(pick(Ok(()), commit)),
         }
     }
 }
@@ -680,6 +685,10 @@ impl StateStore for EmbeddedStore {
         self.submit(|c| Op::Expire(now_ms, limit, c))
     }
 
+    fn flush(&self) -> StoreFuture<()> {
+        self.submit(Op::Flush)
+    }
+
     fn is_available(&self) -> bool {
         !self.shared.stuck.load(Ordering::Acquire) && self.shared.healthy.load(Ordering::Acquire)
     }
@@ -852,6 +861,7 @@ impl Writer {
         let now = unix_ms();
         let mut ov = Overlay::default();
         let mut done = Vec::with_capacity(ops.len());
+        let mut want_sync = false;
         for op in ops.drain(..) {
             done.push(match op {
                 Op::Create(r, c) => Done::Create(c, self.create(&mut ov, r, now)),
@@ -862,10 +872,22 @@ impl Writer {
                     std::thread::sleep(d);
                     Done::Stall(c)
                 }
+                Op::Flush(c) => {
+                    want_sync = true;
+                    Done::Flush(c)
+                }
             });
         }
 
-        let commit = self.commit(ov);
+        let mut commit = self.commit(ov);
+        if want_sync && commit.is_ok() {
+            // A flush covers this batch and every earlier one (one journal, written in order).
+            commit = self
+                .trees
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(fjall_err);
+        }
         match &commit {
             Ok(()) => sh.healthy.store(true, Ordering::Release),
             Err(e) => {

@@ -164,6 +164,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// The gateway calls it periodically and writes a CDR for each.
     fn expire_due(&self, now_ms: u64, limit: usize) -> StoreFuture<Vec<MessageRecord>>;
 
+    /// Resolves once every write issued before it is committed and on stable storage,
+    /// whatever the fsync policy (for graceful shutdown).
+    fn flush(&self) -> StoreFuture<()>;
+
     /// Cheap health check (no I/O) for `/healthy` and metrics: false while the store is known
     /// to be failing (last write failed, or writer stuck). Advisory only: do not use it to stop
     /// sending writes, since a write is what detects recovery; failing writes already fail fast.

@@ -113,6 +113,7 @@ pub async fn run_all(h: &dyn SuiteHarness) {
         receipts(&*s, &ids).await;
         invalid_input(&*s, &ids).await;
         before_reopen(&*s, &ids).await;
+        s.flush().await.expect("flush");
     }
     {
         let s = h.open(SUITE_TTL_SECS);
