@@ -275,3 +275,63 @@ fn the_precise_timer_sends_on_time() {
     assert_eq!(wheel.accepted, 500);
     server.stop();
 }
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn spawn_sim_runs_the_simulator_for_the_bench_only() {
+    let server = null_server(200, None);
+    let sim = free_port();
+    let sim_addr = sim.to_string();
+    let args = bench_args(
+        server.local_addr(),
+        &[
+            "--rate",
+            "200",
+            "--duration",
+            "300ms",
+            "--connections",
+            "1",
+            "--spawn-sim",
+            "--sim-listen",
+            &sim_addr,
+            "--sim-bin",
+            env!("CARGO_BIN_EXE_smsgw"),
+        ],
+    );
+    assert_eq!(loadgen::run(args).unwrap(), 0);
+    // The guard killed and reaped the child, so its port closes. Not instantly: the kernel
+    // tears down an exited process's io_uring (which holds the listener through a pending
+    // accept) in deferred work, so poll briefly.
+    let closed_by = Instant::now() + Duration::from_secs(3);
+    while std::net::TcpStream::connect_timeout(&sim, Duration::from_millis(200)).is_ok() {
+        assert!(
+            Instant::now() < closed_by,
+            "simulator still listening after the bench"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A simulator that cannot start is a clear error, not a hang.
+    let args = bench_args(
+        server.local_addr(),
+        &[
+            "--duration",
+            "100ms",
+            "--spawn-sim",
+            "--sim-listen",
+            &sim_addr,
+            "--sim-bin",
+            env!("CARGO_BIN_EXE_smsgw"),
+            "--sim-arg=--no-such-flag",
+        ],
+    );
+    let err = loadgen::run(args).unwrap_err();
+    assert!(err.to_string().contains("smsc-sim"), "{err}");
+    server.stop();
+}

@@ -18,6 +18,7 @@ pub mod pacer;
 pub mod payload;
 pub mod report;
 pub mod schedule;
+pub mod spawn;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -64,6 +65,8 @@ pub enum LoadgenError {
     Io(std::io::Error),
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("cannot run the simulator: {0}")]
+    Spawn(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -164,9 +167,19 @@ pub struct BenchArgs {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
-    /// Start `smsgw smsc-sim` for the run (not yet implemented: use bench/run-e2e.sh).
+    /// Start `smsgw smsc-sim` for the run (killed at the end) and wait until the target
+    /// accepts a message before measuring.
     #[arg(long)]
     pub spawn_sim: bool,
+    /// Where the spawned simulator listens (the gateway's links must point there).
+    #[arg(long, default_value = "127.0.0.1:2775")]
+    pub sim_listen: SocketAddr,
+    /// Extra argument for the spawned simulator (repeatable), e.g. `--sim-arg=--dlr-percent=0`.
+    #[arg(long = "sim-arg", allow_hyphen_values = true)]
+    pub sim_args: Vec<String>,
+    /// Binary to run `smsc-sim` from (default: this executable).
+    #[arg(long)]
+    pub sim_bin: Option<PathBuf>,
 }
 
 /// `smsgw null-http`: the baseline server.
@@ -271,12 +284,6 @@ impl BenchConfig {
                      issue 6); use --protocol rest",
                 ));
             }
-        }
-        if args.spawn_sim {
-            return Err(LoadgenError::Unsupported(
-                "--spawn-sim is not implemented yet; start `smsgw smsc-sim` yourself or run \
-                 bench/run-e2e.sh",
-            ));
         }
         let (target, host, prefix) = parse_url(&args.url)?;
         if !args.path.starts_with('/') || args.path.bytes().any(|b| b.is_ascii_whitespace()) {
@@ -548,6 +555,22 @@ fn print_progress(live: &[Arc<LiveCounters>], start: Instant, last_sent: u64) ->
 /// the error rate is above `--max-error-rate`.
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let config = BenchConfig::from_args(&args)?;
+    let _sim = if args.spawn_sim {
+        let bin = match &args.sim_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("locating this executable")?,
+        };
+        let sim = spawn::SimGuard::start(&bin, args.sim_listen, &args.sim_args)?;
+        eprintln!(
+            "smsc-sim started on {} (pid {})",
+            args.sim_listen,
+            sim.pid()
+        );
+        wait_until_accepting(&config)?;
+        Some(sim)
+    } else {
+        None
+    };
     let report = run_bench(&config)?;
     print!("{}", report.table());
     if let Some(path) = &args.json {
@@ -567,6 +590,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(code)
+}
+
+/// Bounded wait until the target accepts a message (e.g. the gateway rebinding to a freshly
+/// started simulator): single requests, up to `READY_ATTEMPTS` half a second apart.
+fn wait_until_accepting(config: &BenchConfig) -> anyhow::Result<()> {
+    const READY_ATTEMPTS: u32 = 60;
+    let mut probe = config.clone();
+    probe.pace = Pace::Rate { rate_per_s: 10 };
+    probe.requests = Some(1);
+    probe.connections = 1;
+    probe.threads = 1;
+    probe.duration = Duration::from_millis(100);
+    probe.drain_timeout = Duration::from_secs(2);
+    probe.progress = false;
+    let mut last = String::new();
+    for _ in 0..READY_ATTEMPTS {
+        let report = run_bench(&probe)?;
+        if report.accepted == 1 {
+            return Ok(());
+        }
+        last = match report.rejected.first() {
+            Some(r) => format!("HTTP {} {}", r.status, r.code),
+            None => format!("{:?}", report.error_kinds),
+        };
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    anyhow::bail!("the target did not accept a probe message within 30 s (last answer: {last})")
 }
 
 /// `smsgw null-http`: serve until the process is stopped.
@@ -660,6 +710,12 @@ mod tests {
         }
         let err = config(&["--protocol", "grpc"]).unwrap_err();
         assert!(err.to_string().contains("gRPC"), "{err}");
-        assert!(config(&["--spawn-sim"]).is_err());
+        let c = config(&[
+            "--spawn-sim",
+            "--sim-arg=--dlr-percent=0",
+            "--sim-arg",
+            "--cores=1",
+        ]);
+        assert!(c.is_ok());
     }
 }

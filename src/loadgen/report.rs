@@ -344,7 +344,12 @@ impl Report {
         let l = &self.latency;
         let _ = writeln!(
             s,
-            "latency (from scheduled send; {} samples)\n  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}",
+            "latency ({}; {} samples)\n  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {}",
+            if self.mode == "rate" {
+                "from scheduled send"
+            } else {
+                "closed loop, from actual send"
+            },
             l.count,
             fmt_us(l.p50_us),
             fmt_us(l.p90_us),
