@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::pipeline::{Counters, Shared};
+use super::pipeline::{BindLoad, Counters, Shared};
 use super::{ShardInit, run};
 use crate::config::{Config, FsyncPolicy as ConfigFsync, StateBackend};
 use crate::route::{HealthTable, Registry};
@@ -54,7 +54,9 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         .map(|_| async_channel::bounded(capacity))
         .unzip();
     let shutdown_timeout = config.server.shutdown_timeout;
+    let bind_load = BindLoad::new(&registry);
     let shared = Arc::new(Shared {
+        bind_load,
         config,
         registry,
         health,

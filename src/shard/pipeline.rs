@@ -41,6 +41,48 @@ pub struct Shared {
     /// Inbound hand-over channel of every shard, by shard id (bounded).
     pub inboxes: Vec<async_channel::Sender<Handover>>,
     pub counters: Counters,
+    /// Window occupancy of every bind, published by the owning shard's health loop (so any
+    /// shard can answer `GET /api/v1/smpp/links`).
+    pub bind_load: BindLoad,
+}
+
+/// `(outstanding, queued)` submits of each bind of each link, refreshed every health tick.
+#[derive(Debug, Default)]
+pub struct BindLoad {
+    links: BTreeMap<LinkId, Vec<(AtomicU64, AtomicU64)>>,
+}
+
+impl BindLoad {
+    pub fn new(registry: &Registry) -> BindLoad {
+        BindLoad {
+            links: registry
+                .links()
+                .map(|l| {
+                    let binds = (0..l.binds.get()).map(|_| Default::default()).collect();
+                    (l.id, binds)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn publish(&self, link: LinkId, bind: u32, outstanding: usize, queued: usize) {
+        if let Some(slot) = self.links.get(&link).and_then(|b| b.get(bind as usize)) {
+            slot.0.store(outstanding as u64, Ordering::Relaxed);
+            slot.1.store(queued as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Per bind `(outstanding, queued)`.
+    pub fn of(&self, link: LinkId) -> Vec<(u64, u64)> {
+        self.links
+            .get(&link)
+            .map(|b| {
+                b.iter()
+                    .map(|(o, q)| (o.load(Ordering::Relaxed), q.load(Ordering::Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Process-wide counters (exported by the metrics work later; logged at shutdown now).
@@ -608,6 +650,9 @@ impl Pipeline {
                     .map(|s| s.binds.iter().map(|b| bind_health_name(*b)).collect())
                     .unwrap_or_default();
                 let up = binds.iter().filter(|b| **b == "up").count();
+                let load = self.shared.bind_load.of(l.id);
+                let outstanding: u64 = load.iter().map(|(o, _)| o).sum();
+                let queued: u64 = load.iter().map(|(_, q)| q).sum();
                 serde_json::json!({
                     "id": l.id.0,
                     "host": l.host,
@@ -621,6 +666,9 @@ impl Pipeline {
                     "binds_up": up,
                     "binds": binds,
                     "window": l.window.get(),
+                    "window_used": outstanding,
+                    "queued": queued,
+                    "binds_window_used": load.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
                     "esme_rate": rate,
                     "esme_rate_burst": burst,
                     "configured_rate": l.esme_rate.get(),

@@ -311,6 +311,7 @@ impl Gateway {
             Duration::from_secs(30),
         );
         let addr = field(&line, "http").expect("http addr").to_string();
+        eprintln!("gateway ready: {line}");
         if o.legacy_driver {
             assert!(
                 line.contains("drivers=epoll"),
