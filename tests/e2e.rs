@@ -377,15 +377,25 @@ fn bad_inputs(legacy: bool) {
 }
 
 fn sigterm_exits_zero(legacy: bool) {
-    let sim = Sim::start(&[]);
+    // Every SMSC answer takes 700 ms, so the send below is in flight when SIGTERM arrives.
+    let sim = Sim::start(&["--latency-ms", "700"]);
     let mut gw = one_link_gateway(&sim, legacy);
-    let (st, v) = gw.send(100, "1", "bye");
-    assert_eq!(st, 200, "{v}");
+    let url = gw.url.clone();
+    let in_flight = std::thread::spawn(move || {
+        let body = serde_json::json!({"esme": 100, "source": "Test", "destination": "1", "message": "bye"});
+        common::http(&url, "POST", "/api/v1/sms/send", &body.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(250));
     let status = gw
         .proc
         .terminate(Duration::from_secs(8))
         .expect("gateway exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
+    // The request in flight at SIGTERM was finished, not dropped.
+    let (st, v) = in_flight.join().unwrap();
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(sim.messages(10).len(), 1);
 }
 
 /// Both drivers for every scenario.
