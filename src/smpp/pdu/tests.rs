@@ -1192,3 +1192,117 @@ proptest! {
         check_decode_contract(&buf, 64);
     }
 }
+
+#[test]
+fn every_standard_tlv_tag_has_length_bounds() {
+    use super::super::tlv::value_len_bounds;
+    use tag::*;
+    let all = [
+        DEST_ADDR_SUBUNIT,
+        DEST_NETWORK_TYPE,
+        DEST_BEARER_TYPE,
+        DEST_TELEMATICS_ID,
+        SOURCE_ADDR_SUBUNIT,
+        SOURCE_NETWORK_TYPE,
+        SOURCE_BEARER_TYPE,
+        SOURCE_TELEMATICS_ID,
+        QOS_TIME_TO_LIVE,
+        PAYLOAD_TYPE,
+        ADDITIONAL_STATUS_INFO_TEXT,
+        RECEIPTED_MESSAGE_ID,
+        MS_MSG_WAIT_FACILITIES,
+        PRIVACY_INDICATOR,
+        SOURCE_SUBADDRESS,
+        DEST_SUBADDRESS,
+        USER_MESSAGE_REFERENCE,
+        USER_RESPONSE_CODE,
+        SOURCE_PORT,
+        DESTINATION_PORT,
+        SAR_MSG_REF_NUM,
+        LANGUAGE_INDICATOR,
+        SAR_TOTAL_SEGMENTS,
+        SAR_SEGMENT_SEQNUM,
+        SC_INTERFACE_VERSION,
+        CALLBACK_NUM_PRES_IND,
+        CALLBACK_NUM_ATAG,
+        NUMBER_OF_MESSAGES,
+        CALLBACK_NUM,
+        DPF_RESULT,
+        SET_DPF,
+        MS_AVAILABILITY_STATUS,
+        NETWORK_ERROR_CODE,
+        MESSAGE_PAYLOAD,
+        DELIVERY_FAILURE_REASON,
+        MORE_MESSAGES_TO_SEND,
+        MESSAGE_STATE,
+        USSD_SERVICE_OP,
+        DISPLAY_TIME,
+        SMS_SIGNAL,
+        MS_VALIDITY,
+        ALERT_ON_MESSAGE_DELIVERY,
+        ITS_REPLY_TYPE,
+        ITS_SESSION_INFO,
+    ];
+    for t in all {
+        let (min, max) = value_len_bounds(t).unwrap_or_else(|| panic!("0x{t:04X} unchecked"));
+        assert!(min <= max, "0x{t:04X}");
+    }
+    // Spot checks against the spec table (5.3.2).
+    assert_eq!(value_len_bounds(MESSAGE_STATE), Some((1, 1)));
+    assert_eq!(value_len_bounds(NETWORK_ERROR_CODE), Some((3, 3)));
+    assert_eq!(value_len_bounds(QOS_TIME_TO_LIVE), Some((4, 4)));
+    assert_eq!(value_len_bounds(SAR_MSG_REF_NUM), Some((2, 2)));
+    assert_eq!(value_len_bounds(RECEIPTED_MESSAGE_ID), Some((0, 65)));
+    assert_eq!(
+        value_len_bounds(0x1400),
+        None,
+        "vendor tags are not checked"
+    );
+}
+
+#[test]
+fn every_command_id_has_a_name_and_a_decoder() {
+    use command_id::*;
+    let all = [
+        GENERIC_NACK,
+        BIND_RECEIVER,
+        BIND_RECEIVER_RESP,
+        BIND_TRANSMITTER,
+        BIND_TRANSMITTER_RESP,
+        QUERY_SM,
+        QUERY_SM_RESP,
+        SUBMIT_SM,
+        SUBMIT_SM_RESP,
+        DELIVER_SM,
+        DELIVER_SM_RESP,
+        UNBIND,
+        UNBIND_RESP,
+        REPLACE_SM,
+        REPLACE_SM_RESP,
+        CANCEL_SM,
+        CANCEL_SM_RESP,
+        BIND_TRANSCEIVER,
+        BIND_TRANSCEIVER_RESP,
+        OUTBIND,
+        ENQUIRE_LINK,
+        ENQUIRE_LINK_RESP,
+        SUBMIT_MULTI,
+        SUBMIT_MULTI_RESP,
+        ALERT_NOTIFICATION,
+        DATA_SM,
+        DATA_SM_RESP,
+    ];
+    for id in all {
+        assert_ne!(command_name(id), "unknown", "0x{id:08X}");
+        // A header-only frame is either a valid PDU or a body error, never "unknown command".
+        let mut wire = hex("00000010");
+        wire.extend_from_slice(&id.to_be_bytes());
+        wire.extend_from_slice(&[0; 8]);
+        match decode(&wire, DEFAULT_MAX_PDU_LEN) {
+            Ok(Some((p, 16))) => assert_eq!(p.body.command_id(), id),
+            Err(DecodeError::Body { .. }) => assert!(!command_id::is_response(id)),
+            other => panic!("0x{id:08X}: {other:?}"),
+        }
+    }
+    assert_eq!(command_name(0x0000_0099), "unknown");
+}
