@@ -67,6 +67,8 @@ pub struct Request<'b> {
     pub body: &'b [u8],
     /// Whether the connection stays open after the answer (HTTP/1.1 default, `Connection`).
     pub keep_alive: bool,
+    /// The client's address; set by the connection loop (the parser does not know it).
+    pub peer: Option<std::net::IpAddr>,
     headers: [httparse::Header<'b>; MAX_HEADERS],
     header_count: usize,
 }
@@ -217,6 +219,7 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parse<'b>, Ht
             query,
             body: &buf[head_len..total],
             keep_alive,
+            peer: None,
             headers: owned,
             header_count,
         },

@@ -163,10 +163,9 @@ impl RestApi {
     }
 }
 
-/// The client's address. The connection loop does not pass the peer address yet, so this is
-/// the loopback placeholder; whitelists arrive with authentication and will need it.
-fn client_ip(_req: &Request<'_>) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
+/// The client's address (for IP allow-lists). Only an in-process caller has none.
+fn client_ip(req: &Request<'_>) -> IpAddr {
+    req.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 fn json<T: Serialize>(status: u16, value: &T) -> Response {

@@ -81,7 +81,7 @@ pub async fn serve<S: Service + 'static>(
         };
         let Some(accepted) = accepted else { break };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 accept_errors = 0;
                 let _ = stream.set_nodelay(true);
                 if conns.get() >= cfg.max_connections {
@@ -95,7 +95,8 @@ pub async fn serve<S: Service + 'static>(
                 let shutdown = shutdown.clone();
                 monoio::spawn(async move {
                     let _guard = guard;
-                    if let Err(e) = connection(stream, &*service, &cfg, &shutdown).await {
+                    let peer = Some(peer.ip());
+                    if let Err(e) = connection(stream, peer, &*service, &cfg, &shutdown).await {
                         debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -132,6 +133,7 @@ async fn refuse(mut stream: TcpStream) {
 /// Serves one connection until it closes, errs, idles out or shutdown arrives.
 pub async fn connection<S: Service>(
     mut stream: TcpStream,
+    peer: Option<std::net::IpAddr>,
     service: &S,
     cfg: &ServerConfig,
     shutdown: &Shutdown,
@@ -153,7 +155,8 @@ pub async fn connection<S: Service>(
         let mut batch: Vec<Request<'_>> = Vec::new();
         while batch.len() < limits.max_pipeline_depth {
             match http::parse_request(&buf[consumed..], limits) {
-                Ok(Parse::Complete(req, used)) => {
+                Ok(Parse::Complete(mut req, used)) => {
+                    req.peer = peer;
                     consumed += used;
                     continue_sent = false;
                     let last = !req.keep_alive;
