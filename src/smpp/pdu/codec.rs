@@ -439,6 +439,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `K` consecutive one-octet fields with one bounds check; on a short body it falls back
+    /// to field-by-field reads so the error still names the first missing field.
+    #[inline(always)]
+    fn u8s<const K: usize>(&mut self, fields: [Field; K]) -> [u8; K] {
+        match self.buf.get(self.pos..self.pos + K) {
+            Some(b) => {
+                self.pos += K;
+                let mut out = [0; K];
+                out.copy_from_slice(b);
+                out
+            }
+            None => fields.map(|f| self.u8(f)),
+        }
+    }
+
     #[inline]
     fn u32(&mut self, field: Field) -> u32 {
         match self.buf.get(self.pos..self.pos + 4) {
@@ -778,25 +793,29 @@ fn decode_known_body(command_id: u32, r: &mut Reader<'_>) -> Option<Body> {
 #[inline]
 fn sm_into(s: &mut SubmitSm, r: &mut Reader<'_>) {
     r.cstr_into(&mut s.service_type, Field::ServiceType, false);
-    s.source_addr_ton = r.u8(Field::SourceAddrTon);
-    s.source_addr_npi = r.u8(Field::SourceAddrNpi);
+    [s.source_addr_ton, s.source_addr_npi] = r.u8s([Field::SourceAddrTon, Field::SourceAddrNpi]);
     r.cstr_into(&mut s.source_addr, Field::SourceAddr, false);
-    s.dest_addr_ton = r.u8(Field::DestAddrTon);
-    s.dest_addr_npi = r.u8(Field::DestAddrNpi);
+    [s.dest_addr_ton, s.dest_addr_npi] = r.u8s([Field::DestAddrTon, Field::DestAddrNpi]);
     r.cstr_into(&mut s.destination_addr, Field::DestinationAddr, false);
-    s.esm_class = r.u8(Field::EsmClass);
-    s.protocol_id = r.u8(Field::ProtocolId);
-    s.priority_flag = r.u8(Field::PriorityFlag);
+    [s.esm_class, s.protocol_id, s.priority_flag] =
+        r.u8s([Field::EsmClass, Field::ProtocolId, Field::PriorityFlag]);
     r.cstr_into(
         &mut s.schedule_delivery_time,
         Field::ScheduleDeliveryTime,
         false,
     );
     r.cstr_into(&mut s.validity_period, Field::ValidityPeriod, false);
-    s.registered_delivery = r.u8(Field::RegisteredDelivery);
-    s.replace_if_present_flag = r.u8(Field::ReplaceIfPresentFlag);
-    s.data_coding = r.u8(Field::DataCoding);
-    s.sm_default_msg_id = r.u8(Field::SmDefaultMsgId);
+    [
+        s.registered_delivery,
+        s.replace_if_present_flag,
+        s.data_coding,
+        s.sm_default_msg_id,
+    ] = r.u8s([
+        Field::RegisteredDelivery,
+        Field::ReplaceIfPresentFlag,
+        Field::DataCoding,
+        Field::SmDefaultMsgId,
+    ]);
     s.short_message = r.short_message();
     s.tlvs = r.tlvs();
 }
