@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod limit;
 pub mod loadgen;
 pub mod route;
 pub mod runtime;

@@ -8,13 +8,15 @@
 use serde::Deserialize;
 
 use super::types::{
-    BindMode, FsyncPolicy, IdFormat, LogFormat, OnStateUnavailable, Secret, Segmentation,
-    StateBackend,
+    BindMode, FsyncPolicy, IdFormat, LogFormat, OnRedisDown, OnStateUnavailable, Secret,
+    Segmentation, StateBackend,
 };
 
 /// `smsgw.toml`. Sections are deserialized one at a time by the loader, so that a mistake in
 /// one section does not hide mistakes in another.
-pub const SMSGW_SECTIONS: &[&str] = &["server", "state", "log", "health", "routing"];
+pub const SMSGW_SECTIONS: &[&str] = &[
+    "server", "state", "log", "health", "routing", "limits", "redis",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,6 +114,71 @@ impl Default for RoutingFile {
     fn default() -> Self {
         RoutingFile {
             cross_shard_capacity: 1024,
+        }
+    }
+}
+
+/// `[limits]`: L1 (per node) and L2 (cluster-wide, Redis) rate limits, in SMPP parts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// Limit of every app without its own `[limits.apps.<id>]`; 0 = none.
+    pub app_rate_per_s: i64,
+    /// 0 → equal to the rate (one second's worth).
+    pub app_burst: i64,
+    /// Per-app limits by app id.
+    pub apps: std::collections::BTreeMap<String, AppLimitFile>,
+    /// Enforce each link's `esme_rate` (and each pool's healthy capacity).
+    pub links: bool,
+    pub on_redis_down: OnRedisDown,
+    pub expected_replicas: i64,
+    pub lease_max: i64,
+    pub lease_ttl_ms: i64,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            app_rate_per_s: 0,
+            app_burst: 0,
+            apps: Default::default(),
+            links: true,
+            on_redis_down: OnRedisDown::FailOpen,
+            expected_replicas: 1,
+            lease_max: 100,
+            lease_ttl_ms: 1000,
+        }
+    }
+}
+
+/// `[limits.apps.<id>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppLimitFile {
+    pub rate_per_s: i64,
+    #[serde(default)]
+    pub burst: Option<i64>,
+}
+
+/// `[redis]`: the shared Redis of a cluster. No `url` → no Redis (L1-only limits).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisFile {
+    pub url: String,
+    pub timeout_ms: i64,
+    pub key_prefix: String,
+    pub reconnect_min_ms: i64,
+    pub reconnect_max_ms: i64,
+}
+
+impl Default for RedisFile {
+    fn default() -> Self {
+        RedisFile {
+            url: String::new(),
+            timeout_ms: 50,
+            key_prefix: "smsgw".into(),
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5000,
         }
     }
 }

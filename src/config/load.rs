@@ -69,6 +69,8 @@ pub(super) struct GatewaySections {
     pub log: Option<super::file::LogFile>,
     pub health: Option<super::file::HealthFile>,
     pub routing: Option<super::file::RoutingFile>,
+    pub limits: Option<super::file::LimitsFile>,
+    pub redis: Option<super::file::RedisFile>,
 }
 
 /// The `smpp_rules.toml` entries by id; ids whose entry failed to deserialize are in `broken_*`
@@ -229,6 +231,8 @@ impl<'a> FileCtx<'a> {
             log: self.section(&mut root, "log", errors),
             health: self.section(&mut root, "health", errors),
             routing: self.section(&mut root, "routing", errors),
+            limits: self.section(&mut root, "limits", errors),
+            redis: self.section(&mut root, "redis", errors),
         };
         for key in root.keys() {
             errors.push(self.error(

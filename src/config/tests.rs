@@ -692,6 +692,15 @@ fn every_key_is_documented() {
         ("### `[log]`", accepted_keys::<LogFile>()),
         ("### `[health]`", accepted_keys::<HealthFile>()),
         ("### `[routing]`", accepted_keys::<RoutingFile>()),
+        ("### `[limits]`", accepted_keys::<LimitsFile>()),
+        (
+            "### `[limits]`",
+            accepted_keys::<AppLimitFile>()
+                .into_iter()
+                .map(|k| format!("apps.<id>.{k}"))
+                .collect(),
+        ),
+        ("### `[redis]`", accepted_keys::<RedisFile>()),
         ("### `[links.<id>]`", accepted_keys::<LinkFile>()),
         ("### `[pools.<id>]`", accepted_keys::<PoolFile>()),
         (

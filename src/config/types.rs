@@ -24,6 +24,8 @@ pub struct Config {
     pub log: LogConfig,
     pub health: HealthConfig,
     pub routing: RoutingConfig,
+    pub limits: LimitsConfig,
+    pub redis: RedisConfig,
     /// Links and pools from `smpp_rules.toml`.
     pub rules: RulesConfig,
     /// Problems that do not stop the gateway (e.g. a pool whose members are all disabled).
@@ -149,6 +151,66 @@ pub struct RoutingConfig {
     /// Capacity of each shard's inbound channel for messages handed over by other shards
     /// (used when the local shard has no bind of the chosen link). Full → 503.
     pub cross_shard_capacity: NonZeroUsize,
+}
+
+/// `[limits]`: rate limits in SMPP parts per second (see docs/limits-and-policy.md).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Limit of apps without their own entry; `None` = unlimited.
+    pub app_default: Option<RateLimit>,
+    pub apps: std::collections::BTreeMap<u64, RateLimit>,
+    /// Enforce links' `esme_rate` and pools' healthy capacity.
+    pub links: bool,
+    pub on_redis_down: OnRedisDown,
+    /// Replicas sharing the cluster-wide limits; while Redis is down (fail-open) each node
+    /// allows 1/`expected_replicas` of every limit.
+    pub expected_replicas: NonZeroU32,
+    /// Most parts one Redis lease grants.
+    pub lease_max: NonZeroU32,
+    /// Unused leased parts expire after this long.
+    pub lease_ttl: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            app_default: None,
+            apps: Default::default(),
+            links: true,
+            on_redis_down: OnRedisDown::FailOpen,
+            expected_replicas: NonZeroU32::MIN,
+            lease_max: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
+            lease_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A rate in parts per second and a burst in parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate_per_s: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+/// What the limiter does while Redis is down or slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisDown {
+    /// Keep admitting with this node's share (1/`expected_replicas`) of each limit, locally.
+    FailOpen,
+    /// Refuse with 503 `overloaded` (and `Retry-After`) until Redis is back.
+    FailClosed,
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Default)]
+pub struct RedisConfig {
+    /// `None`: no Redis; limits are node-local (L1) only.
+    pub url: Option<String>,
+    pub timeout: Duration,
+    pub key_prefix: String,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
 }
 
 /// `smpp_rules.toml`: links and pools. Link ids and pool ids share one namespace.

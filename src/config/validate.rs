@@ -8,7 +8,10 @@ use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::file::{HealthFile, LinkFile, LogFile, PoolFile, RoutingFile, ServerFile, StateFile};
+use super::file::{
+    HealthFile, LimitsFile, LinkFile, LogFile, PoolFile, RedisFile, RoutingFile, ServerFile,
+    StateFile,
+};
 use super::load::{FileCtx, GatewaySections, RulesSections};
 use super::types::*;
 use super::{ConfigError, load::join};
@@ -33,6 +36,8 @@ pub(super) fn validate(
     let log = gateway.log.and_then(|f| c.log(f));
     let health = gateway.health.and_then(|f| c.health(f));
     let routing = gateway.routing.and_then(|f| c.routing(f));
+    let limits = gateway.limits.and_then(|f| c.limits(f));
+    let redis = gateway.redis.and_then(|f| c.redis(f));
 
     // Links fall back to the health interval; a broken [health] must not cascade into a
     // report for every link, so use the documented default in that case.
@@ -52,6 +57,8 @@ pub(super) fn validate(
         log: log?,
         health: health?,
         routing: routing?,
+        limits: limits?,
+        redis: redis?,
         rules: rules?,
         warnings,
     })
@@ -267,6 +274,117 @@ impl Check<'_, '_, '_> {
         )?;
         Some(RoutingConfig {
             cross_shard_capacity,
+        })
+    }
+
+    /// A rate and its burst (`0`/absent burst → equal to the rate).
+    fn rate_limit(&mut self, key: &str, rate: i64, burst: i64) -> Option<RateLimit> {
+        let rate_per_s = self.nz_u32(&format!("{key}rate_per_s"), rate, 10_000_000)?;
+        let burst = if burst == 0 {
+            rate_per_s
+        } else {
+            self.nz_u32(&format!("{key}burst"), burst, 100_000_000)?
+        };
+        Some(RateLimit { rate_per_s, burst })
+    }
+
+    fn limits(&mut self, f: LimitsFile) -> Option<LimitsConfig> {
+        let mut ok = true;
+        let app_default = match f.app_rate_per_s {
+            0 => None,
+            rate => {
+                let r = self.nz_u32("limits.app_rate_per_s", rate, 10_000_000);
+                let b = match f.app_burst {
+                    0 => r,
+                    b => self.nz_u32("limits.app_burst", b, 100_000_000),
+                };
+                match (r, b) {
+                    (Some(rate_per_s), Some(burst)) => Some(RateLimit { rate_per_s, burst }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let mut apps = BTreeMap::new();
+        for (id_text, a) in &f.apps {
+            let key = format!("limits.apps.{id_text}.");
+            let Ok(id) = id_text.parse::<u64>() else {
+                self.err(
+                    format!("limits.apps.{id_text}"),
+                    format!("`{id_text}` is not an app id (a non-negative integer)"),
+                );
+                ok = false;
+                continue;
+            };
+            match self.rate_limit(&key, a.rate_per_s, a.burst.unwrap_or(0)) {
+                Some(r) => {
+                    apps.insert(id, r);
+                }
+                None => ok = false,
+            }
+        }
+        let expected_replicas = self.nz_u32("limits.expected_replicas", f.expected_replicas, 1000);
+        let lease_max = self.nz_u32("limits.lease_max", f.lease_max, 1_000_000);
+        let lease_ttl = self.millis("limits.lease_ttl_ms", f.lease_ttl_ms, 10, 60_000);
+        if !ok {
+            return None;
+        }
+        Some(LimitsConfig {
+            app_default,
+            apps,
+            links: f.links,
+            on_redis_down: f.on_redis_down,
+            expected_replicas: expected_replicas?,
+            lease_max: lease_max?,
+            lease_ttl: lease_ttl?,
+        })
+    }
+
+    fn redis(&mut self, f: RedisFile) -> Option<RedisConfig> {
+        let url = if f.url.is_empty() {
+            None
+        } else if ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|p| f.url.starts_with(p))
+        {
+            Some(f.url.clone())
+        } else {
+            self.err(
+                "redis.url",
+                "must start with redis://, rediss:// or unix:// (e.g. redis://127.0.0.1:6379/0)",
+            );
+            return None;
+        };
+        let timeout = self.millis("redis.timeout_ms", f.timeout_ms, 1, 60_000);
+        let reconnect_min = self.millis("redis.reconnect_min_ms", f.reconnect_min_ms, 1, 600_000);
+        let reconnect_max = self.millis("redis.reconnect_max_ms", f.reconnect_max_ms, 1, 600_000);
+        if f.key_prefix.is_empty()
+            || f.key_prefix.len() > 64
+            || !f.key_prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            self.err(
+                "redis.key_prefix",
+                "must be 1..=64 printable ASCII characters without spaces",
+            );
+            return None;
+        }
+        if let (Some(lo), Some(hi)) = (reconnect_min, reconnect_max)
+            && lo > hi
+        {
+            self.err(
+                "redis.reconnect_max_ms",
+                "must not be smaller than redis.reconnect_min_ms",
+            );
+            return None;
+        }
+        Some(RedisConfig {
+            url,
+            timeout: timeout?,
+            key_prefix: f.key_prefix,
+            reconnect_min: reconnect_min?,
+            reconnect_max: reconnect_max?,
         })
     }
 
