@@ -30,6 +30,8 @@ pub enum ServeError {
     Backend(StateBackend),
     #[error("shards did not stop within the shutdown timeout ({0:?})")]
     ShutdownTimeout(Duration),
+    #[error("rate limiter: {0}")]
+    Limits(String),
     #[error("signal watcher: {0}")]
     Signals(std::io::Error),
 }
@@ -55,7 +57,18 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         .unzip();
     let shutdown_timeout = config.server.shutdown_timeout;
     let bind_load = BindLoad::new(&registry);
+    // Tokio-only clients (Redis, S3, gRPC) run here; started now so its threads exist
+    // before the shards pin theirs.
+    let side = runtime::side_runtime(2)?;
+    let limits = crate::limit::Limits::from_config(
+        &config,
+        Arc::clone(&health),
+        shard_count.get(),
+        side.handle(),
+    )
+    .map_err(|e| ServeError::Limits(e.to_string()))?;
     let shared = Arc::new(Shared {
+        limits,
         bind_load,
         config,
         registry,
@@ -66,9 +79,6 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     });
 
     let (trigger, shutdown) = runtime::shutdown_pair();
-    // Tokio-only clients (Redis, S3, gRPC) will run here; started now so its threads exist
-    // before the shards pin theirs.
-    let side = runtime::side_runtime(2)?;
     let opts = ShardOptions {
         shard_count: shard_count.get(),
         ..ShardOptions::default()

@@ -26,7 +26,6 @@ use crate::smpp::receipt::{self, ReceiptState};
 use crate::smpp::session::BindMode;
 use crate::state::{ReceiptInfo, ReceiptOutcome, Status};
 use pipeline::{Counters, Handover, LocalBind, Pipeline, Shared};
-use stages::Stages;
 
 /// What a shard receives from the starting thread.
 pub struct ShardInit {
@@ -82,7 +81,10 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
     let pipeline = Rc::new(Pipeline::new(
         ctx.id,
         Arc::clone(&shared),
-        Stages::default(),
+        stages::Stages {
+            limit: Box::new(shared.limits.stage(ctx.id)),
+            ..stages::Stages::default()
+        },
         binds,
     ));
 

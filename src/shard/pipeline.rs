@@ -44,6 +44,8 @@ pub struct Shared {
     /// Window occupancy of every bind, published by the owning shard's health loop (so any
     /// shard can answer `GET /api/v1/smpp/links`).
     pub bind_load: BindLoad,
+    /// Rate limits (L1 config, link health, Redis client); each shard builds its stage from it.
+    pub limits: Arc<crate::limit::Limits>,
 }
 
 /// `(outstanding, queued)` submits of each bind of each link, refreshed every health tick.
