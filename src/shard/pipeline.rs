@@ -323,15 +323,37 @@ impl Pipeline {
         })
     }
 
+    /// Whether some bound local bind of `link` can still queue a submit (checked before a
+    /// message is recorded, so overload answers 503 without leaving failed records behind).
+    fn has_queue_room(&self, link: LinkId) -> bool {
+        self.binds.get(&link).is_some_and(|bs| {
+            bs.iter().any(|b| {
+                b.can_submit
+                    && matches!(b.handle.state(), BindState::Bound { .. })
+                    && b.handle.load().1 < b.handle.config().max_pending
+            })
+        })
+    }
+
     /// Sends the job to a shard that runs a bind of its link, and waits for its answer.
     async fn hand_over(&self, job: Job) -> Result<SendAnswer, ApiError> {
         let link = job.link;
-        let shards: Vec<usize> = self
+        // Shards running a bind of this link that is bound (per the shared health table).
+        let registry = &self.shared.registry;
+        let mut shards: Vec<usize> = self
             .shared
-            .registry
-            .shards_with_link(link)
+            .health
+            .snapshot(link)
+            .map(|snap| snap.binds)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h != crate::route::BindHealth::Down)
+            .filter_map(|(i, _)| registry.shard_of_bind(link, i as u32))
             .filter(|&s| s != self.shard_id)
             .collect();
+        shards.sort_unstable();
+        shards.dedup();
         if shards.is_empty() {
             return Err(ApiError::new(
                 ErrorKind::NoRoute,
@@ -380,6 +402,22 @@ impl Pipeline {
             .registry
             .link(job.link)
             .ok_or_else(|| ApiError::new(ErrorKind::Internal, "routed to an unknown link"))?;
+        // Checked before anything is recorded: a message this shard cannot send is refused
+        // cleanly (retryable) instead of being recorded and failed.
+        if !self.has_submit_bind(job.link) {
+            return Err(ApiError::new(
+                ErrorKind::NoRoute,
+                format!("no bound session of link {} on this shard", job.link),
+            )
+            .retry_after(1));
+        }
+        if !self.has_queue_room(job.link) {
+            return Err(ApiError::new(
+                ErrorKind::Overloaded,
+                format!("every session queue of link {} is full", job.link),
+            )
+            .retry_after(1));
+        }
         let seg_cfg = segment_config(link_cfg);
         let segmented = {
             let mut refs = match seg_cfg.mode {
