@@ -85,6 +85,9 @@ impl NullServer {
                 addr: config.addr,
                 source,
             })?;
+        // monoio's epoll driver calls accept() when it believes the socket is ready; on a
+        // blocking socket a spurious readiness would then block the whole runtime thread.
+        listener.set_nonblocking(true).map_err(LoadgenError::Io)?;
         let addr = listener.local_addr().map_err(LoadgenError::Io)?;
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
