@@ -1008,4 +1008,44 @@ mod tests {
         assert!(validate_transaction_id("a\nb").is_err());
         assert!(validate_transaction_id(&"x".repeat(200)).is_err());
     }
+    fn link_config(extra: &str) -> LinkConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("smsgw.toml");
+        let b = dir.path().join("rules.toml");
+        std::fs::write(&a, "").unwrap();
+        std::fs::write(
+            &b,
+            format!(
+                "[links.7]\nhost = \"127.0.0.1\"\nsystem_id = \"x\"\npassword = \"p\"\nesme_rate = 10\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let cfg = crate::config::load_with_env(&a, &b, &|_| None).unwrap();
+        cfg.rules.links[&LinkId(7)].clone()
+    }
+
+    #[test]
+    fn submit_template_addresses() {
+        let link = link_config("source_ton = 1\nsource_npi = 1\nregistered_delivery = 1");
+        let sm = submit_template(&link, "MyShop", "+4915112345678").unwrap();
+        // Alphanumeric sender: TON 5 / NPI 0 whatever the link says; '+' never sent.
+        assert_eq!((sm.source_addr_ton, sm.source_addr_npi), (5, 0));
+        assert_eq!(sm.source_addr.as_bytes(), b"MyShop");
+        assert_eq!(sm.destination_addr.as_bytes(), b"4915112345678");
+        assert_eq!((sm.dest_addr_ton, sm.dest_addr_npi), (1, 1));
+        assert_eq!(sm.registered_delivery, 1);
+        let sm = submit_template(&link, "+4930123", "1").unwrap();
+        assert_eq!((sm.source_addr_ton, sm.source_addr_npi), (1, 1));
+        assert_eq!(sm.source_addr.as_bytes(), b"4930123");
+    }
+
+    #[test]
+    fn segment_config_follows_the_link() {
+        let link = link_config("segmentation = \"sar\"\nmax_parts = 3");
+        let cfg = segment_config(&link);
+        assert_eq!(cfg.mode, SegmentMode::Sar);
+        assert_eq!(cfg.max_parts.get(), 3);
+        let e = text::check_text_len(&"a".repeat(160 * 3 + 1), None, &cfg).map_err(segment_error);
+        assert_eq!(e.unwrap_err().kind, ErrorKind::TooManyParts);
+    }
 }
