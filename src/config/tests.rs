@@ -782,3 +782,29 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn redis_password_is_hidden_in_debug_output() {
+    assert_eq!(
+        redact_url_password("redis://u:pw@h:6379/0"),
+        "redis://u:***@h:6379/0"
+    );
+    assert_eq!(redact_url_password("redis://:pw@h"), "redis://:***@h");
+    assert_eq!(redact_url_password("redis://pw@h/0"), "redis://***@h/0");
+    assert_eq!(redact_url_password("redis://h:6379/0"), "redis://h:6379/0");
+    assert_eq!(
+        redact_url_password("unix:///run/redis.sock"),
+        "unix:///run/redis.sock"
+    );
+    let c = load_strs(
+        "[redis]\nurl = \"redis://:topsecret@127.0.0.1:6379/0\"\n",
+        LINK,
+    )
+    .unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("topsecret"), "{debug}");
+    assert_eq!(
+        c.redis.url.as_deref(),
+        Some("redis://:topsecret@127.0.0.1:6379/0")
+    );
+}

@@ -202,8 +202,8 @@ pub enum OnRedisDown {
     FailClosed,
 }
 
-/// `[redis]`.
-#[derive(Debug, Clone, Default)]
+/// `[redis]`. Debug hides the password a `redis://user:password@host` URL may carry.
+#[derive(Clone, Default)]
 pub struct RedisConfig {
     /// `None`: no Redis; limits are node-local (L1) only.
     pub url: Option<String>,
@@ -211,6 +211,38 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url.as_deref().map(redact_url_password))
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
+    }
+}
+
+/// `redis://user:pw@host:6379/0` → `redis://user:***@host:6379/0`; URLs without a password
+/// are returned unchanged. For logs and Debug output only.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The authority ends at the first '/', and the credentials at its last '@'.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((credentials, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = match credentials.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        // `redis://password@host` is how some clients spell a password without a user.
+        None => "***".to_string(),
+    };
+    format!("{scheme}://{user}@{host}{path}")
 }
 
 /// `smpp_rules.toml`: links and pools. Link ids and pool ids share one namespace.
