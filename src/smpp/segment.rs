@@ -159,6 +159,20 @@ fn units_of(encoding: Encoding, c: char) -> usize {
 #[inline]
 fn next_cut(text: &str, start: usize, encoding: Encoding, capacity: usize) -> (usize, usize) {
     let mut fill = 0;
+    if encoding == Encoding::Gsm7 {
+        // Same rule, with the ASCII fast path of the GSM table.
+        let mut i = start;
+        while i < text.len() {
+            let (cost, len) = text::gsm7_septets_at(text, i);
+            let cost = usize::from(cost.unwrap_or(1));
+            if fill + cost > capacity {
+                return (i, fill);
+            }
+            fill += cost;
+            i += len;
+        }
+        return (text.len(), fill);
+    }
     for (offset, c) in text[start..].char_indices() {
         let cost = units_of(encoding, c);
         if fill + cost > capacity {

@@ -235,6 +235,35 @@ fn gsm7_lookup(c: char) -> Option<(u8, bool)> {
     Some((septet, false))
 }
 
+/// The character at byte offset `i` (a char boundary) of `text`, its GSM lookup and its UTF-8
+/// length, with a fast path that skips UTF-8 decoding for ASCII (the common case).
+#[inline(always)]
+fn gsm7_at(text: &str, i: usize) -> (Option<(u8, bool)>, char, usize) {
+    let b = text.as_bytes()[i];
+    if b < 0x80 {
+        let lookup = match ASCII_TO_GSM[usize::from(b)] {
+            NONE => None,
+            v if v & EXT != 0 => Some((v & !EXT, true)),
+            v => Some((v, false)),
+        };
+        return (lookup, char::from(b), 1);
+    }
+    // `i` is a char boundary below `text.len()`, so there is a char here.
+    let ch = text[i..]
+        .chars()
+        .next()
+        .unwrap_or(char::REPLACEMENT_CHARACTER);
+    (gsm7_lookup(ch), ch, ch.len_utf8())
+}
+
+/// Septets of the character at byte offset `i` (see [`gsm7_at`]) and its UTF-8 length;
+/// `None` if it is not in GSM 03.38.
+#[inline(always)]
+pub(crate) fn gsm7_septets_at(text: &str, i: usize) -> (Option<u8>, usize) {
+    let (lookup, _, len) = gsm7_at(text, i);
+    (lookup.map(|(_, escaped)| 1 + u8::from(escaped)), len)
+}
+
 /// Septets one character costs in GSM 03.38: 1 (default table), 2 (ESC pair) or `None`.
 #[inline]
 pub fn gsm7_char_septets(c: char) -> Option<u8> {
@@ -288,8 +317,11 @@ fn first_unrepresentable(text: &str, encoding: Encoding) -> Result<(), TextError
 /// Appends the unpacked GSM 03.38 septets of `text` to `out` (ESC pairs for extension chars).
 pub fn encode_gsm7_into(text: &str, out: &mut Vec<u8>) -> Result<(), TextError> {
     out.reserve(text.len());
-    for (index, ch) in text.chars().enumerate() {
-        match gsm7_lookup(ch) {
+    let mut i = 0;
+    let mut index = 0;
+    while i < text.len() {
+        let (lookup, ch, len) = gsm7_at(text, i);
+        match lookup {
             Some((septet, false)) => out.push(septet),
             Some((septet, true)) => out.extend_from_slice(&[GSM_ESC, septet]),
             None => {
@@ -300,6 +332,8 @@ pub fn encode_gsm7_into(text: &str, out: &mut Vec<u8>) -> Result<(), TextError> 
                 });
             }
         }
+        i += len;
+        index += 1;
     }
     Ok(())
 }
@@ -408,16 +442,18 @@ fn measure_auto(text: &str) -> Measure {
     let mut septets = 0;
     let mut chars = 0;
     let mut has_pairs = false;
-    for (offset, ch) in text.char_indices() {
-        match gsm7_char_septets(ch) {
-            Some(cost) => {
+    let mut i = 0;
+    while i < text.len() {
+        match gsm7_septets_at(text, i) {
+            (Some(cost), len) => {
                 septets += usize::from(cost);
                 has_pairs |= cost == 2;
                 chars += 1;
+                i += len;
             }
-            // Every char before `offset` is in the BMP (GSM chars are), so it is one UTF-16
-            // unit: continue counting UTF-16 units from here instead of starting over.
-            None => return measure_ucs2(&text[offset..], chars),
+            // Every char before `i` is in the BMP (GSM chars are), so it is one UTF-16 unit:
+            // continue counting UTF-16 units from here instead of starting over.
+            (None, _) => return measure_ucs2(&text[i..], chars),
         }
     }
     Measure {
