@@ -364,6 +364,7 @@ impl Pipeline {
         // Spread hand-overs over the candidate shards.
         let pick = shards[self.bind_cursor.get() % shards.len()];
         self.bind_cursor.set(self.bind_cursor.get().wrapping_add(1));
+        let transaction_id = job.key.transaction_id.clone();
         let (reply_tx, reply_rx) = async_channel::bounded(1);
         let handover = Handover {
             job,
@@ -384,11 +385,20 @@ impl Pipeline {
                 ));
             }
         }
-        match reply_rx.recv().await {
-            Ok(r) => r,
+        let timeout = self.shared.config.server.request_timeout;
+        match monoio::time::timeout(timeout, reply_rx.recv()).await {
+            Ok(Ok(r)) => r,
+            // The other shard still owns the message; its fate is in the store under the
+            // transaction_id (the client may look it up or retry with the same id).
+            Err(_elapsed) => Err(ApiError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no answer in time from the shard that owns the session; look up transaction_id {transaction_id}"
+                ),
+            )),
             // The other shard dropped the job (shutting down) before answering: it never created
             // a record, or answered. Tell the client to retry with the same transaction_id.
-            Err(_) => Err(ApiError::new(
+            Ok(Err(_)) => Err(ApiError::new(
                 ErrorKind::ShuttingDown,
                 "gateway is shutting down; retry",
             )),
