@@ -265,8 +265,12 @@ async fn run_client(
     let mut conn: Option<redis::aio::ConnectionManager> = None;
     let mut backoff = config.reconnect_min;
     let mut next_probe = tokio::time::Instant::now();
+    // A failed call (in a spawned task) wakes the loop so that probing starts even when no
+    // further request arrives (shards stop asking while Redis is down).
+    let failed = Arc::new(tokio::sync::Notify::new());
     loop {
         tokio::select! {
+            _ = failed.notified() => {}
             req = rx.recv() => {
                 let Some(req) = req else { return };
                 match (&conn, health.is_up()) {
@@ -277,6 +281,7 @@ async fn run_client(
                             req,
                             Arc::clone(&health),
                             config.timeout,
+                            Arc::clone(&failed),
                         ));
                     }
                     _ => {
@@ -306,6 +311,7 @@ async fn run_client(
                     }
                     Err(e) => {
                         conn = None;
+                        tracing::debug!(error = %e, retry_in = ?backoff, "redis limiter probe failed");
                         health.set(false, &e.to_string());
                         // Jitter so that many replicas do not probe in lock step.
                         let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
@@ -330,6 +336,7 @@ async fn serve(
     req: LeaseRequest,
     health: Arc<L2Health>,
     timeout: Duration,
+    failed: Arc<tokio::sync::Notify>,
 ) {
     health.round_trips.fetch_add(1, Ordering::Relaxed);
     let mut invocation = script.key(&req.key);
@@ -345,10 +352,12 @@ async fn serve(
         }),
         Ok(Err(e)) => {
             health.set(false, &e.to_string());
+            failed.notify_one();
             Err(L2Error::Redis(e.to_string()))
         }
         Err(_) => {
             health.set(false, "timeout");
+            failed.notify_one();
             Err(L2Error::Timeout(timeout))
         }
     };
@@ -470,9 +479,12 @@ impl L2Shard {
         lease.in_flight = true;
         let leases = Rc::clone(&self.leases);
         let ttl = self.client.config.lease_ttl;
-        // Time for the cluster to earn one lease: how long a denied shard stays quiet.
-        let quiet = Duration::from_secs_f64(f64::from(want) / rate_per_s.max(1) as f64)
-            .min(Duration::from_secs(1));
+        // How long a denied shard stays quiet: a quarter of the time the cluster needs to earn
+        // one lease (so a denied shard costs Redis at most ~4 calls per lease's worth of
+        // capacity), but short enough that the bucket does not overflow its burst while every
+        // shard is quiet (that capacity would be lost).
+        let quiet = Duration::from_secs_f64(f64::from(want) / rate_per_s.max(1) as f64 / 4.0)
+            .min(Duration::from_millis(250));
         monoio::spawn(async move {
             let answer = rx.await.unwrap_or(Err(L2Error::Stopped));
             let now = Instant::now();
