@@ -381,7 +381,12 @@ fn check_received(smsc: &PySmsc, m: &Msg, session: &str) {
         assert_eq!(rec["destination_addr"], m.dest.as_str(), "{what}");
         assert_eq!(rec["source_addr"], "4790000001", "{what}");
         assert_eq!(rec["registered_delivery"], 1, "{what}");
-        assert_eq!(rec["data_coding"], u64::from(part.data_coding), "{what}");
+        let want_dc = match m.seg.info.encoding {
+            Encoding::Gsm7 => 0,
+            Encoding::Latin1 => 3,
+            Encoding::Ucs2 => 8,
+        };
+        assert_eq!(rec["data_coding"], want_dc, "{what}: data_coding");
         assert_eq!(
             rec["sm_hex"].as_str().unwrap(),
             hex(&part.short_message),
