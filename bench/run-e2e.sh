@@ -12,7 +12,8 @@
 # shards and null-server threads, so both servers get the same cores), ESME (500, the pool of the
 # default rules), TEXT_MIX, DLR_PERCENT (100), NO_BUILD=1 (reuse target/release/smsgw),
 # OUT (result directory, default a new temp dir), SIM_PORT/HTTP_PORT/NULL_PORT/GRPC_PORT,
-# BENCH_BIN (binary for `bench`/`null-http`, default the same release binary).
+# BENCH_BIN (binary for `bench`/`null-http`, default the same release binary),
+# STATE_FSYNC (state store fsync mode: batch (default, as shipped) or off).
 # Every process it starts is stopped by PID on exit, even on failure or Ctrl-C.
 set -euo pipefail
 
@@ -93,6 +94,7 @@ fi
 sed -e "s|^http_addr = .*|http_addr = \"127.0.0.1:$HTTP_PORT\"|" \
     -e "s|^shards = .*|shards = $SHARDS|" \
     -e "s|^path = \"var/state\"|path = \"$OUT/state\"|" \
+    -e "s|^fsync = .*|fsync = \"${STATE_FSYNC:-batch}\"|" \
     -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:${GRPC_PORT:-14044}\"|" \
     config/smsgw.toml >"$OUT/smsgw.toml"
 sed -e "s|^port = 2775|port = $SIM_PORT|" \
@@ -159,7 +161,7 @@ gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT/g
     echo "load avg    at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box skews absolute figures)"
     echo "command     DURATION=$DURATION RATES=\"$RATES\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS bench/run-e2e.sh"
     echo "client      connections=$CONNECTIONS pipeline=$PIPELINE threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
-    echo "servers     gateway shards=$SHARDS, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
+    echo "servers     gateway shards=$SHARDS state-fsync=${STATE_FSYNC:-batch}, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
     echo
     printf '%-12s %10s %12s %10s %10s %10s %10s %10s %8s\n' run target accepted/s errors p50_us p99_us p99.9_us max_us vs_null
     for name in null-max $(for r in $RATES; do echo "gw-$r"; done) gw-max; do
