@@ -307,6 +307,14 @@ pub fn bind_reuseport(
     count: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
+    // SO_REUSEPORT would let us silently join another process's listener group on the same
+    // port (the kernel would then split connections between two gateways). A plain bind first
+    // fails with "address in use" if anything listens there.
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -327,6 +335,24 @@ pub fn bind_reuseport(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reuseport_group_refuses_a_port_another_listener_holds() {
+        let first = bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        assert_eq!(
+            first[1].local_addr().unwrap(),
+            addr,
+            "port 0 resolved once for the group"
+        );
+        let err = bind_reuseport(addr, 1).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        drop(first);
+        assert!(
+            bind_reuseport(addr, 2).is_ok(),
+            "free again once the first group is gone"
+        );
+    }
 
     #[test]
     fn shards_run_their_factory_and_stop_on_shutdown() {
