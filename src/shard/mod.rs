@@ -202,14 +202,15 @@ async fn inbound_loop(pipeline: Rc<Pipeline>, events: async_channel::Receiver<In
                 bind_index,
                 state,
             } => {
-                let up = matches!(state, BindState::Bound { .. });
-                let tx_session = pipeline
+                // The event does not say which session of a `tx+rx` bind changed: the bind's
+                // health is that of the session that can submit, read from its handle.
+                let submit_state = pipeline
                     .local_binds()
                     .get(&LinkId(link_id))
                     .and_then(|l| l.iter().find(|b| b.index == bind_index && b.can_submit))
-                    .is_some();
-                // For tx+rx links only the transmitter decides whether the link can send.
-                if tx_session || !up {
+                    .map(|b| b.handle.state());
+                if let Some(current) = submit_state {
+                    let up = matches!(current, BindState::Bound { .. });
                     report(pipeline.shared.health.report_bind_state(
                         LinkId(link_id),
                         bind_index,
@@ -364,9 +365,18 @@ async fn health_loop(pipeline: Rc<Pipeline>, shutdown: crate::runtime::Shutdown)
         let now = Instant::now();
         for (link, list) in pipeline.local_binds() {
             for b in list.iter().filter(|b| b.can_submit) {
+                let (outstanding, queued) = b.handle.load();
+                pipeline
+                    .shared
+                    .bind_load
+                    .publish(*link, b.index, outstanding, queued);
+                // Reconcile every tick: state events are best effort (dropped when the channel
+                // is full), the handle's state is not.
                 let BindState::Bound { since } = b.handle.state() else {
+                    report(health.report_bind_state(*link, b.index, false, now));
                     continue;
                 };
+                report(health.report_bind_state(*link, b.index, true, now));
                 if b.handle.last_enquire_ok().is_some_and(|t| t >= since) {
                     report(health.report_enquire_ok(*link, b.index, now));
                 }
