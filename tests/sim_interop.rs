@@ -927,3 +927,108 @@ fn interop_smpp34_client() {
     assert_eq!(s["receipts_acked"], 4);
     assert_eq!(s["unbinds_received"], 1);
 }
+
+/// Load measurement (not a pass/fail test): one connection pipelining submit_sm with a window
+/// against a single-threaded simulator, bounded by count and time. Run in release:
+/// `cargo test --release --test sim_interop -- --ignored --nocapture perf_`
+/// Env: `SIM_PERF_COUNT` (default 3_000_000), `SIM_PERF_SECS` (10), `SIM_PERF_WINDOW` (1000),
+/// `SIM_PERF_RECORD` (ring capacity, default 1000; 0 turns recording off).
+#[test]
+#[ignore]
+fn perf_pipelined_submit_one_core() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let count = env("SIM_PERF_COUNT", 3_000_000);
+    let secs = env("SIM_PERF_SECS", 10);
+    let window = env("SIM_PERF_WINDOW", 1000).max(2);
+    let h = start(SimArgs {
+        cores: 1,
+        messages_capacity: env("SIM_PERF_RECORD", 1000) as usize,
+        ..SimArgs::for_tests()
+    });
+    let mut r = Raw::bound(h.smpp_addr(), cmd::BIND_TRANSMITTER, "perf");
+    // One block of `window / 2` pre-encoded submit_sm, written again and again: the client
+    // must cost less than the server.
+    let chunk = window / 2;
+    let mut block = Vec::new();
+    for i in 0..chunk {
+        pdu::encode(
+            &Pdu {
+                command_status: 0,
+                sequence_number: (i + 1) as u32,
+                body: submit_sm(b"Load test message of a typical length, 7-bit text", 0),
+            },
+            &mut block,
+        )
+        .unwrap();
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut rd = r.s.try_clone().unwrap();
+    rd.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let reader = {
+        let (received, failed, done) = (received.clone(), failed.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut have = 0;
+            while !done.load(Ordering::Relaxed) {
+                let n = match rd.read(&mut buf[have..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                have += n;
+                let mut at = 0;
+                let mut got = 0;
+                while have - at >= 16 {
+                    let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+                    if have - at < len {
+                        break;
+                    }
+                    let status = u32::from_be_bytes(buf[at + 8..at + 12].try_into().unwrap());
+                    if status != 0 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    got += 1;
+                    at += len;
+                }
+                buf.copy_within(at..have, 0);
+                have -= at;
+                received.fetch_add(got, Ordering::Release);
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(secs);
+    let mut sent = 0u64;
+    while sent < count && Instant::now() < deadline {
+        if sent - received.load(Ordering::Acquire) + chunk > window {
+            std::thread::yield_now();
+            continue;
+        }
+        r.s.write_all(&block).unwrap();
+        sent += chunk;
+    }
+    while received.load(Ordering::Acquire) < sent && t0.elapsed() < Duration::from_secs(secs + 5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = t0.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let got = received.load(Ordering::Acquire);
+    reader.join().unwrap();
+    let rate = got as f64 / elapsed.as_secs_f64();
+    println!(
+        "smsc-sim perf: {got} submit_sm_resp of {sent} sent in {:.2}s over 1 connection, window {window}: {rate:.0} msg/s ({} non-OK)",
+        elapsed.as_secs_f64(),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(got, sent, "every submit answered");
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+}

@@ -128,6 +128,8 @@ struct Emitter<'a> {
     beh: &'a Behaviour,
     ctx: &'a CoreCtx,
     now: Instant,
+    /// Wall-clock time of this read, for the message records (one clock read per batch).
+    now_ms: u64,
     scratch: Vec<u8>,
 }
 
@@ -286,6 +288,7 @@ async fn read_loop(
                 beh: &beh,
                 ctx,
                 now: Instant::now(),
+                now_ms: if record { unix_now_ms() } else { 0 },
                 scratch: Vec::new(),
             };
             let mut flow = Flow::Continue;
@@ -685,7 +688,7 @@ fn submit(
                 registered_delivery: sm.registered_delivery,
                 short_message: sm.short_message,
                 tlvs: sm.tlvs,
-                received_at_ms: unix_now_ms(),
+                received_at_ms: em.now_ms,
             },
             Submitted::Data(d) => MessageRecord {
                 command: "data_sm",
@@ -700,7 +703,7 @@ fn submit(
                 registered_delivery: d.registered_delivery,
                 short_message: Vec::new(),
                 tlvs: d.tlvs,
-                received_at_ms: unix_now_ms(),
+                received_at_ms: em.now_ms,
             },
         };
         batch.records.push(rec);
