@@ -16,7 +16,10 @@ struct Cli {
 
 fn bench_args(target: SocketAddr, extra: &[&str]) -> BenchArgs {
     let url = format!("http://{target}");
-    let mut argv = vec!["bench", "--url", &url, "--quiet", "--threads", "1"];
+    let mut argv = vec!["bench", "--url", &url, "--quiet"];
+    if !extra.contains(&"--threads") {
+        argv.extend_from_slice(&["--threads", "1"]);
+    }
     argv.extend_from_slice(extra);
     Cli::parse_from(argv).args
 }
@@ -70,6 +73,32 @@ fn open_loop_meets_the_rate_with_no_errors() {
     );
     assert_eq!(server.served(), report.sent);
     assert_eq!(report.exit_code(0.01), 0);
+    server.stop();
+}
+
+#[test]
+fn open_loop_with_pipelining_and_two_threads_keeps_the_count() {
+    let server = null_server(200, None);
+    let report = bench(
+        server.local_addr(),
+        &[
+            "--rate",
+            "3000",
+            "--duration",
+            "500ms",
+            "--connections",
+            "5",
+            "--pipeline",
+            "4",
+            "--threads",
+            "2",
+        ],
+    );
+    assert_eq!(report.sent, 1500);
+    assert_eq!(report.accepted, 1500);
+    assert_eq!(report.errors_total, 0, "{:?}", report.error_kinds);
+    assert_eq!(report.threads, 2);
+    assert_eq!(server.served(), 1500);
     server.stop();
 }
 
