@@ -1306,3 +1306,21 @@ fn every_command_id_has_a_name_and_a_decoder() {
     }
     assert_eq!(command_name(0x0000_0099), "unknown");
 }
+
+#[test]
+fn requests_without_a_response_pdu_are_nacked() {
+    // outbind whose password has no NUL: outbind has no *_resp, so generic_nack answers it.
+    let e = decode_err("0000001c 0000000b 00000000 00000004 | 534d534300 | 70707070707070");
+    assert_eq!(e.answer_command_id(), Some(command_id::GENERIC_NACK));
+    assert_eq!(e.command_status(), ESME_RINVPASWD);
+    // A bad bind gets a bind_*_resp naming the problem, so the peer sees why.
+    let e = decode_err(&format!(
+        "00000027 00000002 00000000 00000001 | {} | 00 | 00 | 34 00 00 | 00",
+        "41".repeat(17)
+    ));
+    assert_eq!(
+        e.answer_command_id(),
+        Some(command_id::BIND_TRANSMITTER_RESP)
+    );
+    assert_eq!(e.command_status(), ESME_RINVSYSID);
+}
