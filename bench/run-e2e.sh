@@ -8,9 +8,9 @@
 #   DURATION=5s RATES="2000 10000" bench/run-e2e.sh
 #
 # Knobs (environment): DURATION (per run, default 10s), RATES (open-loop rates, default
-# "1000 5000 20000"), CONNECTIONS (64), PIPELINE (1), BENCH_THREADS (1), SHARDS (1: gateway
-# shards and null-server threads, so both servers get the same cores), ESME (500, the pool of the
-# default rules), TEXT_MIX, DLR_PERCENT (100), NO_BUILD=1 (reuse target/release/smsgw),
+# "1000 2000 5000 10000"), CONNECTIONS (64), PIPELINE (1), BENCH_THREADS (1), SHARDS (gateway
+# shards and null-server threads, so both servers get the same cores; default nproc, as the
+# gateway ships), ESME (500, the pool of the default rules), TEXT_MIX, DLR_PERCENT (100), NO_BUILD=1 (reuse target/release/smsgw),
 # OUT (result directory, default a new temp dir), SIM_PORT/HTTP_PORT/NULL_PORT/GRPC_PORT,
 # BENCH_BIN (binary for `bench`/`null-http`, default the same release binary),
 # STATE_FSYNC (state store fsync mode: batch (default, as shipped) or off).
@@ -21,11 +21,11 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 DURATION=${DURATION:-10s}
-RATES=${RATES:-"1000 5000 20000"}
+RATES=${RATES:-"1000 2000 5000 10000"}
 CONNECTIONS=${CONNECTIONS:-64}
 PIPELINE=${PIPELINE:-1}
 BENCH_THREADS=${BENCH_THREADS:-1}
-SHARDS=${SHARDS:-1}
+SHARDS=${SHARDS:-$(nproc)}
 ESME=${ESME:-500}
 TEXT_MIX=${TEXT_MIX:-"gsm7=70,ucs2=20,multipart=10"}
 DLR_PERCENT=${DLR_PERCENT:-100}
