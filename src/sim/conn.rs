@@ -55,6 +55,9 @@ struct ConnLocal {
     close_after_flush: bool,
     /// Close without flushing (injected abrupt disconnect).
     close_now: bool,
+    /// The peer closed its side: answers still delayed by injected latency are dropped
+    /// instead of holding the session open until they are due.
+    peer_gone: bool,
     /// Error-diffusion accumulators: exact throttle / receipt ratios, deterministic for tests.
     throttle_acc: f64,
     dlr_acc: f64,
@@ -100,6 +103,7 @@ impl ConnLocal {
             system_id: None,
             close_after_flush: false,
             close_now: false,
+            peer_gone: false,
             throttle_acc: 0.0,
             dlr_acc: 0.0,
         }
@@ -259,7 +263,10 @@ async fn read_loop(
         let (res, slice) = rd.read(buf.slice_mut(len..cap)).await;
         buf = slice.into_inner();
         match res {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                local.borrow_mut().peer_gone = true;
+                return;
+            }
             Ok(_) => {}
         }
         // The behaviour may have changed while the read was pending (e.g. a test sets a fault
@@ -890,7 +897,7 @@ async fn write_loop(
                 }
             }
             std::mem::swap(&mut l.out, &mut spare);
-            closing = l.close_after_flush && l.delayed.is_empty();
+            closing = l.close_after_flush && (l.delayed.is_empty() || l.peer_gone);
         }
         if !spare.is_empty() {
             handle.reader_wake.notify();
