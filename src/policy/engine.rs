@@ -132,12 +132,11 @@ impl MemoryStore {
         let p = periods(now_ms, s.utc_offset_s);
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let dup_key = (req.app_id, req.destination, req.text_hash);
-        if req.strategies.cp2 {
-            if let Some(&exp) = g.dups.get(&dup_key) {
-                if exp > now_ms {
-                    return State::Duplicate;
-                }
-            }
+        if req.strategies.cp2
+            && let Some(&exp) = g.dups.get(&dup_key)
+            && exp > now_ms
+        {
+            return State::Duplicate;
         }
         let mut entry = CapEntry {
             day: p.day,

@@ -124,11 +124,11 @@ impl Loader {
         let mut next: BTreeMap<String, Cached> = BTreeMap::new();
         let mut changed = !self.loaded || listing.len() != self.cache.len();
         for (id, version, from) in listing {
-            if let Some(c) = self.cache.remove(&id) {
-                if c.version == version {
-                    next.insert(id, c);
-                    continue;
-                }
+            if let Some(c) = self.cache.remove(&id)
+                && c.version == version
+            {
+                next.insert(id, c);
+                continue;
             }
             changed = true;
             let text = match &from {

@@ -322,7 +322,10 @@ pub fn run_mcp(
     )?;
     let std_listener = std::net::TcpListener::bind(listen)?;
     std_listener.set_nonblocking(true)?;
-    info!(addr = %std_listener.local_addr()?, "mcp listening");
+    let addr = std_listener.local_addr()?;
+    info!(%addr, "mcp listening");
+    // Machine-readable readiness line on stdout (tests and scripts wait for it).
+    println!("smsgw mcp listening http={addr}");
     let (trigger, shutdown) = crate::runtime::shutdown_pair();
     let _watcher = signals.spawn_watcher(trigger)?;
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()

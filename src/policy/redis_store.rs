@@ -15,18 +15,24 @@ use super::engine::{CheckRequest, PolicyError, periods};
 use super::{PolicySettings, State};
 
 /// KEYS: dup, day, week. ARGV: cp2 (0/1), window ms, cp1 (0/1), daily cap, weekly cap
-/// (0 = none), day TTL ms, week TTL ms. Returns the state name.
+/// (0 = none), day TTL ms, week TTL ms, now ms (the gateway's clock). Returns the state name.
+/// The CP2 marker holds its expiry time on the gateway's clock, so the window is exact on the
+/// same clock the caps use (and testable); its Redis TTL only removes it afterwards.
 pub const CHECK_SCRIPT: &str = r#"
 local cp2 = ARGV[1] == '1'
 local cp1 = ARGV[3] == '1'
 local dcap = tonumber(ARGV[4])
 local wcap = tonumber(ARGV[5])
-if cp2 and redis.call('EXISTS', KEYS[1]) == 1 then return 'duplicate' end
+local now = tonumber(ARGV[8])
+if cp2 then
+  local exp = redis.call('GET', KEYS[1])
+  if exp and tonumber(exp) > now then return 'duplicate' end
+end
 if cp1 then
   if dcap > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= dcap then return 'daily_cp' end
   if wcap > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= wcap then return 'weekly_cp' end
 end
-if cp2 then redis.call('SET', KEYS[1], '1', 'PX', ARGV[2]) end
+if cp2 then redis.call('SET', KEYS[1], tostring(now + tonumber(ARGV[2])), 'PX', ARGV[2]) end
 if cp1 then
   redis.call('INCR', KEYS[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
@@ -123,6 +129,7 @@ impl RedisStore {
             s.weekly_cap.to_string(),
             (p.day_left_ms + PERIOD_SLACK_MS).to_string(),
             (p.week_left_ms + PERIOD_SLACK_MS).to_string(),
+            now_ms.to_string(),
         ];
         let timeout = self.timeout;
         let task = self.runtime.spawn(async move {
