@@ -39,6 +39,8 @@ pub enum ServeError {
 /// Runs the gateway until SIGTERM/SIGINT; returns after a graceful shutdown.
 pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeError> {
     let shard_count = config.server.shards.resolve();
+    // Taken before any shard can create a record: recovery only touches older records.
+    let started_at_ms = crate::state::unix_ms();
     let store = open_store(&config)?;
     let registry = Arc::new(Registry::new(&config.rules, shard_count));
     let health = Arc::new(HealthTable::new(Arc::clone(&registry), Instant::now()));
@@ -79,6 +81,15 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     });
 
     let (trigger, shutdown) = runtime::shutdown_pair();
+    // Crash recovery (records of earlier processes only) and the TTL sweep: see recovery.rs.
+    super::recovery::spawn_recovery(side.handle(), Arc::clone(&shared.store), started_at_ms);
+    super::recovery::spawn_expiry_sweep(
+        side.handle(),
+        Arc::clone(&shared.store),
+        super::recovery::SWEEP_INTERVAL,
+        super::recovery::SWEEP_PAGE,
+        shutdown.clone(),
+    );
     let opts = ShardOptions {
         shard_count: shard_count.get(),
         ..ShardOptions::default()

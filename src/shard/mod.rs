@@ -7,6 +7,7 @@
 
 pub mod gateway;
 pub mod pipeline;
+pub mod recovery;
 pub mod stages;
 
 use std::collections::BTreeMap;
