@@ -53,14 +53,25 @@ http() {
   local method=$1 path=$2 body=${3:-}
   local resp
   exec 3<>"/dev/tcp/$HTTP_HOST/$HTTP_PORT" || return 1
-  printf '%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
-    "$method" "$path" "$HTTP_HOST" "${#body}" "$body" >&3
+  printf '%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nAuthorization: Bearer %s\r\nX-App-ID: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+    "$method" "$path" "$HTTP_HOST" "$SMSGW_TOKEN" "$SMSGW_APP_ID" "${#body}" "$body" >&3
   resp="$(cat <&3)"
   exec 3<&- 3>&-
   local status
   status="$(printf '%s' "$resp" | head -n1 | cut -d' ' -f2)"
   printf '%s %s\n' "$status" "${resp#*$'\r\n\r\n'}"
 }
+
+# Authentication is on in config/: a throw-away HS256 server key for this run, and a token for
+# the demo app (app 1 in config/apps.toml) minted from the shell with `smsgw token`.
+if [[ -z "${SMSGW_JWT_SECRET:-}" ]]; then
+  SMSGW_JWT_SECRET="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+fi
+export SMSGW_JWT_SECRET
+export SMSGW_APP_ID=1
+log "minting a token: smsgw token --app-id $SMSGW_APP_ID"
+SMSGW_TOKEN="$("$BIN" token --config config/smsgw.toml --rules config/smpp_rules.toml --app-id "$SMSGW_APP_ID")"
+export SMSGW_TOKEN
 
 log "starting the SMSC simulator on $SMPP_ADDR"
 # Message ids start from the clock so they never repeat ids of an earlier demo run still in the
@@ -83,7 +94,7 @@ until out="$(http GET /api/v1/smpp/links 2>/dev/null)" &&
 done
 http GET /healthy
 
-log "sending one message with: smsgw send --url http://$HTTP_HOST:$HTTP_PORT --esme 100 --from smsgw --to +4915112345678 --text '...'"
+log "sending one message (token and app id from SMSGW_TOKEN / SMSGW_APP_ID) with: smsgw send --url http://$HTTP_HOST:$HTTP_PORT --esme 100 --from smsgw --to +4915112345678 --text '...'"
 answer="$("$BIN" send --url "http://$HTTP_HOST:$HTTP_PORT" --esme 100 --from smsgw --to +4915112345678 \
   --text 'Hello from smsgw! Your code is 123456.')"
 echo "$answer"

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the codemap and invariants.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod limit;
 pub mod loadgen;

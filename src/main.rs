@@ -41,8 +41,17 @@ enum Command {
     Bench(smsgw::loadgen::BenchArgs),
     /// A trivial HTTP server answering every request: the baseline for `bench`.
     NullHttp(smsgw::loadgen::NullServerArgs),
-    /// Mint a JWT for an app (arrives with authentication; not available in this build).
-    Token,
+    /// Mint a JWT (HS256, server key) for an app of the apps file; prints the token.
+    Token {
+        #[arg(long, default_value = "config/smsgw.toml", env = "SMSGW_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value = "config/smpp_rules.toml", env = "SMSGW_RULES")]
+        rules: PathBuf,
+        #[arg(long)]
+        app_id: u64,
+    },
+    /// Print the argon2id hash of an app secret read from stdin (for `secret_hash`).
+    HashSecret,
 }
 
 fn main() -> ExitCode {
@@ -114,10 +123,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             smsgw::loadgen::run_null_server(args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token => {
-            anyhow::bail!(
-                "`smsgw token` is not available yet: JWT authentication is not part of this build"
-            )
+        Command::Token {
+            config,
+            rules,
+            app_id,
+        } => {
+            let config = smsgw::config::load(&config, &rules)
+                .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+            anyhow::ensure!(
+                config.security.enabled,
+                "authentication is disabled ([security] enabled = false): no token is needed"
+            );
+            let auth =
+                smsgw::auth::AuthService::start(config.security, &|n| std::env::var(n).ok())?;
+            let token = auth.mint(app_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashSecret => {
+            // From stdin, so the secret stays out of shell history and `ps`.
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .context("reading the secret from stdin")?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!secret.is_empty(), "empty secret on stdin");
+            println!("{}", smsgw::auth::hash_secret(secret));
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -46,6 +46,26 @@ pub enum ErrorKind {
     Timeout,
     ShuttingDown,
     Internal,
+    // Authentication / authorization (see docs/security.md).
+    MissingAuthorization,
+    MissingAppId,
+    InvalidAppId,
+    UnknownApp,
+    InvalidToken,
+    /// The token is valid but for another app than `X-App-ID`.
+    AppIdMismatch,
+    AppDisabled,
+    IpNotAllowed,
+    EsmeNotAllowed,
+    InvalidCredentials,
+    InvalidAdminKey,
+    /// `ADMIN_API_KEY` is unset (or login asked of a gateway with authentication off).
+    AdminDisabled,
+    // Contact policy (docs/limits-and-policy.md): the code is the reference `state`.
+    PolicyBlacklist,
+    PolicyDuplicate,
+    PolicyDailyCap,
+    PolicyWeeklyCap,
 }
 
 impl ErrorKind {
@@ -65,6 +85,13 @@ impl ErrorKind {
             SubmitRejected | SubmitFailed => 502,
             Timeout => 504,
             Internal => 500,
+            InvalidAppId => 400,
+            MissingAuthorization | MissingAppId | UnknownApp | InvalidToken | AppIdMismatch
+            | InvalidCredentials | InvalidAdminKey => 401,
+            AppDisabled | IpNotAllowed | EsmeNotAllowed => 403,
+            AdminDisabled => 503,
+            PolicyBlacklist | PolicyDuplicate => 403,
+            PolicyDailyCap | PolicyWeeklyCap => 429,
         }
     }
 
@@ -96,6 +123,22 @@ impl ErrorKind {
             Timeout => "timeout",
             ShuttingDown => "shutting_down",
             Internal => "internal",
+            MissingAuthorization => "missing_authorization",
+            MissingAppId => "missing_app_id",
+            InvalidAppId => "invalid_app_id",
+            UnknownApp => "unknown_app_id",
+            InvalidToken => "invalid_token",
+            AppIdMismatch => "app_id_mismatch",
+            AppDisabled => "app_disabled",
+            IpNotAllowed => "ip_not_allowed",
+            EsmeNotAllowed => "esme_not_allowed",
+            InvalidCredentials => "invalid_credentials",
+            InvalidAdminKey => "invalid_admin_key",
+            AdminDisabled => "admin_disabled",
+            PolicyBlacklist => "blacklist",
+            PolicyDuplicate => "duplicate",
+            PolicyDailyCap => "daily_cp",
+            PolicyWeeklyCap => "weekly_cp",
         }
     }
 
@@ -105,7 +148,7 @@ impl ErrorKind {
             NoRoute | StateUnavailable | SubmitRejected | SubmitFailed | Timeout => {
                 Source::Upstream
             }
-            Overloaded | ShuttingDown | Internal => Source::Internal,
+            Overloaded | ShuttingDown | Internal | AdminDisabled => Source::Internal,
             _ => Source::Client,
         }
     }
@@ -116,6 +159,8 @@ impl ErrorKind {
         matches!(
             self,
             RateLimited
+                | PolicyDailyCap
+                | PolicyWeeklyCap
                 | NoRoute
                 | Overloaded
                 | StateUnavailable
@@ -142,6 +187,13 @@ impl ErrorKind {
             SubmitRejected => 9, // FAILED_PRECONDITION
             Timeout => 4,        // DEADLINE_EXCEEDED
             Internal => 13,
+            InvalidAppId => 3,
+            MissingAuthorization | MissingAppId | UnknownApp | InvalidToken | AppIdMismatch
+            | InvalidCredentials | InvalidAdminKey => 16,
+            AppDisabled | IpNotAllowed | EsmeNotAllowed => 7,
+            AdminDisabled => 14,
+            PolicyBlacklist | PolicyDuplicate => 7, // PERMISSION_DENIED
+            PolicyDailyCap | PolicyWeeklyCap => 8,  // RESOURCE_EXHAUSTED
         }
     }
 }
@@ -206,6 +258,17 @@ mod tests {
             Forbidden,
             RateLimited,
             PolicyRejected,
+            MissingAuthorization,
+            MissingAppId,
+            InvalidAppId,
+            UnknownApp,
+            InvalidToken,
+            AppIdMismatch,
+            AppDisabled,
+            IpNotAllowed,
+            EsmeNotAllowed,
+            InvalidCredentials,
+            InvalidAdminKey,
         ] {
             assert_eq!(k.source(), Source::Client, "{k:?}");
             assert!((400..500).contains(&k.http_status()), "{k:?}");

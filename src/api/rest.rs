@@ -50,7 +50,10 @@ impl Service for RestApi {
 
 fn allowed_methods(path: &str) -> &'static str {
     match path {
-        "/api/v1/sms/send" | "/api/v1/sms/check-text-len" => "POST",
+        "/api/v1/sms/send"
+        | "/api/v1/sms/check-text-len"
+        | "/api/v1/user/login"
+        | "/api/v1/admin/reload" => "POST",
         _ => "GET, HEAD",
     }
 }
@@ -67,7 +70,25 @@ impl RestApi {
                 "method not allowed on this path",
             ))
         };
+        // Every /api/v1/sms/* and /api/v1/smpp/* request is authenticated before anything else.
+        if req.path.starts_with("/api/v1/sms/") || req.path.starts_with("/api/v1/smpp/") {
+            let meta_headers = |name: &str| req.header_str(name);
+            let meta = RequestMeta {
+                client_ip: client_ip(req),
+                header: &meta_headers,
+            };
+            self.pipeline.authenticate(&meta).await?;
+        }
+        if let Some(admin) = req.path.strip_prefix("/api/v1/admin/") {
+            return self.admin(admin, req);
+        }
         match req.path {
+            "/api/v1/user/login" => {
+                if !post {
+                    return wrong_method();
+                }
+                self.login(req)
+            }
             "/healthy" => {
                 if !get {
                     return wrong_method();
@@ -136,6 +157,61 @@ impl RestApi {
             Some(e) => e.kind.http_status(),
         };
         Ok(json(status, &SendView::from(&answer)))
+    }
+
+    /// `POST /api/v1/user/login` `{"app_id": 1, "secret": "..."}` → a JWT.
+    fn login(&self, req: &Request<'_>) -> Result<Response, ApiError> {
+        #[derive(Deserialize)]
+        struct LoginBody<'a> {
+            app_id: Option<NumberOrString<'a>>,
+            #[serde(borrow, alias = "password")]
+            secret: Option<Cow<'a, str>>,
+        }
+        let body: LoginBody<'_> = parse_json(req.body)?;
+        let app_id = match body.app_id.ok_or_else(|| missing("app_id"))? {
+            NumberOrString::Number(n) => Some(n),
+            NumberOrString::Text(s) => s.trim().parse::<u64>().ok(),
+        }
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::InvalidField,
+                "`app_id` must be a positive integer",
+            )
+        })?;
+        let secret = body.secret.ok_or_else(|| missing("secret"))?;
+        let answer = self
+            .pipeline
+            .shared
+            .auth
+            .login(app_id, &secret, client_ip(req))?;
+        Ok(json(200, &answer))
+    }
+
+    /// `/api/v1/admin/*`, guarded by `X-Admin-Key` (checked before the path is looked at).
+    fn admin(&self, path: &str, req: &Request<'_>) -> Result<Response, ApiError> {
+        let auth = &self.pipeline.shared.auth;
+        auth.check_admin(req.header_str("x-admin-key"))?;
+        let get = matches!(req.method, Method::Get | Method::Head);
+        match (path, get, req.method == Method::Post) {
+            ("reload", _, true) => match auth.reload() {
+                Ok(n) => Ok(json(200, &serde_json::json!({"reloaded": true, "apps": n}))),
+                Err(errors) => Ok(json(
+                    422,
+                    &serde_json::json!({
+                        "error": "apps file refused; previous apps kept",
+                        "code": "invalid_apps_file",
+                        "problems": errors,
+                    }),
+                )),
+            },
+            ("apps", true, _) => Ok(json(200, &auth.app_views())),
+            ("reload" | "apps", _, _) => Err(ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                "method not allowed on this path",
+            )),
+            _ => Err(ApiError::new(ErrorKind::NotFound, "no such route")),
+        }
     }
 
     fn check_text_len(&self, req: &Request<'_>) -> Result<Response, ApiError> {

@@ -71,6 +71,7 @@ pub(super) struct GatewaySections {
     pub routing: Option<super::file::RoutingFile>,
     pub limits: Option<super::file::LimitsFile>,
     pub redis: Option<super::file::RedisFile>,
+    pub security: Option<crate::auth::SecurityFile>,
 }
 
 /// The `smpp_rules.toml` entries by id; ids whose entry failed to deserialize are in `broken_*`
@@ -233,6 +234,7 @@ impl<'a> FileCtx<'a> {
             routing: self.section(&mut root, "routing", errors),
             limits: self.section(&mut root, "limits", errors),
             redis: self.section(&mut root, "redis", errors),
+            security: self.section(&mut root, "security", errors),
         };
         for key in root.keys() {
             errors.push(self.error(

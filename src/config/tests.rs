@@ -701,6 +701,10 @@ fn every_key_is_documented() {
                 .collect(),
         ),
         ("### `[redis]`", accepted_keys::<RedisFile>()),
+        (
+            "### `[security]`",
+            accepted_keys::<crate::auth::SecurityFile>(),
+        ),
         ("### `[links.<id>]`", accepted_keys::<LinkFile>()),
         ("### `[pools.<id>]`", accepted_keys::<PoolFile>()),
         (

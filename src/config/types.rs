@@ -26,6 +26,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub limits: LimitsConfig,
     pub redis: RedisConfig,
+    /// `[security]`: authentication (see docs/security.md).
+    pub security: crate::auth::SecurityConfig,
     /// Links and pools from `smpp_rules.toml`.
     pub rules: RulesConfig,
     /// Problems that do not stop the gateway (e.g. a pool whose members are all disabled).

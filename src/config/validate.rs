@@ -38,6 +38,9 @@ pub(super) fn validate(
     let routing = gateway.routing.and_then(|f| c.routing(f));
     let limits = gateway.limits.and_then(|f| c.limits(f));
     let redis = gateway.redis.and_then(|f| c.redis(f));
+    let security = gateway.security.and_then(|f| {
+        crate::auth::config::validate(f, smsgw.path, &mut |key, reason| c.err(key, reason))
+    });
 
     // Links fall back to the health interval; a broken [health] must not cascade into a
     // report for every link, so use the documented default in that case.
@@ -59,6 +62,7 @@ pub(super) fn validate(
         routing: routing?,
         limits: limits?,
         redis: redis?,
+        security: security?,
         rules: rules?,
         warnings,
     })

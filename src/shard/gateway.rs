@@ -34,6 +34,8 @@ pub enum ServeError {
     Limits(String),
     #[error("signal watcher: {0}")]
     Signals(std::io::Error),
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; returns after a graceful shutdown.
@@ -69,7 +71,15 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         side.handle(),
     )
     .map_err(|e| ServeError::Limits(e.to_string()))?;
+    let auth = Arc::new(
+        crate::auth::AuthService::start(config.security.clone(), &|name| std::env::var(name).ok())
+            .map_err(|e| ServeError::Auth(e.to_string()))?,
+    );
+    if !config.security.enabled {
+        warn!("authentication is DISABLED ([security] enabled = false): every caller is app 0");
+    }
     let shared = Arc::new(Shared {
+        auth: Arc::clone(&auth),
         limits,
         bind_load,
         config,
@@ -81,6 +91,7 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     });
 
     let (trigger, shutdown) = runtime::shutdown_pair();
+    auth.spawn_poller(shutdown.clone());
     // Crash recovery (records of earlier processes only) and the TTL sweep: see recovery.rs.
     super::recovery::spawn_recovery(side.handle(), Arc::clone(&shared.store), started_at_ms);
     super::recovery::spawn_expiry_sweep(

@@ -83,6 +83,10 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
         ctx.id,
         Arc::clone(&shared),
         stages::Stages {
+            auth: Box::new(crate::auth::AuthStage::new(
+                Arc::clone(&shared.auth),
+                Arc::clone(&shared.registry),
+            )),
             limit: Box::new(shared.limits.stage(ctx.id)),
             ..stages::Stages::default()
         },

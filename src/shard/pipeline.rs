@@ -35,6 +35,8 @@ use crate::state::{
 /// Process-wide, `Send + Sync` parts every shard reads. Immutable except counters.
 pub struct Shared {
     pub config: Config,
+    /// Apps, keys and the admin key (control plane); each shard builds its auth stage from it.
+    pub auth: Arc<crate::auth::AuthService>,
     pub registry: Arc<Registry>,
     pub health: Arc<HealthTable>,
     pub store: Arc<dyn StateStore>,
@@ -622,6 +624,21 @@ impl Pipeline {
             return submit_result(other.handle.submit(parts).await);
         }
         submit_result(result)
+    }
+
+    /// Authentication alone (no target): the caller's app id (0 with authentication off).
+    /// REST runs it before parsing a body so that an unauthenticated caller learns nothing.
+    pub async fn authenticate(&self, meta: &RequestMeta<'_>) -> Result<u64, ApiError> {
+        let mut admission = Admission {
+            app_id: 0,
+            esme: 0,
+            destination: String::new(),
+            text_len_chars: 0,
+            parts: 0,
+            strategy: None,
+        };
+        self.stages.authenticate(&mut admission, meta).await?;
+        Ok(admission.app_id)
     }
 
     /// `GET /api/v1/sms/{transaction_id}`.

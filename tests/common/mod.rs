@@ -257,6 +257,9 @@ batch_delay_us = 0
 
 [health]
 check_interval_s = 1
+
+[security]
+enabled = false
 "#,
         shards = o.shards,
         body = o.max_body_bytes,
