@@ -364,3 +364,24 @@ mod tests {
         assert!(parse("[apps.1]\nname = \"a\"\nallowed_cidrs = []\nsecret = \"x\"\n").is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+    use argon2::{Argon2, PasswordVerifier};
+
+    /// The apps file in `config/` is what the README demo runs with: it must load, and the
+    /// documented demo secret must match its hash.
+    #[test]
+    fn shipped_apps_file_loads_and_the_demo_secret_matches() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/apps.toml");
+        let apps = Apps::load(&path).unwrap_or_else(|e| panic!("{}", e.join("\n")));
+        let demo = apps.get(1).expect("demo app 1");
+        let hash = PasswordHash::new(demo.secret_hash().unwrap()).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"demo-secret-change-me", &hash)
+                .is_ok()
+        );
+    }
+}
