@@ -310,3 +310,169 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         assert!(outcomes.contains_key(t), "received unknown txid {t}");
     }
 }
+
+/// Starts `smsgw serve` with SIGXFSZ ignored, so that once the test lowers its file-size limit
+/// (RLIMIT_FSIZE via `prlimit`) writes past it fail with EFBIG, as on a full disk.
+fn start_gw_xfsz_ignored(a: &Path, b: &Path) -> (std::process::Child, String) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["serve", "--config"])
+        .arg(a)
+        .arg("--rules")
+        .arg(b)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: only an async-signal-safe call (signal) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn smsgw");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("smsgw listening") {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            panic!("gateway exited before listening");
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("http addr")
+        .to_string();
+    (child, format!("http://{addr}"))
+}
+
+/// Drives sends until the store fails ("disk full" via RLIMIT_FSIZE) and checks the answer:
+/// 503 `state_unavailable`, nothing sent untracked, process still up. Returns the running
+/// gateway, its URL, and how many sends were answered OK.
+fn drive_into_state_failure(sim: &Sim, a: &Path, b: &Path) -> (std::process::Child, String) {
+    let (mut child, url) = start_gw_xfsz_ignored(a, b);
+    wait_link_up(&url);
+    for i in 0..5 {
+        let (st, v) = http(
+            &url,
+            "POST",
+            "/api/v1/sms/send",
+            &send_body(&format!("pre{i}")),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = sim.submits_total();
+    // "Disk full": every write past offset 1 of any file now fails with EFBIG.
+    set_fsize(child.id(), 1);
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let (st, v) = http(
+            &url,
+            "POST",
+            "/api/v1/sms/send",
+            &send_body(&format!("f{i}")),
+        );
+        answers.push((st, v));
+    }
+    for (st, v) in &answers {
+        assert_eq!(*st, 503, "{v}");
+        assert_eq!(v["code"], "state_unavailable", "{v}");
+    }
+    eprintln!("answer while the store fails: {}", answers[0].1);
+    // Nothing went out untracked: the SMSC saw none of the refused messages.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sim.submits_total(),
+        before,
+        "a refused message reached the SMSC"
+    );
+    // The process is up and still answers.
+    assert_eq!(child.try_wait().unwrap(), None, "gateway exited");
+    let (st, _) = http(&url, "GET", "/healthy", "");
+    assert!(st == 200 || st == 503, "healthy answered {st}");
+    (child, url)
+}
+
+/// State store failing (writes refused by the OS, like a full disk): new sends answer 503
+/// `state_unavailable` instead of going out untracked, the process stays up; after a restart
+/// with writable storage the acknowledged messages are intact and sends work again.
+#[test]
+fn state_store_write_failure_answers_503_and_process_stays_up() {
+    let sim = Sim::start(&["--messages-capacity", "20000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = configs(dir.path(), &sim);
+    let (mut child, _url) = drive_into_state_failure(&sim, &a, &b);
+    let _ = child.kill();
+    let _ = child.wait();
+    let (_gw, url) = start_gw(&a, &b);
+    wait_link_up(&url);
+    for i in 0..5 {
+        let (st, v) = http(&url, "GET", &format!("/api/v1/sms/pre{i}"), "");
+        assert_eq!(st, 200, "{v}");
+        assert_ne!(v["status"], "accepted", "{v}");
+    }
+    let (st, v) = http(
+        &url,
+        "POST",
+        "/api/v1/sms/send",
+        &send_body("after-restart"),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+/// Issue 5 point 7 also asks that the process recovers by itself once the store can write
+/// again. It does not with the embedded backend: after one failed journal write fjall marks
+/// the database poisoned (`FjallError::Poisoned`) and every later write fails until the
+/// process restarts. Kept as an ignored, failing test until the embedded store reopens its
+/// database after a poisoning.
+#[test]
+#[ignore = "known gap: embedded (fjall) store stays poisoned after a write I/O error until restart"]
+fn state_store_recovers_in_process_when_writable_again() {
+    let sim = Sim::start(&["--messages-capacity", "20000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = configs(dir.path(), &sim);
+    let (mut child, url) = drive_into_state_failure(&sim, &a, &b);
+    set_fsize(child.id(), libc::RLIM_INFINITY);
+    let mut n = 0;
+    let recovered = wait_until(Duration::from_secs(15), || {
+        n += 1;
+        http(
+            &url,
+            "POST",
+            "/api/v1/sms/send",
+            &send_body(&format!("r{n}")),
+        )
+        .0 == 200
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        recovered,
+        "sends did not recover after the store could write again"
+    );
+}
+
+/// Sets the file-size limit of a child process (`prlimit(2)`).
+fn set_fsize(pid: u32, limit: libc::rlim_t) {
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit on our own child's pid with a valid struct; no old value requested.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
