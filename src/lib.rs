@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod limit;
 pub mod loadgen;
+pub mod policy;
 pub mod route;
 pub mod runtime;
 pub mod shard;

@@ -26,6 +26,16 @@ enum Command {
         #[arg(long, default_value = "config/smpp_rules.toml", env = "SMSGW_RULES")]
         rules: PathBuf,
     },
+    /// Run the contact-policy engine (MCP) as a standalone HTTP service.
+    Mcp {
+        #[arg(long, default_value = "config/smsgw.toml", env = "SMSGW_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value = "config/smpp_rules.toml", env = "SMSGW_RULES")]
+        rules: PathBuf,
+        /// Address to serve the check API on.
+        #[arg(long, default_value = "127.0.0.1:8090", env = "SMSGW_MCP_LISTEN")]
+        listen: std::net::SocketAddr,
+    },
     /// Run the SMSC simulator (binds, answers submit_sm, emits receipts, injects faults).
     SmscSim(smsgw::sim::SimArgs),
     /// Validate both configuration files and print every problem with file, key and reason.
@@ -88,6 +98,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::warn!("config: {w}");
             }
             smsgw::shard::gateway::serve(config, signals).context("serve")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mcp {
+            config,
+            rules,
+            listen,
+        } => {
+            let signals = smsgw::runtime::block_termination_signals()?;
+            let config = match smsgw::config::load(&config, &rules) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors.0 {
+                        eprintln!("error: {e}");
+                    }
+                    anyhow::bail!("invalid configuration ({} problem(s))", errors.0.len());
+                }
+            };
+            init_logging(
+                &config.log.level,
+                config.log.format == smsgw::config::LogFormat::Json,
+            );
+            smsgw::policy::mcp::run_mcp(config, listen, signals).context("mcp")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SmscSim(args) => {

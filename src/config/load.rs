@@ -72,6 +72,7 @@ pub(super) struct GatewaySections {
     pub limits: Option<super::file::LimitsFile>,
     pub redis: Option<super::file::RedisFile>,
     pub security: Option<crate::auth::SecurityFile>,
+    pub policy: Option<crate::policy::PolicyFile>,
 }
 
 /// The `smpp_rules.toml` entries by id; ids whose entry failed to deserialize are in `broken_*`
@@ -235,6 +236,7 @@ impl<'a> FileCtx<'a> {
             limits: self.section(&mut root, "limits", errors),
             redis: self.section(&mut root, "redis", errors),
             security: self.section(&mut root, "security", errors),
+            policy: self.section(&mut root, "policy", errors),
         };
         for key in root.keys() {
             errors.push(self.error(

@@ -705,6 +705,7 @@ fn every_key_is_documented() {
             "### `[security]`",
             accepted_keys::<crate::auth::SecurityFile>(),
         ),
+        ("### `[policy]`", accepted_keys::<crate::policy::PolicyFile>()),
         ("### `[links.<id>]`", accepted_keys::<LinkFile>()),
         ("### `[pools.<id>]`", accepted_keys::<PoolFile>()),
         (

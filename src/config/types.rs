@@ -28,6 +28,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `[security]`: authentication (see docs/security.md).
     pub security: crate::auth::SecurityConfig,
+    /// `[policy]`: contact policy (see docs/limits-and-policy.md).
+    pub policy: crate::policy::PolicyConfig,
     /// Links and pools from `smpp_rules.toml`.
     pub rules: RulesConfig,
     /// Problems that do not stop the gateway (e.g. a pool whose members are all disabled).

@@ -41,6 +41,9 @@ pub(super) fn validate(
     let security = gateway.security.and_then(|f| {
         crate::auth::config::validate(f, smsgw.path, &mut |key, reason| c.err(key, reason))
     });
+    let policy = gateway.policy.and_then(|f| {
+        crate::policy::config::validate(f, smsgw.path, env, &mut |key, reason| c.err(key, reason))
+    });
 
     // Links fall back to the health interval; a broken [health] must not cascade into a
     // report for every link, so use the documented default in that case.
@@ -63,6 +66,7 @@ pub(super) fn validate(
         limits: limits?,
         redis: redis?,
         security: security?,
+        policy: policy?,
         rules: rules?,
         warnings,
     })

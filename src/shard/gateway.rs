@@ -34,6 +34,8 @@ pub enum ServeError {
     Limits(String),
     #[error("signal watcher: {0}")]
     Signals(std::io::Error),
+    #[error("contact policy: {0}")]
+    Policy(String),
     #[error("authentication: {0}")]
     Auth(String),
 }
@@ -71,6 +73,19 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         side.handle(),
     )
     .map_err(|e| ServeError::Limits(e.to_string()))?;
+    let policy = if config.policy.enabled {
+        Some(
+            crate::policy::mcp::build_engine(
+                &config.policy,
+                &config.redis,
+                side.handle(),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| ServeError::Policy(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let auth = Arc::new(
         crate::auth::AuthService::start(config.security.clone(), &|name| std::env::var(name).ok())
             .map_err(|e| ServeError::Auth(e.to_string()))?,
@@ -80,6 +95,7 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     }
     let shared = Arc::new(Shared {
         auth: Arc::clone(&auth),
+        policy,
         limits,
         bind_load,
         config,

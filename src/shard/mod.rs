@@ -88,6 +88,10 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
                 Arc::clone(&shared.registry),
             )),
             limit: Box::new(shared.limits.stage(ctx.id)),
+            policy: match &shared.policy {
+                Some(engine) => Box::new(crate::policy::mcp::PolicyStage::new(Arc::clone(engine))),
+                None => Box::new(stages::PassThrough("policy")),
+            },
             ..stages::Stages::default()
         },
         binds,

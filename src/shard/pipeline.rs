@@ -48,6 +48,8 @@ pub struct Shared {
     pub bind_load: BindLoad,
     /// Rate limits (L1 config, link health, Redis client); each shard builds its stage from it.
     pub limits: Arc<crate::limit::Limits>,
+    /// Contact policy engine (`None`: `[policy] enabled = false`); each shard builds its stage.
+    pub policy: Option<Arc<crate::policy::PolicyEngine>>,
 }
 
 /// `(outstanding, queued)` submits of each bind of each link, refreshed every health tick.
@@ -286,6 +288,7 @@ impl Pipeline {
             text_len_chars: input.message.chars().count(),
             parts: info.parts,
             strategy: input.strategy.clone(),
+            text_hash: crate::policy::text_hash(&input.message),
         };
         self.stages.admit(&mut admission, meta).await?;
 
@@ -636,6 +639,7 @@ impl Pipeline {
             text_len_chars: 0,
             parts: 0,
             strategy: None,
+            text_hash: 0,
         };
         self.stages.authenticate(&mut admission, meta).await?;
         Ok(admission.app_id)
@@ -655,6 +659,7 @@ impl Pipeline {
             text_len_chars: 0,
             parts: 0,
             strategy: None,
+            text_hash: 0,
         };
         self.stages.authenticate(&mut admission, meta).await?;
         match self

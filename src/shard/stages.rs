@@ -30,6 +30,8 @@ pub struct Admission {
     pub parts: usize,
     /// Contact-policy strategy asked for by the request (`cp1`, `cp2`, `blacklist`, ...).
     pub strategy: Option<String>,
+    /// `policy::text_hash` of the message text (contact policy CP2); 0 when there is none.
+    pub text_hash: u64,
 }
 
 pub type StageFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ApiError>> + 'a>>;
@@ -169,6 +171,7 @@ mod tests {
             text_len_chars: 1,
             parts: 1,
             strategy: None,
+            text_hash: 0,
         };
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .build()
