@@ -29,6 +29,11 @@
 //! Records created by the running process (`created_at_ms >= started_at_ms`) are never
 //! touched, so recovery may run while new traffic is already served.
 //!
+//! Recovery runs only on a store this process owns alone (the embedded backend locks its
+//! directory). On a store shared by replicas (Aerospike) a non-final record may be another
+//! live replica's message in flight; records do not name their owner instance yet, so the
+//! gateway does not start recovery there.
+//!
 //! # Bounds
 //!
 //! Pages of [`RECOVERY_PAGE`] records, at most [`RECOVERY_CONCURRENCY`] updates in flight, a
