@@ -34,6 +34,10 @@ pub enum ServeError {
     Limits(String),
     #[error("signal watcher: {0}")]
     Signals(std::io::Error),
+    #[error("contact policy: {0}")]
+    Policy(String),
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; returns after a graceful shutdown.
@@ -69,7 +73,29 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         side.handle(),
     )
     .map_err(|e| ServeError::Limits(e.to_string()))?;
+    let policy = if config.policy.enabled {
+        Some(
+            crate::policy::mcp::build_engine(
+                &config.policy,
+                &config.redis,
+                side.handle(),
+                Duration::from_secs(10),
+            )
+            .map_err(|e| ServeError::Policy(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let auth = Arc::new(
+        crate::auth::AuthService::start(config.security.clone(), &|name| std::env::var(name).ok())
+            .map_err(|e| ServeError::Auth(e.to_string()))?,
+    );
+    if !config.security.enabled {
+        warn!("authentication is DISABLED ([security] enabled = false): every caller is app 0");
+    }
     let shared = Arc::new(Shared {
+        auth: Arc::clone(&auth),
+        policy,
         limits,
         bind_load,
         config,
@@ -81,6 +107,7 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     });
 
     let (trigger, shutdown) = runtime::shutdown_pair();
+    auth.spawn_poller(shutdown.clone());
     // Crash recovery (records of earlier processes only) and the TTL sweep: see recovery.rs.
     // Only for a store this process owns alone: a shared store holds other replicas' in-flight
     // records, which are not this process's crash leftovers.
