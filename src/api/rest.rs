@@ -87,7 +87,7 @@ impl RestApi {
                 if !post {
                     return wrong_method();
                 }
-                self.login(req)
+                self.login(req).await
             }
             "/healthy" => {
                 if !get {
@@ -160,7 +160,7 @@ impl RestApi {
     }
 
     /// `POST /api/v1/user/login` `{"app_id": 1, "secret": "..."}` → a JWT.
-    fn login(&self, req: &Request<'_>) -> Result<Response, ApiError> {
+    async fn login(&self, req: &Request<'_>) -> Result<Response, ApiError> {
         #[derive(Deserialize)]
         struct LoginBody<'a> {
             app_id: Option<NumberOrString<'a>>,
@@ -184,7 +184,8 @@ impl RestApi {
             .pipeline
             .shared
             .auth
-            .login(app_id, &secret, client_ip(req))?;
+            .login_offloaded(app_id, secret.into_owned(), client_ip(req))
+            .await?;
         Ok(json(200, &answer))
     }
 

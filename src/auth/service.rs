@@ -25,6 +25,8 @@ use crate::shard::stages::{Admission, RequestMeta, Stage, Verdict};
 /// attacker with more addresses than this gains at most one extra window).
 const LOGIN_TRACKED_IPS: usize = 10_000;
 const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Logins verified at once (each one a short-lived thread doing one argon2 check).
+const MAX_LOGIN_THREADS: usize = 4;
 
 /// Reads the HS256 server key: `SMSGW_JWT_SECRET` first, then `security.jwt_secret_file`.
 /// Surrounding whitespace (a trailing newline from `echo`) is not part of the key.
@@ -88,6 +90,7 @@ pub struct AuthService {
     apps_mtime: Mutex<Option<SystemTime>>,
     admin_key: Option<String>,
     login_failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    logins_in_flight: std::sync::atomic::AtomicUsize,
     /// A PHC hash verified when the app is unknown, so that a login for a missing app costs
     /// the same time as one with a wrong secret.
     dummy_hash: String,
@@ -137,6 +140,7 @@ impl AuthService {
             generation: AtomicU64::new(1),
             apps_mtime: Mutex::new(mtime),
             login_failures: Mutex::new(HashMap::new()),
+            logins_in_flight: std::sync::atomic::AtomicUsize::new(0),
             dummy_hash: hash_secret("smsgw-timing-equaliser"),
             config,
         })
@@ -261,8 +265,44 @@ impl AuthService {
         ))
     }
 
-    /// `POST /api/v1/user/login`. The argon2 check costs ~10-50 ms of CPU by design; failed
-    /// attempts are limited per client IP so that cost cannot be used to guess secrets fast.
+    /// `login` off the calling thread: the argon2 check costs ~10-50 ms of CPU by design, which
+    /// must not stall a shard's event loop. At most `MAX_LOGIN_THREADS` run at once; beyond
+    /// that the answer is 503 `overloaded` with `Retry-After: 1`.
+    pub async fn login_offloaded(
+        self: &Arc<Self>,
+        app_id: u64,
+        secret: String,
+        client: IpAddr,
+    ) -> Result<LoginAnswer, ApiError> {
+        // Cheap refusals first, on the caller's thread.
+        self.check_login_budget(client)?;
+        let overloaded =
+            || ApiError::new(ErrorKind::Overloaded, "too many logins in progress").retry_after(1);
+        if self.logins_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_LOGIN_THREADS {
+            self.logins_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(overloaded());
+        }
+        let (tx, rx) = async_channel::bounded(1);
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("login".into())
+            .spawn(move || {
+                let answer = me.login(app_id, &secret, client);
+                me.logins_in_flight.fetch_sub(1, Ordering::AcqRel);
+                let _ = tx.try_send(answer);
+            });
+        if spawned.is_err() {
+            self.logins_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(overloaded());
+        }
+        rx.recv()
+            .await
+            .unwrap_or_else(|_| Err(ApiError::new(ErrorKind::Internal, "login thread failed")))
+    }
+
+    /// `POST /api/v1/user/login`, on the calling thread (see `login_offloaded`). Failed
+    /// attempts are limited per client IP so that the argon2 cost cannot be used to guess
+    /// secrets fast, nor to burn the gateway's CPU.
     pub fn login(
         &self,
         app_id: u64,
