@@ -44,11 +44,18 @@ impl Smsc {
             }),
         ));
         assert!(h.s.is_bound());
+        // The session probes the link right after binding; answer that probe here.
+        let probe = h.take_one();
+        assert_eq!(probe.body.command_id(), cmd::ENQUIRE_LINK);
+        h.feed(resp(&probe, 0, Body::EnquireLinkResp));
         assert_eq!(
             h.events(),
-            vec![Event::Bound {
-                system_id: "SMSC".into()
-            }]
+            vec![
+                Event::Bound {
+                    system_id: "SMSC".into()
+                },
+                Event::EnquireOk { at: h.now }
+            ]
         );
         h
     }
@@ -276,7 +283,13 @@ fn submits_before_bind_wait_and_go_out_once_bound() {
     );
     h.feed(resp(&b, 0, Body::BindTransceiverResp(BindResp::default())));
     let sent = h.sent();
-    assert_eq!(names(&sent), ["a"]);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(
+        sent[0].body.command_id(),
+        cmd::ENQUIRE_LINK,
+        "post-bind probe"
+    );
+    assert_eq!(names(&sent[1..]), ["a"]);
 }
 
 // ----- submit, window, queue -----
@@ -374,8 +387,8 @@ fn oversized_submit_is_refused_by_max_pdu_len() {
 fn sequence_numbers_wrap_and_are_never_zero() {
     let mut c = cfg();
     c.window = 10;
-    c.initial_sequence = MAX_SEQUENCE - 2;
-    let mut h = Smsc::bound(c); // the bind used MAX-2
+    c.initial_sequence = MAX_SEQUENCE - 3;
+    let mut h = Smsc::bound(c); // the bind used MAX-3, the post-bind enquire_link MAX-2
     for i in 0..5u64 {
         h.s.submit(i, sm(&format!("m{i}")), h.now).unwrap();
     }
@@ -610,9 +623,44 @@ fn generic_nack_for_a_submit_fails_it() {
 // ----- keep-alive -----
 
 #[test]
+fn enquire_link_right_after_bind_brings_the_link_up_at_once() {
+    let mut h = Smsc::new(cfg());
+    h.s.bind(h.now);
+    let bind = h.take_one();
+    h.feed(resp(
+        &bind,
+        0,
+        Body::BindTransceiverResp(BindResp::default()),
+    ));
+    assert_eq!(h.s.last_enquire_ok(), None);
+    // No wait for the 30 s idle interval: the probe goes out with the bind answer.
+    let e = h.take_one();
+    assert_eq!(e.body.command_id(), cmd::ENQUIRE_LINK);
+    h.now += Duration::from_millis(3);
+    h.feed(resp(&e, 0, Body::EnquireLinkResp));
+    assert_eq!(h.s.last_enquire_ok(), Some(h.now));
+    // An unanswered first probe still times out like any other.
+    let mut h = Smsc::new(cfg());
+    h.s.bind(h.now);
+    let bind = h.take_one();
+    h.feed(resp(
+        &bind,
+        0,
+        Body::BindTransceiverResp(BindResp::default()),
+    ));
+    assert_eq!(h.take_one().body.command_id(), cmd::ENQUIRE_LINK);
+    assert_eq!(h.advance_to_deadline(), Duration::from_secs(5));
+    assert!(h.events().contains(&Event::LinkDead));
+}
+
+#[test]
 fn enquire_link_when_idle_and_health_signal() {
     let mut h = Smsc::bound(cfg());
-    assert_eq!(h.s.last_enquire_ok(), None);
+    assert_eq!(
+        h.s.last_enquire_ok(),
+        Some(h.now),
+        "the post-bind probe was answered"
+    );
     assert_eq!(h.advance_to_deadline(), Duration::from_secs(30));
     let e = h.take_one();
     assert_eq!(e.body.command_id(), cmd::ENQUIRE_LINK);

@@ -311,7 +311,8 @@ async fn enquire_link_keeps_alive_and_reports_health() {
     let (events, _rx) = channel();
     let h = spawn_bind(c, events);
     bound(&h).await;
-    assert_eq!(h.last_enquire_ok(), None);
+    // (The first enquire_link goes out right after the bind, so the health signal may
+    // already be set here.)
     wait_until("three enquire_links", Duration::from_secs(3), || {
         smsc.log.borrow().enquire_links >= 3
     })

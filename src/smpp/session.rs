@@ -751,6 +751,14 @@ impl Session {
                         self.events.push_back(Event::Bound {
                             system_id: r.system_id.as_str_lossy().into_owned(),
                         });
+                        // Probe the link at once: health counts a link as up only after an
+                        // enquire_link_resp, and waiting the idle interval first would keep a
+                        // freshly bound link out of routing for `enquire_interval`.
+                        if self.enquire.is_none() {
+                            let seq = self.alloc_seq();
+                            self.write_pdu(0, seq, Body::EnquireLink);
+                            self.enquire = Some((seq, now + self.cfg.enquire_timeout));
+                        }
                     } else {
                         self.events.push_back(Event::BindFailed { status });
                         self.close(CloseReason::BindRejected { status });
