@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod limit;
+pub mod metrics;
 pub mod loadgen;
 pub mod policy;
 pub mod route;

@@ -31,9 +31,24 @@ impl RestApi {
 
 impl Service for RestApi {
     async fn call(&self, req: &Request<'_>) -> Response {
+        let resp = self.answer(req).await;
+        self.metrics().http_request(req.path, resp.status);
+        resp
+    }
+}
+
+impl RestApi {
+    fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        self.pipeline.shared.metrics.shard(self.pipeline.shard_id)
+    }
+
+    async fn answer(&self, req: &Request<'_>) -> Response {
         match self.route(req).await {
             Ok(resp) => resp,
             Err(e) => {
+                if req.path == "/api/v1/sms/send" {
+                    self.metrics().rejected(e.kind.code());
+                }
                 if e.kind.http_status() >= 500 {
                     tracing::warn!(path = req.path, code = e.kind.code(), error = %e, "request failed");
                 }
@@ -113,6 +128,17 @@ impl RestApi {
                 }
                 Ok(json(200, &self.pipeline.links_report()))
             }
+            "/metrics" => {
+                if !get {
+                    return wrong_method();
+                }
+                Ok(Response {
+                    status: 200,
+                    content_type: crate::metrics::CONTENT_TYPE,
+                    body: crate::metrics::scrape(&self.pipeline.shared).into_bytes(),
+                    headers: Vec::new(),
+                })
+            }
             "/openapi.json" => {
                 if !get {
                     return wrong_method();
@@ -144,6 +170,7 @@ impl RestApi {
     }
 
     async fn send(&self, req: &Request<'_>) -> Result<Response, ApiError> {
+        let started = std::time::Instant::now();
         let body: SendBody<'_> = parse_json(req.body)?;
         let input = body.into_input()?;
         let meta_headers = |name: &str| req.header_str(name);
@@ -156,7 +183,12 @@ impl RestApi {
             None => 200,
             Some(e) => e.kind.http_status(),
         };
-        Ok(json(status, &SendView::from(&answer)))
+        let resp = json(status, &SendView::from(&answer));
+        match &answer.error {
+            None => self.metrics().send_duration.observe(started.elapsed()),
+            Some(e) => self.metrics().rejected(e.kind.code()),
+        }
+        Ok(resp)
     }
 
     /// `POST /api/v1/user/login` `{"app_id": 1, "secret": "..."}` → a JWT.

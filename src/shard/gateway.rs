@@ -45,8 +45,12 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     let shard_count = config.server.shards.resolve();
     // Taken before any shard can create a record: recovery only touches older records.
     let started_at_ms = crate::state::unix_ms();
-    let store = open_store(&config)?;
     let registry = Arc::new(Registry::new(&config.rules, shard_count));
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        shard_count.get(),
+        registry.links().map(|l| l.id.0).collect(),
+    ));
+    let store = open_store(&config, &metrics)?;
     let health = Arc::new(HealthTable::new(Arc::clone(&registry), Instant::now()));
     let listeners =
         runtime::bind_reuseport(config.server.http_addr, shard_count.get()).map_err(|source| {
@@ -104,6 +108,7 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         store,
         inboxes: inbox_tx,
         counters: Counters::default(),
+        metrics,
     });
 
     let (trigger, shutdown) = runtime::shutdown_pair();
@@ -190,7 +195,10 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     Ok(())
 }
 
-fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, ServeError> {
+fn open_store(
+    config: &Config,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Arc<dyn StateStore>, ServeError> {
     match config.state.backend {
         StateBackend::Embedded => {
             let s = &config.state;
@@ -206,6 +214,14 @@ fn open_store(config: &Config) -> Result<Arc<dyn StateStore>, ServeError> {
                 ..EmbeddedConfig::default()
             };
             let store = EmbeddedStore::open(cfg).map_err(|e| ServeError::State(e.to_string()))?;
+            // Weak: the probe must not keep the store (and its writer) alive past shutdown.
+            let probe = Arc::downgrade(&store);
+            let _ = metrics.state_probe.set(Box::new(move || {
+                probe.upgrade().map_or((0, 0, 0), |s| {
+                    let (batches, ops) = s.batch_stats();
+                    (s.queue_len() as u64, batches, ops)
+                })
+            }));
             Ok(store)
         }
         other => Err(ServeError::Backend(other)),

@@ -78,6 +78,7 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
         }
     }
     drop(events_tx);
+    shared.metrics.shard(ctx.id).set_driver(ctx.driver);
 
     let pipeline = Rc::new(Pipeline::new(
         ctx.id,
@@ -280,6 +281,7 @@ async fn handle_deliver(
         Err(e) => {
             // Acknowledge: a receipt we cannot read will not become readable by resending it.
             Counters::inc(&counters.receipts_unparsable);
+            p.shared.metrics.shard(p.shard_id).receipts_unparsable.inc();
             warn!(link = link_id, bind = bind_index, error = %e, "unparsable receipt acknowledged");
             return Some(0);
         }
@@ -308,12 +310,18 @@ async fn handle_deliver(
             .apply_receipt(link_id, smsc_id.clone(), info.clone())
             .await
         {
-            Ok(ReceiptOutcome::Applied(_)) => {
+            Ok(ReceiptOutcome::Applied(record)) => {
                 Counters::inc(&counters.receipts_applied);
+                let m = p.shared.metrics.shard(p.shard_id);
+                m.receipts_applied.inc();
+                let delay_ms = info.received_at_ms.saturating_sub(record.created_at_ms);
+                m.receipt_delay
+                    .observe(std::time::Duration::from_millis(delay_ms));
                 return Some(0);
             }
             Ok(ReceiptOutcome::Duplicate) => {
                 Counters::inc(&counters.receipts_duplicate);
+                p.shared.metrics.shard(p.shard_id).receipts_duplicate.inc();
                 return Some(0);
             }
             Ok(ReceiptOutcome::NotFound) if attempt < RECEIPT_RETRIES => {
@@ -321,6 +329,7 @@ async fn handle_deliver(
             }
             Ok(ReceiptOutcome::NotFound) => {
                 Counters::inc(&counters.receipts_unknown_id);
+                p.shared.metrics.shard(p.shard_id).receipts_unmatched.inc();
                 warn!(
                     link = link_id,
                     smsc_id, "receipt for an unknown message id acknowledged"
@@ -370,8 +379,15 @@ async fn handover_loop(pipeline: Rc<Pipeline>, inbox: async_channel::Receiver<Ha
 /// sends no enquire_link at all, so staleness of the last answer would be a false alarm.)
 async fn health_loop(pipeline: Rc<Pipeline>, shutdown: crate::runtime::Shutdown) {
     let health = Arc::clone(&pipeline.shared.health);
+    let mut sampler = crate::metrics::LinkSampler::default();
     while !shutdown.is_triggered() {
         let now = Instant::now();
+        let metrics = &pipeline.shared.metrics;
+        sampler.sample(
+            metrics.shard(pipeline.shard_id),
+            |l| metrics.link_index(l),
+            pipeline.local_binds().iter().map(|(l, b)| (l.0, b.as_slice())),
+        );
         for (link, list) in pipeline.local_binds() {
             for b in list.iter().filter(|b| b.can_submit) {
                 let (outstanding, queued) = b.handle.load();

@@ -50,6 +50,8 @@ pub struct Shared {
     pub limits: Arc<crate::limit::Limits>,
     /// Contact policy engine (`None`: `[policy] enabled = false`); each shard builds its stage.
     pub policy: Option<Arc<crate::policy::PolicyEngine>>,
+    /// Per-shard metric slots (each shard writes only its own), summed by `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// `(outstanding, queued)` submits of each bind of each link, refreshed every health tick.
@@ -465,7 +467,10 @@ impl Pipeline {
         record.link_id = Some(job.link.0);
         record.callback_url = job.callback_url;
         match self.shared.store.create(record).await {
-            Ok(CreateOutcome::Created(_)) => Counters::inc(&self.shared.counters.accepted),
+            Ok(CreateOutcome::Created(_)) => {
+                Counters::inc(&self.shared.counters.accepted);
+                self.shared.metrics.shard(self.shard_id).accepted.inc();
+            }
             Ok(CreateOutcome::Exists(existing)) => return Ok(answer_from_record(&existing, true)),
             Err(e) => return Err(state_error(e)),
         }
@@ -478,7 +483,13 @@ impl Pipeline {
             .collect();
         let part_count = parts.len();
 
+        let submit_started = Instant::now();
         let outcome = self.submit_with_retry(job.link, parts).await;
+        let m = self.shared.metrics.shard(self.shard_id);
+        m.parts_submitted.add(part_count as u64);
+        if outcome.is_ok() {
+            m.submit_resp.observe(submit_started.elapsed());
+        }
         let formats = receipt::IdFormats {
             submit_resp: receipt_id_format(link_cfg.resp_id_format),
             receipt: receipt_id_format(link_cfg.dlr_id_format),

@@ -1,0 +1,121 @@
+//! Filling the slots from state that lives elsewhere: each shard's binds (sampled by its
+//! health loop) and the process-wide parts read at scrape time.
+
+use std::collections::HashMap;
+
+use super::{Gauges, ShardMetrics};
+use crate::shard::pipeline::{LocalBind, Shared};
+use crate::smpp::io::BindState;
+use crate::smpp::session::SessionStats;
+
+/// Per-shard memory of the last session counters seen, so that link counters stay monotonic
+/// across reconnects (a new session starts its counters at zero).
+#[derive(Debug, Default)]
+pub struct LinkSampler {
+    /// `(link, bind index)` → (connect attempts, last session stats).
+    last: HashMap<(u32, u32), (u64, SessionStats)>,
+}
+
+/// `now - before` for a counter of the current session; a smaller value means a new session.
+fn delta(now: u64, before: u64) -> u64 {
+    if now >= before { now - before } else { now }
+}
+
+impl LinkSampler {
+    /// Writes this shard's per-link slots from its binds. Called by the shard's health loop
+    /// (the only writer of these slots); reads only local state, no I/O.
+    pub fn sample<'a>(
+        &mut self,
+        slots: &ShardMetrics,
+        link_index: impl Fn(u32) -> Option<usize>,
+        binds: impl Iterator<Item = (u32, &'a [LocalBind])>,
+    ) {
+        for (link, list) in binds {
+            let Some(slot) = link_index(link).and_then(|i| slots.links.get(i)) else {
+                continue;
+            };
+            let (mut total, mut up, mut outstanding, mut queued, mut window) = (0, 0, 0, 0, 0);
+            for b in list.iter().filter(|b| b.can_submit) {
+                total += 1;
+                if matches!(b.handle.state(), BindState::Bound { .. }) {
+                    up += 1;
+                    window += b.handle.config().window as u64;
+                }
+                let (o, q) = b.handle.load();
+                outstanding += o as u64;
+                queued += q as u64;
+            }
+            // Session counters and reconnects of every session (receivers carry delivers).
+            for b in list {
+                let entry = self
+                    .last
+                    .entry((link, b.index + u32::from(!b.can_submit) * (1 << 31)));
+                let (prev_connects, prev) = entry.or_default();
+                let connects = b.handle.connect_attempts();
+                // The first connection of a bind is not a reconnect.
+                let before = (*prev_connects).max(1);
+                if connects > before {
+                    slot.reconnects.add(connects - before);
+                }
+                *prev_connects = connects.max(*prev_connects);
+                if let Some(now) = b.handle.session_stats() {
+                    slot.throttled.add(delta(now.throttled, prev.throttled));
+                    slot.submit_timeouts
+                        .add(delta(now.timed_out, prev.timed_out));
+                    slot.unmatched_responses
+                        .add(delta(now.unmatched_responses, prev.unmatched_responses));
+                    slot.delivers.add(delta(now.delivers, prev.delivers));
+                    *prev = now;
+                } else {
+                    // Disconnected: the next session starts from zero.
+                    *prev = SessionStats::default();
+                }
+            }
+            slot.binds.set(total);
+            slot.binds_up.set(up);
+            slot.outstanding.set(outstanding);
+            slot.queued.set(queued);
+            slot.window.set(window);
+        }
+    }
+}
+
+/// The `/metrics` page: every shard's slots summed, plus process-wide gauges.
+pub fn scrape(shared: &Shared) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &shared.counters;
+    let mut g = Gauges {
+        submitted: c.submitted.load(Relaxed),
+        failed: c.failed.load(Relaxed),
+        handed_over: c.handed_over.load(Relaxed),
+        handover_full: c.handover_full.load(Relaxed),
+        retried_other_bind: c.retried_other_bind.load(Relaxed),
+        state_write_failed_after_submit: c.state_write_failed_after_submit.load(Relaxed),
+        receipts_not_acked_store_down: c.receipts_not_acked_store_down.load(Relaxed),
+        ..Gauges::default()
+    };
+    if let Some(h) = shared.limits.l2_health() {
+        g.redis_up = Some(h.is_up());
+        g.redis_round_trips = h.round_trips.load(Relaxed);
+        g.redis_transitions = h.transitions.load(Relaxed);
+    }
+    if let Some(probe) = shared.metrics.state_probe.get() {
+        let (queue, batches, ops) = probe();
+        g.state_queue_len = Some(queue);
+        g.state_batches = batches;
+        g.state_batched_ops = ops;
+    }
+    super::render(&shared.metrics.snapshot(), &g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delta;
+
+    #[test]
+    fn session_counter_deltas_survive_reconnects() {
+        assert_eq!(delta(5, 3), 2);
+        assert_eq!(delta(2, 7), 2); // new session counted from zero
+        assert_eq!(delta(0, 0), 0);
+    }
+}
