@@ -309,6 +309,34 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     for t in received.keys() {
         assert!(outcomes.contains_key(t), "received unknown txid {t}");
     }
+
+    // The client now retries every request (answered or not) with the same transaction_id:
+    // a recorded one answers `duplicate` and is not sent again; only a request that died before
+    // its record existed is sent (for the first time).
+    let mut resent_fresh = 0;
+    for txid in outcomes.keys() {
+        let (st, v) = http(&url, "POST", "/api/v1/sms/send", &send_body(txid));
+        if v["duplicate"] == true {
+            continue;
+        }
+        assert_eq!(st, 200, "{txid}: {v}");
+        assert_eq!(
+            received.get(txid),
+            None,
+            "{txid} was received and got no duplicate: {v}"
+        );
+        resent_fresh += 1;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = received_counts(&sim);
+    let twice: Vec<_> = after.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "same-transaction_id retry sent again: {twice:?}"
+    );
+    eprintln!(
+        "crash test: retries with the same transaction_id sent {resent_fresh} fresh, rest duplicate"
+    );
 }
 
 /// Starts `smsgw serve` with SIGXFSZ ignored, so that once the test lowers its file-size limit
