@@ -273,3 +273,34 @@ fn every_emitted_metric_is_documented() {
         assert!(docs.contains(&format!("`{name}`")), "{name}");
     }
 }
+
+/// The dashboard only queries metrics that exist (are documented), so a rename breaks here.
+#[test]
+fn dashboard_queries_documented_metrics() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docs = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .expect("dashboard is JSON");
+    let mut seen = 0;
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(base) = word.strip_prefix("smsgw_") {
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| base.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
+                        .unwrap_or(base);
+                    assert!(
+                        docs.contains(&format!("`smsgw_{family}`")),
+                        "dashboard uses undocumented smsgw_{family}"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+    }
+    assert!(seen > 10, "dashboard queries almost nothing");
+}
