@@ -116,7 +116,27 @@ pub fn load_with_env(
 /// What `smsgw check-config` prints, and whether the configuration is usable.
 /// The text ends with a newline. Passwords are never part of it.
 pub fn check_config_report(smsgw_path: &Path, rules_path: &Path) -> (String, bool) {
-    render_report(load(smsgw_path, rules_path))
+    let (mut out, ok) = render_report(load(smsgw_path, rules_path));
+    // The apps file (authentication) is validated too; the JWT server key is not, on purpose
+    // (check-config runs where the production secret may not be).
+    if let Ok(config) = load(smsgw_path, rules_path)
+        && config.security.enabled
+        && let Err(problems) = crate::auth::Apps::load(&config.security.apps_file)
+    {
+        use std::fmt::Write;
+        // Replaces the "ok" line: the configuration as a whole is not usable.
+        out.clear();
+        for w in &config.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        for p in &problems {
+            let _ = writeln!(out, "error: {}: {p}", config.security.apps_file.display());
+        }
+        let n = problems.len();
+        let _ = writeln!(out, "{n} problem{} found", if n == 1 { "" } else { "s" });
+        return (out, false);
+    }
+    (out, ok)
 }
 
 fn render_report(result: Result<Config, ConfigErrors>) -> (String, bool) {
