@@ -448,7 +448,7 @@ pub struct SimArgs {
     pub refuse_binds: bool,
     #[arg(long, default_value = "0x0D", value_parser = parse_u32_auto)]
     pub refuse_bind_status: u32,
-    /// Answer this many submits (over all sessions), then close every session.
+    /// Answer this many submits (over all sessions), then close every session (0 = off).
     #[arg(long)]
     pub disconnect_after_submits: Option<u64>,
     /// Capacity of the ring buffer of received messages shown by `GET /messages` (0 = off).

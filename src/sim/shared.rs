@@ -237,10 +237,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(args: SimArgs, initial: Behaviour, cores: usize) -> Self {
-        let budget = args
-            .disconnect_after_submits
-            .map(|n| n.min(i64::MAX as u64) as i64)
-            .unwrap_or(-1);
+        // 0 means "off", as in `POST /faults`.
+        let budget = match args.disconnect_after_submits {
+            None | Some(0) => -1,
+            Some(n) => n.min(i64::MAX as u64) as i64,
+        };
         Shared {
             args,
             cores,
