@@ -103,6 +103,10 @@ sed -e "s|^port = 2775|port = $SIM_PORT|" \
     -e "s|^window = .*|window = 200|" \
     -e "s|^max_pending = .*|max_pending = 100000|" \
     config/smpp_rules.toml >"$OUT/smpp_rules.toml"
+# Authentication is on (as in production): the demo app, a throw-away server key, one token.
+cp config/apps.toml "$OUT/apps.toml"
+export SMSGW_JWT_SECRET="${SMSGW_JWT_SECRET:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}"
+TOKEN="$("$BIN" token --config "$OUT/smsgw.toml" --rules "$OUT/smpp_rules.toml" --app-id 1)"
 "$BIN" check-config --config "$OUT/smsgw.toml" --rules "$OUT/smpp_rules.toml" >"$OUT/check-config.txt" \
     || { cat "$OUT/check-config.txt" >&2; exit 1; }
 
@@ -118,7 +122,8 @@ PIDS+=($!)
 wait_port 127.0.0.1 "$HTTP_PORT" gateway
 
 COMMON=(--connections "$CONNECTIONS" --pipeline "$PIPELINE" --threads "$BENCH_THREADS"
-        --esme "$ESME" --text-mix "$TEXT_MIX" --duration "$DURATION" --quiet)
+        --esme "$ESME" --text-mix "$TEXT_MIX" --duration "$DURATION" --quiet
+        --header "Authorization: Bearer $TOKEN" --header "X-App-ID: 1")
 
 run_bench() { # name url rate max_error_rate
     local name=$1 url=$2 rate=$3 max_err=$4
