@@ -93,7 +93,6 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
                 Some(engine) => Box::new(crate::policy::mcp::PolicyStage::new(Arc::clone(engine))),
                 None => Box::new(stages::PassThrough("policy")),
             },
-            ..stages::Stages::default()
         },
         binds,
     ));
@@ -289,10 +288,15 @@ async fn handle_deliver(
     let Some(link) = p.shared.registry.link(LinkId(link_id)) else {
         return Some(0);
     };
-    let smsc_id = receipt::normalize_id(
-        &receipt.message_id,
-        pipeline::receipt_id_format(link.dlr_id_format),
-    );
+    let id_format = pipeline::receipt_id_format(link.dlr_id_format);
+    let smsc_id = receipt::normalize_id(&receipt.message_id, id_format);
+    // Some SMSCs put hex in the TLV id and decimal in the text's `id:`: when the first matches
+    // nothing, the text's id is tried too (at most one extra lookup per attempt).
+    let alt_id = receipt
+        .text_message_id
+        .as_deref()
+        .map(|t| receipt::normalize_id(t, id_format))
+        .filter(|a| *a != smsc_id);
     let info = ReceiptInfo {
         status: receipt_status(receipt.state),
         stat: receipt
@@ -304,12 +308,19 @@ async fn handle_deliver(
         received_at_ms: crate::state::unix_ms(),
     };
     for attempt in 0..=RECEIPT_RETRIES {
-        match p
+        let mut result = p
             .shared
             .store
             .apply_receipt(link_id, smsc_id.clone(), info.clone())
-            .await
-        {
+            .await;
+        if let (Ok(ReceiptOutcome::NotFound), Some(alt)) = (&result, &alt_id) {
+            result = p
+                .shared
+                .store
+                .apply_receipt(link_id, alt.clone(), info.clone())
+                .await;
+        }
+        match result {
             Ok(ReceiptOutcome::Applied(record)) => {
                 Counters::inc(&counters.receipts_applied);
                 let m = p.shared.metrics.shard(p.shard_id);
@@ -386,7 +397,10 @@ async fn health_loop(pipeline: Rc<Pipeline>, shutdown: crate::runtime::Shutdown)
         sampler.sample(
             metrics.shard(pipeline.shard_id),
             |l| metrics.link_index(l),
-            pipeline.local_binds().iter().map(|(l, b)| (l.0, b.as_slice())),
+            pipeline
+                .local_binds()
+                .iter()
+                .map(|(l, b)| (l.0, b.as_slice())),
         );
         for (link, list) in pipeline.local_binds() {
             for b in list.iter().filter(|b| b.can_submit) {

@@ -9,7 +9,9 @@
 //! * a success answer is only given after the record is in the state store (`create` resolved);
 //! * all parts of one message go over the same bind;
 //! * a message whose parts were never written (`NotSent`) may be retried once on another local
-//!   bind of the same link; parts with an `Unknown` fate are never re-sent automatically;
+//!   bind of the same link, then (pool targets) once on another healthy pool member with a
+//!   local bind and the same segmentation; parts with an `Unknown` fate are never re-sent
+//!   automatically;
 //! * every accepted message ends submitted, or marked failed/rejected/unknown in the store.
 
 use std::cell::{Cell, RefCell};
@@ -19,13 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::api::{ApiError, ErrorKind};
-use crate::config::{Config, IdFormat as ConfigIdFormat, LinkConfig, LinkId, Segmentation};
+use crate::config::{Config, IdFormat as ConfigIdFormat, LinkConfig, LinkId, PoolId, Segmentation};
 use crate::route::{HealthTable, Registry, RouteError, ShardRouter, Target};
 use crate::shard::stages::{Admission, RequestMeta, Stages};
 use crate::smpp::io::{BindHandle, BindState, PartOutcome, SubmitError};
 use crate::smpp::pdu::{Addr21, SubmitSm};
 use crate::smpp::receipt::{self, IdFormat};
-use crate::smpp::segment::{self, RefAllocator, SegmentConfig, SegmentError, SegmentMode};
+use crate::smpp::segment::{
+    self, RefAllocator, RefWidth, SegmentConfig, SegmentError, SegmentMode,
+};
 use crate::smpp::text::{self, Encoding, TextInfo};
 use crate::state::{
     self, CreateOutcome, MessageKey, MessageRecord, PartUpdate, StateError, StateStore, Status,
@@ -102,6 +106,9 @@ pub struct Counters {
     pub handed_over: AtomicU64,
     pub handover_full: AtomicU64,
     pub retried_other_bind: AtomicU64,
+    /// Messages none of whose parts were written on the routed pool member, retried (once) on
+    /// another healthy member of the same pool.
+    pub retried_other_member: AtomicU64,
     pub receipts_applied: AtomicU64,
     pub receipts_duplicate: AtomicU64,
     pub receipts_unknown_id: AtomicU64,
@@ -150,6 +157,9 @@ pub struct Job {
     pub key: MessageKey,
     pub esme: u32,
     pub link: LinkId,
+    /// The pool `link` was picked from, if the esme routes to a pool (enables the one retry on
+    /// another member when nothing was sent).
+    pub pool: Option<PoolId>,
     pub source: String,
     pub destination: String,
     pub message: String,
@@ -174,6 +184,33 @@ pub struct LocalBind {
     pub handle: BindHandle,
     /// False for the receiver half of a `tx+rx` bind: it never carries submits.
     pub can_submit: bool,
+}
+
+/// This shard's concatenation-reference allocator: each shard owns a disjoint slice of the
+/// reference space, so two cores never hand the same reference to one destination at once.
+/// More shards than the width allows (over 128 for 8-bit references) cannot be disjoint: those
+/// shards share a slice (`shard mod max`), which is logged once per shard at start.
+fn shard_refs(width: RefWidth, seed: u64, shard: usize, shards: usize) -> RefAllocator {
+    let max = (width.range() / 2) as usize;
+    let (slot, slots) = if shards <= max {
+        (shard, shards)
+    } else {
+        tracing::warn!(
+            shard,
+            shards,
+            max,
+            "more shards than concatenation-reference slices; some shards share a slice"
+        );
+        (shard % max, max)
+    };
+    RefAllocator::with_options(
+        width,
+        seed,
+        segment::DEFAULT_REF_BUCKET_BITS,
+        slot as u32,
+        slots as u32,
+    )
+    .unwrap_or_else(|_| RefAllocator::new(width, seed))
 }
 
 /// Per-shard pipeline: plain `Rc`/`RefCell` state, no locks.
@@ -201,6 +238,8 @@ impl Pipeline {
         binds: BTreeMap<LinkId, Vec<LocalBind>>,
     ) -> Pipeline {
         let seed = fastrand::u64(..);
+        // Every shard has an inbox, so this is the shard count.
+        let shard_count = shared.inboxes.len().max(1);
         let router = ShardRouter::new(Arc::clone(&shared.registry));
         // Generated ids: instance, shard, start time and a counter: unique without coordination
         // (the start time separates restarts of the same instance).
@@ -216,10 +255,12 @@ impl Pipeline {
             router: RefCell::new(router),
             binds,
             bind_cursor: Cell::new(0),
-            refs8: RefCell::new(RefAllocator::for_mode(SegmentMode::Udh8, seed)),
-            refs16: RefCell::new(RefAllocator::for_mode(
-                SegmentMode::Udh16,
+            refs8: RefCell::new(shard_refs(RefWidth::Bits8, seed, shard_id, shard_count)),
+            refs16: RefCell::new(shard_refs(
+                RefWidth::Bits16,
                 seed ^ 0x9E37_79B9,
+                shard_id,
+                shard_count,
             )),
             txid_counter: Cell::new(0),
             txid_prefix,
@@ -311,6 +352,10 @@ impl Pipeline {
             key,
             esme: input.esme,
             link,
+            pool: match target {
+                Target::Pool(p) => Some(p),
+                Target::Link(_) => None,
+            },
             source: input.source,
             destination: input.destination,
             message: input.message,
@@ -476,6 +521,8 @@ impl Pipeline {
         }
 
         let template = submit_template(link_cfg, &job.source, &job.destination)?;
+        // A copy of the parts only when a pool retry is possible (nothing extra otherwise).
+        let spare_parts = job.pool.map(|_| segmented.parts.clone());
         let parts: Vec<SubmitSm> = segmented
             .parts
             .into_iter()
@@ -484,7 +531,27 @@ impl Pipeline {
         let part_count = parts.len();
 
         let submit_started = Instant::now();
-        let outcome = self.submit_with_retry(job.link, parts).await;
+        let mut sent_link = job.link;
+        let mut link_cfg = link_cfg;
+        let mut outcome = self.submit_with_retry(job.link, parts).await;
+        // Nothing was written on the routed member (binds lost, queues full): the message is
+        // certainly not at the SMSC, so one more try on another healthy member of the pool
+        // with a local bind is safe. Bounded: one other member, never after an Unknown part.
+        if let (Some(pool), Some(spare_parts)) = (job.pool, spare_parts)
+            && nothing_sent(&outcome)
+            && let Some(other) = self.other_pool_member(pool, job.link, &seg_cfg)
+            && let Some(other_cfg) = self.shared.registry.link(other)
+            && let Ok(other_template) = submit_template(other_cfg, &job.source, &job.destination)
+        {
+            Counters::inc(&self.shared.counters.retried_other_member);
+            let parts = spare_parts
+                .into_iter()
+                .map(|p| p.to_submit_sm(&other_template))
+                .collect();
+            outcome = self.submit_with_retry(other, parts).await;
+            sent_link = other;
+            link_cfg = other_cfg;
+        }
         let m = self.shared.metrics.shard(self.shard_id);
         m.parts_submitted.add(part_count as u64);
         if outcome.is_ok() {
@@ -505,7 +572,7 @@ impl Pipeline {
                         PartOutcome::Accepted { message_id } => {
                             updates.push(PartUpdate::Submitted {
                                 index,
-                                link_id: job.link.0,
+                                link_id: sent_link.0,
                                 smsc_message_id: formats.resp_key(&message_id),
                             });
                             message_ids.push(message_id);
@@ -597,9 +664,33 @@ impl Pipeline {
             encoding: info.encoding.name(),
             message_ids,
             status,
-            link: Some(job.link.0),
+            link: Some(sent_link.0),
             duplicate: false,
         })
+    }
+
+    /// Another member of `pool` (not `except`) that is globally up, has a bound local submit
+    /// bind with queue room, and segments like `seg_cfg` (so the already-numbered parts fit it).
+    fn other_pool_member(
+        &self,
+        pool: PoolId,
+        except: LinkId,
+        seg_cfg: &SegmentConfig,
+    ) -> Option<LinkId> {
+        let registry = &self.shared.registry;
+        registry
+            .pool(pool)?
+            .members
+            .iter()
+            .map(|m| m.link)
+            .find(|&l| {
+                l != except
+                    && self.shared.health.is_up(l)
+                    && self.has_queue_room(l)
+                    && registry.link(l).is_some_and(|c| {
+                        c.enabled && c.can_submit() && segment_config(c) == *seg_cfg
+                    })
+            })
     }
 
     /// Submits all parts on one local bind; if none of them was written (bind lost, queue full)
@@ -808,6 +899,14 @@ fn submit_result(r: Result<Vec<PartOutcome>, SubmitError>) -> Result<Vec<PartOut
             format!("part {} cannot be encoded: {reason}", part + 1),
         ),
     })
+}
+
+/// Whether a submit attempt certainly wrote nothing to the SMSC (safe to try elsewhere).
+fn nothing_sent(r: &Result<Vec<PartOutcome>, ApiError>) -> bool {
+    match r {
+        Ok(outcomes) => outcomes.iter().all(|o| *o == PartOutcome::NotSent),
+        Err(e) => matches!(e.kind, ErrorKind::NoRoute | ErrorKind::Overloaded),
+    }
 }
 
 /// What a duplicate `transaction_id` gets: the stored state, nothing re-sent.
