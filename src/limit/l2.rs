@@ -425,9 +425,6 @@ impl L2Shard {
         parts: u64,
         now: Instant,
     ) -> Take {
-        if !self.client.health.is_up() {
-            return Take::Unavailable;
-        }
         let size = self.lease_size(rate_per_s);
         let mut leases = self.leases.borrow_mut();
         let lease = leases.entry(key).or_default();
@@ -435,14 +432,19 @@ impl L2Shard {
             lease.tokens = 0;
             lease.expires = None;
         }
+        let up = self.client.health.is_up();
         let denied = lease.denied_until.is_some_and(|d| now < d);
+        // Parts already leased are spent even while Redis is down: Redis counted them.
         if lease.tokens >= parts {
             lease.tokens -= parts;
-            if lease.tokens < u64::from(size / 4).max(1) && !lease.in_flight && !denied {
+            if up && lease.tokens < u64::from(size / 4).max(1) && !lease.in_flight && !denied {
                 // Best effort: a full queue only means the next request asks again.
                 let _ = self.refill(lease, key, rate_per_s, burst, size);
             }
             return Take::Taken;
+        }
+        if !up {
+            return Take::Unavailable;
         }
         if denied {
             return Take::Denied(lease.denied_wait);
