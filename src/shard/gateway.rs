@@ -90,8 +90,9 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     } else {
         None
     };
+    let env = |name: &str| std::env::var(name).ok();
     let auth = Arc::new(
-        crate::auth::AuthService::start(config.security.clone(), &|name| std::env::var(name).ok())
+        crate::auth::AuthService::start(config.security.clone(), &env)
             .map_err(|e| ServeError::Auth(e.to_string()))?,
     );
     if !config.security.enabled {
