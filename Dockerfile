@@ -4,10 +4,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# perf/ holds the [[bench]] targets the manifest names; docs/openapi.json is compiled in.
 COPY perf ./perf
-COPY proto ./proto
-COPY api ./api
-COPY build.rs* ./
+COPY docs ./docs
 RUN cargo build --release --bin smsgw && strip target/release/smsgw
 
 FROM debian:bookworm-slim
@@ -19,6 +18,8 @@ USER smsgw
 WORKDIR /var/lib/smsgw
 # REST 8088, gRPC 44044. io_uring may be refused by the container's seccomp profile: the
 # runtime then falls back to epoll by itself (logged per shard).
+# The JWT server key must come from the environment (SMSGW_JWT_SECRET, >= 32 bytes) or a
+# mounted secret file (security.jwt_secret_file); apps are read from /etc/smsgw/apps.toml.
 EXPOSE 8088 44044
 ENTRYPOINT ["/usr/local/bin/smsgw"]
 CMD ["serve", "--config", "/etc/smsgw/smsgw.toml", "--rules", "/etc/smsgw/smpp_rules.toml"]
