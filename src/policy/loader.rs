@@ -2,8 +2,10 @@
 //! that re-reads only what changed and publishes a new snapshot atomically.
 //!
 //! Change detection: S3 objects by the ETag of the listing (an object whose ETag is unchanged is
-//! not downloaded again); local files by (size, modification time). Each file's parsed numbers
-//! are kept, so a change to one file re-parses that file only, then the set is rebuilt from all.
+//! not downloaded again); local files by (size, modification time). Nothing changed: nothing is
+//! read. While the whole list is small (`KEEP_PARSED_MAX`), each file's parsed numbers are kept
+//! so a change to one file re-reads that file only; above it they are dropped (8 B/number
+//! saved) and a change re-reads every file. Then the set is rebuilt from all files.
 //! Failure (S3 down, unreadable file, a file with no valid line) keeps the last good copy of
 //! the whole list: nothing is published from a partial view.
 
@@ -75,8 +77,13 @@ pub struct LoaderStats {
 
 struct Cached {
     version: String,
-    keys: Vec<u64>,
+    /// The file's parsed numbers, kept while the whole list is small (`KEEP_PARSED_MAX`).
+    keys: Option<Vec<u64>>,
 }
+
+/// Up to this many numbers in all files (8 MiB), each file's parsed numbers are kept so a
+/// change to one file re-reads only that file.
+const KEEP_PARSED_MAX: usize = 1_000_000;
 
 /// Re-reads sources and publishes; one per process, driven by `run` or by tests via `refresh`.
 pub struct Loader {
@@ -121,16 +128,31 @@ impl Loader {
                 Source::S3(s3) => list_s3(i, s3, &mut listing).await?,
             }
         }
+        let changed = !self.loaded
+            || listing.len() != self.cache.len()
+            || listing
+                .iter()
+                .any(|(id, v, _)| self.cache.get(id).is_none_or(|c| &c.version != v));
+        if !changed {
+            return Ok(false);
+        }
+        // Something changed: reuse the numbers kept for unchanged files, fetch the rest. The
+        // cache is replaced only when the whole round succeeded.
         let mut next: BTreeMap<String, Cached> = BTreeMap::new();
-        let mut changed = !self.loaded || listing.len() != self.cache.len();
         for (id, version, from) in listing {
-            if let Some(c) = self.cache.remove(&id)
+            if let Some(c) = self.cache.get(&id)
                 && c.version == version
+                && let Some(keys) = &c.keys
             {
-                next.insert(id, c);
+                next.insert(
+                    id,
+                    Cached {
+                        version,
+                        keys: Some(keys.clone()),
+                    },
+                );
                 continue;
             }
-            changed = true;
             let text = match &from {
                 FetchFrom::Path(p) => std::fs::read_to_string(p)
                     .map_err(|e| LoadError::Io(p.display().to_string(), e))?,
@@ -160,22 +182,26 @@ impl Loader {
                 id,
                 Cached {
                     version,
-                    keys: parsed.keys,
+                    keys: Some(parsed.keys),
                 },
             );
         }
-        // On error above, `self.cache` lost the entries moved out: restore by keeping `next`
-        // only on success. (The early returns leave `self.cache` partially drained, so a
-        // failed round forces a full re-read next time: correct, only slower.)
-        self.cache = next;
-        if !changed {
-            return Ok(false);
-        }
-        let total: usize = self.cache.values().map(|c| c.keys.len()).sum();
+        let total: usize = next
+            .values()
+            .map(|c| c.keys.as_ref().map_or(0, Vec::len))
+            .sum();
         let mut all = Vec::with_capacity(total);
-        for c in self.cache.values() {
-            all.extend_from_slice(&c.keys);
+        for c in next.values() {
+            all.extend_from_slice(c.keys.as_deref().unwrap_or_default());
         }
+        // Keeping every file's numbers costs 8 B/number on top of the set; above this many
+        // numbers they are dropped, and a later change re-reads every file instead.
+        if total > KEEP_PARSED_MAX {
+            for c in next.values_mut() {
+                c.keys = None;
+            }
+        }
+        self.cache = next;
         let list = Blacklist::from_keys(all);
         info!(
             files = self.cache.len(),
