@@ -73,6 +73,7 @@ pub(super) struct GatewaySections {
     pub redis: Option<super::file::RedisFile>,
     pub security: Option<crate::auth::SecurityFile>,
     pub policy: Option<crate::policy::PolicyFile>,
+    pub cdr: Option<crate::cdr::CdrConfig>,
 }
 
 /// The `smpp_rules.toml` entries by id; ids whose entry failed to deserialize are in `broken_*`
@@ -237,6 +238,7 @@ impl<'a> FileCtx<'a> {
             redis: self.section(&mut root, "redis", errors),
             security: self.section(&mut root, "security", errors),
             policy: self.section(&mut root, "policy", errors),
+            cdr: self.section(&mut root, "cdr", errors),
         };
         for key in root.keys() {
             errors.push(self.error(

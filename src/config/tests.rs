@@ -706,6 +706,7 @@ fn every_key_is_documented() {
             accepted_keys::<crate::auth::SecurityFile>(),
         ),
         ("### `[policy]`", accepted_keys::<crate::policy::PolicyFile>()),
+        ("### `[cdr]`", accepted_keys::<crate::cdr::CdrConfig>()),
         ("### `[links.<id>]`", accepted_keys::<LinkFile>()),
         ("### `[pools.<id>]`", accepted_keys::<PoolFile>()),
         (
@@ -812,4 +813,22 @@ fn redis_password_is_hidden_in_debug_output() {
         c.redis.url.as_deref(),
         Some("redis://:topsecret@127.0.0.1:6379/0")
     );
+}
+
+#[test]
+fn cdr_section_loads_resolves_dirs_and_checks_values() {
+    let c = load_strs(
+        "[cdr]\nsink = \"s3\"\ns3_bucket = \"b\"\nspool_dir = \"spool\"\nbatch_max_records = 5\n",
+        LINK,
+    )
+    .unwrap();
+    assert_eq!(c.cdr.sink, crate::cdr::SinkKind::S3);
+    assert_eq!(c.cdr.batch_max_records, 5);
+    // Relative to smsgw.toml's directory (here the current one); absolute paths stay as-is.
+    assert_eq!(c.cdr.spool_dir, PathBuf::from("spool"));
+    assert_eq!(c.cdr.dir, PathBuf::from("/var/lib/smsgw/cdr"));
+    let errs = errors("[cdr]\nsink = \"s3\"\n", LINK);
+    assert_eq!(errs.for_key("cdr").count(), 1, "{errs}");
+    let errs = errors("[cdr]\nbatch_max_recs = 5\n", LINK);
+    assert!(errs.for_key("cdr.batch_max_recs").count() == 1, "{errs}");
 }

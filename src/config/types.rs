@@ -30,6 +30,8 @@ pub struct Config {
     pub security: crate::auth::SecurityConfig,
     /// `[policy]`: contact policy (see docs/limits-and-policy.md).
     pub policy: crate::policy::PolicyConfig,
+    /// `[cdr]`: CDR export (see docs/operations.md#cdr-export).
+    pub cdr: crate::cdr::CdrConfig,
     /// Links and pools from `smpp_rules.toml`.
     pub rules: RulesConfig,
     /// Problems that do not stop the gateway (e.g. a pool whose members are all disabled).

@@ -44,6 +44,19 @@ pub(super) fn validate(
     let policy = gateway.policy.and_then(|f| {
         crate::policy::config::validate(f, smsgw.path, env, &mut |key, reason| c.err(key, reason))
     });
+    // [cdr]: relative dirs are relative to smsgw.toml's directory, like other paths.
+    let cdr = gateway.cdr.and_then(|mut f| {
+        let base = smsgw.path.parent().unwrap_or(std::path::Path::new("."));
+        f.dir = base.join(&f.dir);
+        f.spool_dir = base.join(&f.spool_dir);
+        match f.validate() {
+            Ok(()) => Some(f),
+            Err(e) => {
+                c.err("cdr", e.to_string());
+                None
+            }
+        }
+    });
 
     // Links fall back to the health interval; a broken [health] must not cascade into a
     // report for every link, so use the documented default in that case.
@@ -67,6 +80,7 @@ pub(super) fn validate(
         redis: redis?,
         security: security?,
         policy: policy?,
+        cdr: cdr?,
         rules: rules?,
         warnings,
     })
