@@ -494,3 +494,158 @@ fn mcp_service_answers_the_reference_api() {
     );
     assert!(m.contains("smsgw_policy_blacklist_numbers 1"), "{m}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `serve` asking a remote `smsgw mcp` (`[policy] remote_url`)
+
+/// Starts `smsgw mcp` on a free port with `list` as its only blacklist file; returns the
+/// process and its base URL.
+fn start_mcp(dir: &std::path::Path, list: &str, listen: &str) -> (common::Proc, String) {
+    let lists = dir.join("lists");
+    std::fs::create_dir_all(&lists).unwrap();
+    std::fs::write(lists.join("l.csv"), list).unwrap();
+    let (a, b) = common::write_configs(dir, &common::GatewayOptions::default());
+    let mut text = std::fs::read_to_string(&a).unwrap();
+    text.push_str("\n[policy]\nblacklist_dir = \"lists\"\n");
+    std::fs::write(&a, text).unwrap();
+    let args: Vec<String> = vec![
+        "mcp".into(),
+        "--config".into(),
+        a.display().to_string(),
+        "--rules".into(),
+        b.display().to_string(),
+        "--listen".into(),
+        listen.into(),
+    ];
+    let (proc, line) = spawn(
+        "mcp",
+        &args,
+        &[],
+        "smsgw mcp listening",
+        Duration::from_secs(30),
+    );
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap()
+        .to_string();
+    (proc, format!("http://{addr}"))
+}
+
+/// Sends until the answer's status is `want` (each shard notices the outage on its own),
+/// bounded in count and time; returns the last answer.
+fn send_until(gw: &Gateway, to: &str, want: u16) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = (0, serde_json::Value::Null);
+    for i in 0..200 {
+        last = gw.send(100, to, &format!("m{i}"));
+        if last.0 == want || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    last
+}
+
+#[test]
+fn gateway_asks_the_remote_mcp_and_fails_open_when_it_is_gone() {
+    let sim = Sim::start(&[]);
+    let mcp_dir = tempfile::tempdir().unwrap();
+    let (mut mcp, base) = start_mcp(mcp_dir.path(), "+491510000001\n", "127.0.0.1:0");
+    // The gateway has no list of its own: a 403 can only come from the remote service.
+    let gw = gateway_with_policy(
+        &sim,
+        &format!(
+            "\n[policy]\ndefault_strategy = \"blacklist\"\nremote_url = \"{base}\"\n\
+             remote_timeout_ms = 1000\nremote_on_error = \"fail_open\"\n"
+        ),
+    );
+    gw.wait_links(&[100], true, Duration::from_secs(20));
+
+    let (st, v) = gw.send(100, "+491510000001", "hi");
+    assert_eq!((st, v["code"].as_str()), (403, Some("blacklist")), "{v}");
+    // National format normalised by the gateway, answered by the service.
+    let (st, v) = gw.send(100, "00491510000001", "hi");
+    assert_eq!((st, v["code"].as_str()), (403, Some("blacklist")), "{v}");
+    let (st, v) = gw.send(100, "+491510000003", "hi");
+    assert_eq!(st, 200, "{v}");
+    // CP2 through the service: the text hash travels, the second identical text is refused.
+    let body = serde_json::json!({"esme": 100, "source": "T", "destination": "+491510000004",
+        "message": "same", "strategy": "cp2"})
+    .to_string();
+    let (st, v) = gw.post("/api/v1/sms/send", &body);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = gw.post("/api/v1/sms/send", &body);
+    assert_eq!((st, v["code"].as_str()), (403, Some("duplicate")), "{v}");
+
+    assert!(wait_until(Duration::from_secs(10), || sim.submits_total() >= 2));
+    std::thread::sleep(Duration::from_millis(300));
+    let msgs = sim.messages(100);
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        !serde_json::to_string(&msgs)
+            .unwrap()
+            .contains("491510000001"),
+        "{msgs:?}"
+    );
+
+    // Service gone: fail_open lets messages through, also the blacklisted number (that is
+    // what fail_open means), without waiting for the timeout each time.
+    mcp.kill();
+    let started = Instant::now();
+    let (st, v) = send_until(&gw, "+491510000001", 200);
+    assert_eq!(st, 200, "{v}");
+    for _ in 0..10 {
+        let (st, v) = gw.send(100, "+491510000005", "x");
+        assert_eq!(st, 200, "{v}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Back on the same address: each shard's next probe (within a second) finds it again.
+    let listen = base.trim_start_matches("http://").to_string();
+    let (_mcp, _) = start_mcp(mcp_dir.path(), "+491510000001\n", &listen);
+    let (st, v) = send_until(&gw, "+491510000001", 403);
+    assert_eq!((st, v["code"].as_str()), (403, Some("blacklist")), "{v}");
+    for _ in 0..10 {
+        let (st, v) = gw.send(100, "+491510000001", "x");
+        assert_eq!((st, v["code"].as_str()), (403, Some("blacklist")), "{v}");
+    }
+}
+
+#[test]
+fn gateway_fails_closed_when_the_remote_mcp_is_gone() {
+    let sim = Sim::start(&[]);
+    let mcp_dir = tempfile::tempdir().unwrap();
+    let (mut mcp, base) = start_mcp(mcp_dir.path(), "+491510000001\n", "127.0.0.1:0");
+    let gw = gateway_with_policy(
+        &sim,
+        &format!(
+            "\n[policy]\ndefault_strategy = \"blacklist\"\nremote_url = \"{base}\"\n\
+             remote_timeout_ms = 1000\nremote_on_error = \"fail_closed\"\n"
+        ),
+    );
+    gw.wait_links(&[100], true, Duration::from_secs(20));
+    let (st, v) = gw.send(100, "+491510000002", "hi");
+    assert_eq!(st, 200, "{v}");
+
+    mcp.kill();
+    let (st, v) = send_until(&gw, "+491510000002", 503);
+    assert_eq!((st, v["code"].as_str()), (503, Some("overloaded")), "{v}");
+    // Every shard refuses (none passes a message unchecked).
+    for _ in 0..10 {
+        let (st, v) = gw.send(100, "+491510000002", "x");
+        assert_eq!((st, v["code"].as_str()), (503, Some("overloaded")), "{v}");
+    }
+    // A message with no strategy needs no check and still goes through.
+    let (st, v) = gw.post(
+        "/api/v1/sms/send",
+        &serde_json::json!({"esme": 100, "source": "T", "destination": "+491510000006",
+            "message": "x", "strategy": "none"})
+        .to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+}

@@ -35,6 +35,12 @@ pub struct PolicyFile {
     /// Environment variable names holding the S3 keys (never the keys themselves).
     pub s3_access_key_env: String,
     pub s3_secret_key_env: String,
+    /// `http://host:port` of a remote `smsgw mcp`; "" = decide in process.
+    pub remote_url: String,
+    pub remote_timeout_ms: i64,
+    /// `"fail_open"` or `"fail_closed"`.
+    pub remote_on_error: String,
+    pub remote_max_in_flight: i64,
 }
 
 impl Default for PolicyFile {
@@ -59,6 +65,10 @@ impl Default for PolicyFile {
             s3_timeout_ms: 5000,
             s3_access_key_env: "AWS_ACCESS_KEY_ID".into(),
             s3_secret_key_env: "AWS_SECRET_ACCESS_KEY".into(),
+            remote_url: String::new(),
+            remote_timeout_ms: 500,
+            remote_on_error: "fail_open".into(),
+            remote_max_in_flight: 256,
         }
     }
 }
@@ -70,6 +80,8 @@ pub struct PolicyConfig {
     pub settings: PolicySettings,
     pub sources: Vec<Source>,
     pub refresh_interval: Duration,
+    /// `remote_url` set: the gateway asks this `smsgw mcp` instead of its own engine.
+    pub remote: Option<super::remote::RemoteConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -79,6 +91,7 @@ impl Default for PolicyConfig {
             settings: PolicySettings::default(),
             sources: Vec::new(),
             refresh_interval: Duration::from_secs(60),
+            remote: None,
         }
     }
 }
@@ -131,6 +144,13 @@ pub fn validate(
     ) as usize;
     let refresh = range("policy.refresh_interval_s", f.refresh_interval_s, 1, 86400) as u64;
     let s3_timeout = range("policy.s3_timeout_ms", f.s3_timeout_ms, 100, 120_000) as u64;
+    let remote_timeout = range("policy.remote_timeout_ms", f.remote_timeout_ms, 10, 60_000) as u64;
+    let remote_in_flight = range(
+        "policy.remote_max_in_flight",
+        f.remote_max_in_flight,
+        1,
+        65_536,
+    ) as usize;
     let mut problems: Vec<(&str, String)> = Vec::new();
     let default_strategy = Strategies::parse(&f.default_strategy)
         .map_err(|e| problems.push(("policy.default_strategy", e)))
@@ -160,6 +180,34 @@ pub fn validate(
                 format!("{other:?}: expected \"fail_open\" or \"fail_closed\""),
             ));
             true
+        }
+    };
+    let remote_fail_open = match f.remote_on_error.as_str() {
+        "fail_open" => true,
+        "fail_closed" => false,
+        other => {
+            problems.push((
+                "policy.remote_on_error",
+                format!("{other:?}: expected \"fail_open\" or \"fail_closed\""),
+            ));
+            true
+        }
+    };
+    let remote = if f.remote_url.is_empty() {
+        None
+    } else {
+        match super::remote::parse_url(&f.remote_url) {
+            Ok((authority, base_path)) => Some(super::remote::RemoteConfig {
+                authority,
+                base_path,
+                timeout: Duration::from_millis(remote_timeout),
+                fail_open: remote_fail_open,
+                max_in_flight: remote_in_flight,
+            }),
+            Err(e) => {
+                problems.push(("policy.remote_url", e));
+                None
+            }
         }
     };
     let mut sources = Vec::new();
@@ -202,6 +250,7 @@ pub fn validate(
         },
         sources,
         refresh_interval: Duration::from_secs(refresh),
+        remote,
     })
 }
 

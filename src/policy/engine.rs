@@ -238,6 +238,8 @@ pub struct PolicyMetrics {
     pub answers: [AtomicU64; 5],
     /// Checks that failed for a store error (before the fail-open/closed decision).
     pub store_errors: AtomicU64,
+    /// The last counter-store call failed (for logging the transitions only).
+    pub store_down: std::sync::atomic::AtomicBool,
 }
 
 impl PolicyMetrics {
@@ -324,13 +326,25 @@ impl PolicyEngine {
         match &self.backend {
             CounterBackend::Redis(r) if req.strategies.cp1 || req.strategies.cp2 => {
                 match r.check(req, &self.settings, self.clock.now_ms()).await {
-                    Ok(s) => Ok(s),
+                    Ok(s) => {
+                        if self.metrics.store_down.swap(false, Ordering::Relaxed) {
+                            info!("policy: redis answers again; counting in redis");
+                        }
+                        Ok(s)
+                    }
                     Err(e) => {
                         self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                        // One line per outage, not per message (the counter counts those).
+                        if !self.metrics.store_down.swap(true, Ordering::Relaxed) {
+                            warn!(
+                                error = %e,
+                                mode = if self.settings.fail_open { "fail_open" } else { "fail_closed" },
+                                "policy: redis failing; counting in memory (fail_open) or refusing (fail_closed) until it answers"
+                            );
+                        }
                         if self.settings.fail_open {
                             Ok(self.check_memory(req))
                         } else {
-                            warn!(error = %e, "policy check failed (fail_closed)");
                             Err(e)
                         }
                     }

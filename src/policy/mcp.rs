@@ -37,6 +37,11 @@ pub fn build_engine(
     first_load_timeout: Duration,
 ) -> Result<Arc<PolicyEngine>, super::engine::PolicyError> {
     let mut engine = PolicyEngine::new(cfg.settings.clone(), Arc::new(SystemClock));
+    if cfg.remote.is_some() {
+        // The remote `smsgw mcp` holds the lists and counters; this engine stays empty.
+        info!("contact policy: asking the remote service (remote_url); no local lists or counters");
+        return Ok(Arc::new(engine));
+    }
     if let Some(url) = &redis.url {
         engine = engine.with_redis(RedisStore::start(
             url,
@@ -70,7 +75,12 @@ pub fn build_engine(
 
 /// The error a blocked message gets: the state is the code.
 pub fn state_error(state: State, engine: &PolicyEngine) -> Option<ApiError> {
-    let p = periods(engine.clock.now_ms(), engine.settings.utc_offset_s);
+    state_error_at(state, engine.clock.now_ms(), engine.settings.utc_offset_s)
+}
+
+/// [`state_error`] without an engine (the remote stage): `Retry-After` from the calendar.
+pub fn state_error_at(state: State, now_ms: i64, utc_offset_s: i32) -> Option<ApiError> {
+    let p = periods(now_ms, utc_offset_s);
     let secs = |ms: i64| u32::try_from((ms + 999) / 1000).unwrap_or(u32::MAX).max(1);
     Some(match state {
         State::Ok => return None,
@@ -193,6 +203,10 @@ struct CheckBody {
     app_id: u64,
     #[serde(default, alias = "message")]
     text: String,
+    /// `policy::text_hash` of the text, instead of `text` (what a gateway with `remote_url`
+    /// sends: it has only the hash at that point, and it is shorter).
+    #[serde(default)]
+    text_hash: Option<u64>,
 }
 
 /// The HTTP service of `smsgw mcp`.
@@ -247,7 +261,7 @@ impl McpService {
         let req = CheckRequest {
             app_id: b.app_id,
             destination,
-            text_hash: super::text_hash(&b.text),
+            text_hash: b.text_hash.unwrap_or_else(|| super::text_hash(&b.text)),
             strategies,
         };
         match self.engine.check(&req).await {
@@ -314,8 +328,11 @@ pub fn run_mcp(
     signals: crate::runtime::TerminationSignals,
 ) -> Result<(), McpError> {
     let side = crate::runtime::side_runtime(2)?;
+    // The service is the engine: a `remote_url` in the same file is for gateways only.
+    let mut policy = config.policy.clone();
+    policy.remote = None;
     let engine = build_engine(
-        &config.policy,
+        &policy,
         &config.redis,
         side.handle(),
         Duration::from_secs(10),

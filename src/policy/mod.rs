@@ -8,6 +8,7 @@
 //! * `redis_store` — the counters in Redis (one atomic Lua script).
 //! * `config` — the `[policy]` section.
 //! * `mcp` — `smsgw mcp` (the engine as an HTTP service) and the gateway's policy stage.
+//! * `remote` — the gateway's policy stage asking a remote `smsgw mcp` (`remote_url`).
 
 pub mod blacklist;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod loader;
 pub mod mcp;
 pub mod number;
 pub mod redis_store;
+pub mod remote;
 
 use std::time::Duration;
 

@@ -90,7 +90,7 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
             )),
             limit: Box::new(shared.limits.stage(ctx.id)),
             policy: match &shared.policy {
-                Some(engine) => Box::new(crate::policy::mcp::PolicyStage::new(Arc::clone(engine))),
+                Some(engine) => crate::policy::remote::stage(&shared.config.policy, engine),
                 None => Box::new(stages::PassThrough("policy")),
             },
         },

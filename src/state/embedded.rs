@@ -78,8 +78,16 @@
 //!   queued ops with [`StateError::Unavailable`] and refuses new ops at once until the writer
 //!   finishes its batch. An op failed this way may still have been written (outcome unknown);
 //!   a client retry with the same id then finds it through the idempotency check.
-//! * fjall poisons the database after a failed journal write or fsync; every later write then
-//!   fails fast with `Unavailable` and the process should be restarted to recover.
+//! * fjall poisons the database after a failed journal write or fsync (disk full, file-size
+//!   limit, I/O error): every later write would fail until it is reopened. The writer then
+//!   answers the failed batch `Unavailable`, marks the store down (new ops are refused at
+//!   once with `Unavailable`, queued ones failed within 10 ms), drops every handle of the
+//!   database (fjall locks the directory per open instance; reads answer `Unavailable`
+//!   meanwhile) and reopens it with back-off 20 ms doubling to 2 s, until the open (journal
+//!   replay; fjall truncates a torn tail batch) and an fsynced probe write succeed; then it
+//!   takes ops again. No acknowledged write is lost (acknowledged = in the journal, which the
+//!   reopen replays); an op of the failed batch may still have been written (outcome
+//!   unknown, found by a client retry's idempotency check).
 //! * If the writer thread ends (shutdown, panic), every pending future resolves to
 //!   `Unavailable` (op drop completes it); none hangs.
 
