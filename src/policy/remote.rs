@@ -397,6 +397,9 @@ impl Stage for RemoteStage {
             );
         }
         self.in_flight.set(self.in_flight.get() + 1);
+        // Made here, not in the future: a future dropped before its first poll still gives
+        // its slot back.
+        let guard = InFlight(&self.in_flight);
         let body = format!(
             r#"{{"strategy":"{}","destination":"+{}","app_id":{},"text_hash":{}}}"#,
             strategy_names(strategies),
@@ -405,7 +408,7 @@ impl Stage for RemoteStage {
             a.text_hash
         );
         Verdict::Wait(Box::pin(async move {
-            let _guard = InFlight(&self.in_flight);
+            let _guard = guard;
             let answer = match monoio::time::timeout(self.cfg.timeout, self.ask(&body)).await {
                 Ok(r) => r,
                 Err(_) => Err(RemoteError::Timeout(self.cfg.timeout)),
