@@ -38,6 +38,8 @@ pub enum ServeError {
     Policy(String),
     #[error("authentication: {0}")]
     Auth(String),
+    #[error("CDR writer: {0}")]
+    Cdr(#[from] crate::cdr::CdrError),
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; returns after a graceful shutdown.
@@ -98,7 +100,14 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     if !config.security.enabled {
         warn!("authentication is DISABLED ([security] enabled = false): every caller is app 0");
     }
+    // Own thread; shards only `try_send` to it. Started before the shards so no final
+    // transition can miss it.
+    let cdr = Arc::new(crate::cdr::CdrWriter::start(
+        config.cdr.clone(),
+        &config.server.instance_id,
+    )?);
     let shared = Arc::new(Shared {
+        cdr: Arc::clone(&cdr),
         auth: Arc::clone(&auth),
         policy,
         limits,
@@ -118,7 +127,12 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     // Only for a store this process owns alone: a shared store holds other replicas' in-flight
     // records, which are not this process's crash leftovers.
     if shared.config.state.backend == StateBackend::Embedded {
-        super::recovery::spawn_recovery(side.handle(), Arc::clone(&shared.store), started_at_ms);
+        super::recovery::spawn_recovery(
+            side.handle(),
+            Arc::clone(&shared.store),
+            started_at_ms,
+            Some((Arc::clone(&cdr), shared.config.server.instance_id.clone())),
+        );
     }
     super::recovery::spawn_expiry_sweep(
         side.handle(),
@@ -126,6 +140,7 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         super::recovery::SWEEP_INTERVAL,
         super::recovery::SWEEP_PAGE,
         shutdown.clone(),
+        Some((Arc::clone(&cdr), shared.config.server.instance_id.clone())),
     );
     let opts = ShardOptions {
         shard_count: shard_count.get(),
@@ -188,10 +203,31 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
             ?shutdown_timeout,
             "shards still running at the shutdown deadline"
         );
+        // Shards still hold the writer: at least close and write what it has (blocking is
+        // fine here, this is the main thread).
+        if let Err(e) = cdr.flush() {
+            error!(error = %e, "CDR flush at shutdown failed");
+        }
         return Err(ServeError::ShutdownTimeout(shutdown_timeout));
     }
     // Dropping the last handle of the store lets its writer finish the batches it holds.
     drop(shared);
+    // Shards and the side runtime (TTL sweep) are gone, so no CDR can come after this.
+    let report = match Arc::try_unwrap(cdr) {
+        Ok(w) => w.shutdown(),
+        // A handle outlived the shards (a detached task): flush what was recorded so far; the
+        // writer stops when that handle is dropped.
+        Err(w) => w.flush(),
+    };
+    match report {
+        Ok(r) if r.batches_pending > 0 || r.records_lost > 0 => warn!(
+            batches_pending = r.batches_pending,
+            records_lost = r.records_lost,
+            "CDR writer stopped with batches not in the sink"
+        ),
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "CDR writer shutdown failed"),
+    }
     info!("shutdown complete");
     Ok(())
 }
