@@ -141,7 +141,7 @@ run_bench() { # name url rate max_error_rate
 ready=0
 for _ in $(seq 1 30); do
     if "$BENCH_BIN" bench --url "http://127.0.0.1:$HTTP_PORT" --rate 20 --requests 10 --connections 1 \
-        --esme "$ESME" --quiet --max-error-rate 0 --header "Authorization: Bearer $TOKEN" --header "X-App-ID: 1" >"$OUT/probe.txt" 2>--esme "$ESME" --quiet --max-error-rate 0 >"$OUT/probe.txt" 2>&1; then1; then
+        --esme "$ESME" --quiet --max-error-rate 0 --header "Authorization: Bearer $TOKEN" --header "X-App-ID: 1" >"$OUT/probe.txt" 2>&1; then
         ready=1
         break
     fi
