@@ -705,7 +705,10 @@ fn every_key_is_documented() {
             "### `[security]`",
             accepted_keys::<crate::auth::SecurityFile>(),
         ),
-        ("### `[policy]`", accepted_keys::<crate::policy::PolicyFile>()),
+        (
+            "### `[policy]`",
+            accepted_keys::<crate::policy::PolicyFile>(),
+        ),
         ("### `[cdr]`", accepted_keys::<crate::cdr::CdrConfig>()),
         ("### `[links.<id>]`", accepted_keys::<LinkFile>()),
         ("### `[pools.<id>]`", accepted_keys::<PoolFile>()),
