@@ -18,18 +18,18 @@ use smsgw::limit::{Gcra, L1Table, L2Client, L2Config, L2Shard, LimitKey, Limits,
 use smsgw::route::{HealthTable, Registry};
 use smsgw::shard::stages::{Admission, RequestMeta, Stage, Verdict};
 
-const SMSGW: &str = "[limits]\napp_rate_per_s = 1000000000\n";
+const SMSGW: &str = "[limits]\napp_rate_per_s = 10000000\n";
 const RULES: &str = r#"
 [links.100]
 host = "127.0.0.1"
 system_id = "a"
 password = "p"
-esme_rate = 1000000
+esme_rate = 100000
 [links.101]
 host = "127.0.0.1"
 system_id = "b"
 password = "p"
-esme_rate = 1000000
+esme_rate = 100000
 [pools.500]
 members = [{ link = 100, weight = 1 }, { link = 101, weight = 1 }]
 "#;
@@ -137,11 +137,10 @@ fn bench(c: &mut Criterion) {
         strategy: None,
         text_hash: 0,
     };
+    // Far above the configured rates, so after the burst most checks are refusals: this is
+    // the cost of a check either way (both paths read the clock once and touch two buckets).
     group.bench_function("stage_app_and_pool_l1", |b| {
-        b.iter(|| match stage.check(&mut admission, &meta) {
-            Verdict::Pass => {}
-            _ => panic!("bench limits must admit"),
-        })
+        b.iter(|| black_box(matches!(stage.check(&mut admission, &meta), Verdict::Pass)))
     });
 
     match Redis::start() {
