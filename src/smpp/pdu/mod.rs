@@ -9,9 +9,9 @@ pub mod status;
 pub mod tlv;
 pub mod types;
 
-pub use codec::{decode, encode, peek_header, DecodeError, EncodeError, Header, DEFAULT_MAX_PDU_LEN, HEADER_LEN};
 pub use codec::{
-    command_name, encoded_len, Field, FieldError, MAX_DESTS, MAX_SHORT_MESSAGE_LEN,
+    DEFAULT_MAX_PDU_LEN, DecodeError, EncodeError, HEADER_LEN, Header, decode, encode, peek_header,
 };
-pub use tlv::{tag, Tlv, Tlvs};
+pub use codec::{Field, FieldError, MAX_DESTS, MAX_SHORT_MESSAGE_LEN, command_name, encoded_len};
+pub use tlv::{Tlv, Tlvs, tag};
 pub use types::*;
