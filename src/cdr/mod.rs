@@ -18,6 +18,7 @@
 //!   the closed batch in memory, stops taking records and `record` answers
 //!   [`RecordError::Backpressure`] with the CDR handed back to the caller.
 
+mod emit;
 pub mod record;
 
 use std::collections::VecDeque;

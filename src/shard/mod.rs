@@ -322,6 +322,15 @@ async fn handle_deliver(
         }
         match result {
             Ok(ReceiptOutcome::Applied(record)) => {
+                // `Applied` means a non-final part became final (repeats and receipts after
+                // final answer `Duplicate`), so a final message became final with this one.
+                if record.status.is_final() {
+                    p.shared.cdr.emit(
+                        &record,
+                        &p.shared.config.server.instance_id,
+                        crate::state::unix_ms(),
+                    );
+                }
                 Counters::inc(&counters.receipts_applied);
                 let m = p.shared.metrics.shard(p.shard_id);
                 m.receipts_applied.inc();

@@ -56,6 +56,8 @@ pub struct Shared {
     pub policy: Option<Arc<crate::policy::PolicyEngine>>,
     /// Per-shard metric slots (each shard writes only its own), summed by `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// CDR writer: one CDR per message, emitted where the message becomes final.
+    pub cdr: Arc<crate::cdr::CdrWriter>,
 }
 
 /// `(outstanding, queued)` submits of each bind of each link, refreshed every health tick.
@@ -637,7 +639,18 @@ impl Pipeline {
             .update(job.key.clone(), updates, state::unix_ms())
             .await;
         let status = match stored {
-            Ok(UpdateOutcome::Updated { record, .. }) => record.status,
+            Ok(UpdateOutcome::Updated { record, changed }) => {
+                // Final parts never change, so a changed record that is final now became
+                // final with this update: its one CDR (a later receipt answers Duplicate).
+                if changed && record.status.is_final() {
+                    self.shared.cdr.emit(
+                        &record,
+                        &self.shared.config.server.instance_id,
+                        state::unix_ms(),
+                    );
+                }
+                record.status
+            }
             Ok(UpdateOutcome::NotFound) | Err(_) => {
                 // The record exists (create succeeded) but the submit outcome could not be
                 // written: receipts for it will not correlate. Count and log; the answer still

@@ -102,6 +102,20 @@ pub fn decide(r: &MessageRecord, started_at_ms: u64) -> Decision {
     }
 }
 
+/// Where recovery and the TTL sweep send the CDR of each record they close (writer, instance
+/// id); `None` exports nothing (unit tests).
+pub type CdrOut = Option<(Arc<crate::cdr::CdrWriter>, String)>;
+
+fn emit_cdr(cdr: &CdrOut, r: &MessageRecord, now_ms: u64, ttl: bool) {
+    if let Some((w, instance)) = cdr {
+        if ttl {
+            w.emit_ttl(r, instance, now_ms);
+        } else {
+            w.emit(r, instance, now_ms);
+        }
+    }
+}
+
 /// Counts of one recovery walk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -121,6 +135,7 @@ pub async fn recover(
     store: Arc<dyn StateStore>,
     started_at_ms: u64,
     deadline: Duration,
+    cdr: CdrOut,
 ) -> RecoveryReport {
     let until = Instant::now() + deadline;
     let mut report = RecoveryReport::default();
@@ -162,7 +177,14 @@ pub async fn recover(
             let results = join_all(futs.collect()).await;
             for ((r, parts), res) in chunk.iter().zip(results) {
                 match res {
-                    Ok(UpdateOutcome::Updated { changed: true, .. }) => {
+                    Ok(UpdateOutcome::Updated {
+                        changed: true,
+                        record,
+                    }) => {
+                        // Final parts never change: final now means this update closed it.
+                        if record.status.is_final() {
+                            emit_cdr(&cdr, &record, unix_ms(), false);
+                        }
                         report.marked_unknown += 1;
                         report.parts_unknown += parts.len() as u64;
                         warn!(
@@ -226,8 +248,9 @@ pub fn spawn_recovery(
     handle: &tokio::runtime::Handle,
     store: Arc<dyn StateStore>,
     started_at_ms: u64,
+    cdr: CdrOut,
 ) {
-    handle.spawn(recover(store, started_at_ms, Duration::from_secs(600)));
+    handle.spawn(recover(store, started_at_ms, Duration::from_secs(600), cdr));
 }
 
 /// Periodic TTL sweep: non-final records past their expiry become `Expired`.
@@ -237,6 +260,7 @@ pub fn spawn_expiry_sweep(
     interval: Duration,
     page: usize,
     shutdown: Shutdown,
+    cdr: CdrOut,
 ) {
     handle.spawn(async move {
         let mut tick = tokio::time::interval(interval);
@@ -246,7 +270,7 @@ pub fn spawn_expiry_sweep(
                 _ = shutdown.wait() => return,
                 _ = tick.tick() => {}
             }
-            let expired = sweep_once(&*store, unix_ms(), page).await;
+            let expired = sweep_once(&*store, unix_ms(), page, &cdr).await;
             if expired > 0 {
                 info!(expired, "TTL sweep: records expired");
             }
@@ -256,13 +280,17 @@ pub fn spawn_expiry_sweep(
 
 /// One sweep tick: pages of `expire_due` while they come back full, at most
 /// [`SWEEP_MAX_PAGES_PER_TICK`]. Returns how many records were expired.
-pub async fn sweep_once(store: &dyn StateStore, now_ms: u64, page: usize) -> usize {
+/// Each expired record was non-final until now, so it has had no CDR: one is emitted here.
+pub async fn sweep_once(store: &dyn StateStore, now_ms: u64, page: usize, cdr: &CdrOut) -> usize {
     let page = page.clamp(1, crate::state::MAX_PAGE);
     let mut total = 0;
     for _ in 0..SWEEP_MAX_PAGES_PER_TICK {
         match store.expire_due(now_ms, page).await {
             Ok(recs) => {
                 total += recs.len();
+                for r in &recs {
+                    emit_cdr(cdr, r, now_ms, true);
+                }
                 if recs.len() < page {
                     break;
                 }
@@ -339,6 +367,18 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        let cdr_dir = dir.path().join("cdr");
+        let writer = Arc::new(
+            crate::cdr::CdrWriter::start(
+                crate::cdr::CdrConfig {
+                    dir: cdr_dir.clone(),
+                    ..crate::cdr::CdrConfig::default()
+                },
+                "t",
+            )
+            .unwrap(),
+        );
+        let out: CdrOut = Some((Arc::clone(&writer), "t".into()));
         rt.block_on(async {
             let now = unix_ms();
             for i in 0..40u32 {
@@ -349,7 +389,13 @@ mod tests {
             let mut mine = rec(1, now + 10);
             mine.transaction_id = "new".into();
             store.create(mine).await.unwrap();
-            let report = recover(Arc::clone(&store), now, Duration::from_secs(30)).await;
+            let report = recover(
+                Arc::clone(&store),
+                now,
+                Duration::from_secs(30),
+                out.clone(),
+            )
+            .await;
             assert!(report.complete);
             assert_eq!(report.marked_unknown, 40);
             let r = store.get(MessageKey::new(1, "t7")).await.unwrap().unwrap();
@@ -358,12 +404,57 @@ mod tests {
             let r = store.get(MessageKey::new(1, "new")).await.unwrap().unwrap();
             assert_eq!(r.status, Status::Accepted);
             // Second run: nothing left to do.
-            let again = recover(Arc::clone(&store), now, Duration::from_secs(30)).await;
+            let again = recover(
+                Arc::clone(&store),
+                now,
+                Duration::from_secs(30),
+                out.clone(),
+            )
+            .await;
             assert_eq!(again.marked_unknown, 0);
             // Sweep far in the future: the one non-final record expires, once.
             let far = now + 10 * 3600 * 1000;
-            assert_eq!(sweep_once(&*store, far, 1).await, 1);
-            assert_eq!(sweep_once(&*store, far, 1).await, 0);
+            assert_eq!(sweep_once(&*store, far, 1, &out).await, 1);
+            assert_eq!(sweep_once(&*store, far, 1, &out).await, 0);
         });
+        // One CDR per record closed: 40 by recovery (final, unknown), 1 by the sweep (ttl).
+        drop(out);
+        let writer = Arc::try_unwrap(writer).ok().expect("only handle");
+        assert_eq!(writer.shutdown().unwrap().records_lost, 0);
+        let mut cdrs = Vec::new();
+        let mut stack = vec![cdr_dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(
+                        &mut flate2::read::GzDecoder::new(std::fs::File::open(e.path()).unwrap()),
+                        &mut text,
+                    )
+                    .unwrap();
+                    for l in text.lines() {
+                        cdrs.push(serde_json::from_str::<crate::cdr::CdrRecord>(l).unwrap());
+                    }
+                }
+            }
+        }
+        assert_eq!(cdrs.len(), 41);
+        let ttl: Vec<_> = cdrs
+            .iter()
+            .filter(|c| c.closed_by == crate::cdr::ClosedBy::Ttl)
+            .collect();
+        assert_eq!(ttl.len(), 1);
+        assert_eq!(ttl[0].transaction_id, "new");
+        assert_eq!(ttl[0].status, Status::Expired);
+        let ids: std::collections::BTreeSet<_> =
+            cdrs.iter().map(|c| c.transaction_id.clone()).collect();
+        assert_eq!(ids.len(), 41, "one CDR per message");
+        assert!(
+            cdrs.iter()
+                .filter(|c| c.transaction_id != "new")
+                .all(|c| c.status == Status::Unknown && c.closed_by == crate::cdr::ClosedBy::Final)
+        );
     }
 }

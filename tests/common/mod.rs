@@ -260,10 +260,16 @@ check_interval_s = 1
 
 [security]
 enabled = false
+
+[cdr]
+dir = "{cdr}"
+flush_interval_ms = 200
 "#,
         shards = o.shards,
         body = o.max_body_bytes,
-        state = state.display()
+        state = state.display(),
+        // CDRs stay in the test's temp dir (the default is /var/lib/smsgw/cdr).
+        cdr = dir.join("cdr").display()
     );
     let mut rules = String::new();
     for l in &o.links {

@@ -1,0 +1,196 @@
+//! CDR export through the real binaries: `smsgw serve` (local CDR sink in the test's temp dir)
+//! against `smsgw smsc-sim`. One CDR per message, written when the message becomes final
+//! (receipt or rejected submit), and a graceful SIGTERM writes the CDRs still in the batch.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Gateway, GatewayOptions, LinkSpec, Sim, http, wait_until};
+use serde_json::Value;
+
+const UP: Duration = Duration::from_secs(20);
+
+/// Every CDR in the finished `.ndjson.gz` files under `dir` (in-progress temp files are not
+/// named `*.ndjson.gz`).
+fn cdrs(dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p: PathBuf = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".ndjson.gz") {
+                let gz = std::fs::read(&p).expect("read CDR file");
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&gz[..])
+                    .read_to_string(&mut s)
+                    .expect("valid gzip");
+                for line in s.lines() {
+                    out.push(serde_json::from_str(line).expect("one JSON CDR per line"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// CDRs by transaction id; panics on a second CDR for the same message.
+fn by_txid(records: Vec<Value>) -> BTreeMap<String, Value> {
+    let mut map = BTreeMap::new();
+    for r in records {
+        let id = r["transaction_id"]
+            .as_str()
+            .expect("transaction_id")
+            .to_owned();
+        if let Some(first) = map.insert(id.clone(), r.clone()) {
+            panic!("two CDRs for {id}: {first} and {r}");
+        }
+    }
+    map
+}
+
+/// Waits (bounded) until `n` CDRs are on disk, then a bit longer (several flush intervals) so
+/// a duplicate would show up too.
+fn wait_cdrs(dir: &Path, n: usize) -> BTreeMap<String, Value> {
+    let ok = wait_until(Duration::from_secs(15), || cdrs(dir).len() >= n);
+    assert!(ok, "expected {n} CDRs, found {:?}", cdrs(dir));
+    std::thread::sleep(Duration::from_millis(800));
+    let all = cdrs(dir);
+    assert_eq!(all.len(), n, "exactly one CDR per message: {all:?}");
+    by_txid(all)
+}
+
+fn send(gw: &Gateway, txid: &str) -> (u16, Value) {
+    let body = serde_json::json!({
+        "esme": 100, "source": "Test", "destination": "+4915112345678",
+        "message": "cdr test", "transaction_id": txid,
+    });
+    gw.post("/api/v1/sms/send", &body.to_string())
+}
+
+#[test]
+fn delivered_and_rejected_messages_get_one_cdr_each() {
+    let sim = Sim::start(&[]);
+    let gw = Gateway::start(GatewayOptions {
+        links: vec![LinkSpec::new(100, sim.smpp_port)],
+        ..Default::default()
+    });
+    gw.wait_links(&[100], true, UP);
+    let dir = gw.dir.path().join("cdr");
+
+    const N: usize = 20;
+    let txids: Vec<String> = (0..N).map(|i| format!("cdr-ok-{i}")).collect();
+    for t in &txids {
+        let (st, v) = send(&gw, t);
+        assert_eq!(st, 200, "{v}");
+    }
+    for t in &txids {
+        gw.wait_status(t, "delivered", Duration::from_secs(10));
+    }
+    let got = wait_cdrs(&dir, N);
+    for t in &txids {
+        let c = got
+            .get(t)
+            .unwrap_or_else(|| panic!("no CDR for {t}: {got:?}"));
+        assert_eq!(c["status"], "delivered", "{c}");
+        assert_eq!(c["closed_by"], "final", "{c}");
+        assert_eq!(c["instance"], "test", "{c}");
+        assert_eq!(c["link_id"], 100, "{c}");
+        assert_eq!(c["parts_count"], 1, "{c}");
+        let p = &c["parts"][0];
+        assert!(
+            p["smsc_message_id"].as_str().is_some_and(|s| !s.is_empty()),
+            "{c}"
+        );
+        assert_eq!(p["receipt_stat"], "DELIVRD", "{c}");
+        assert!(c.get("text").is_none() && c.get("message").is_none(), "{c}");
+    }
+
+    // The SMSC rejects every submit with ESME_RINVDSTADR (0x0B): the message is final at the
+    // submit answer, so its CDR comes from the submit path, not from a receipt.
+    let (st, v) = http(
+        &sim.control,
+        "POST",
+        "/faults",
+        r#"{"throttle_percent": 100, "throttle_status": 11}"#,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = send(&gw, "cdr-rej");
+    assert_ne!(st, 200, "rejected submit must not answer 200: {v}");
+    let got = wait_cdrs(&dir, N + 1);
+    let c = &got["cdr-rej"];
+    assert_eq!(c["status"], "rejected", "{c}");
+    assert_eq!(c["closed_by"], "final", "{c}");
+    assert_eq!(c["parts"][0]["status"], "rejected", "{c}");
+    assert_eq!(c["parts"][0]["error_code"], 11, "{c}");
+    assert_eq!(c["parts"][0]["smsc_message_id"], Value::Null, "{c}");
+}
+
+#[test]
+fn sigterm_writes_pending_cdrs() {
+    let sim = Sim::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, rules) = common::write_configs(
+        tmp.path(),
+        &GatewayOptions {
+            links: vec![LinkSpec::new(100, sim.smpp_port)],
+            ..Default::default()
+        },
+    );
+    // A flush interval far beyond the test: only the shutdown flush can write the batch.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("flush_interval_ms = 200"), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace("flush_interval_ms = 200", "flush_interval_ms = 3600000"),
+    )
+    .unwrap();
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+        "--rules".into(),
+        rules.display().to_string(),
+    ];
+    let (proc, line) = common::spawn("gw", &args, &[], "smsgw listening", Duration::from_secs(30));
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("http addr")
+        .to_owned();
+    let mut gw = Gateway {
+        proc,
+        url: format!("http://{addr}"),
+        dir: tmp,
+    };
+    gw.wait_links(&[100], true, UP);
+    let dir = gw.dir.path().join("cdr");
+
+    let txids: Vec<String> = (0..3).map(|i| format!("cdr-term-{i}")).collect();
+    for t in &txids {
+        let (st, v) = send(&gw, t);
+        assert_eq!(st, 200, "{v}");
+    }
+    for t in &txids {
+        gw.wait_status(t, "delivered", Duration::from_secs(10));
+    }
+    assert!(cdrs(&dir).is_empty(), "batch closed before shutdown");
+    let status = gw
+        .proc
+        .terminate(Duration::from_secs(10))
+        .expect("gateway exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let got = by_txid(cdrs(&dir));
+    assert_eq!(got.len(), txids.len(), "{got:?}");
+    for t in &txids {
+        assert_eq!(got[t]["status"], "delivered", "{}", got[t]);
+    }
+}
