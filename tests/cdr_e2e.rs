@@ -132,6 +132,15 @@ fn delivered_and_rejected_messages_get_one_cdr_each() {
     assert_eq!(c["parts"][0]["status"], "rejected", "{c}");
     assert_eq!(c["parts"][0]["error_code"], 11, "{c}");
     assert_eq!(c["parts"][0]["smsc_message_id"], Value::Null, "{c}");
+
+    let (st, text) = common::raw_http(&gw.url, "GET", "/metrics", b"");
+    assert_eq!(st, 200, "{text}");
+    let want = format!("smsgw_cdr_records_total {}", N + 1);
+    assert!(text.lines().any(|l| l == want), "{want} missing:\n{text}");
+    assert!(
+        text.lines().any(|l| l == "smsgw_cdr_refused_total 0"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct Gauges {
     pub retried_other_bind: u64,
     pub state_write_failed_after_submit: u64,
     pub receipts_not_acked_store_down: u64,
+    /// CDRs the writer accepted / refused (backpressure) since start.
+    pub cdr_accepted: u64,
+    pub cdr_refused: u64,
 }
 
 struct Out(String);
@@ -321,6 +324,18 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "counter",
         "Submitted messages whose outcome could not be written (their receipts will not correlate).",
         g.state_write_failed_after_submit,
+    );
+    o.one(
+        "smsgw_cdr_records_total",
+        "counter",
+        "CDRs handed to the CDR writer (one per finished message).",
+        g.cdr_accepted,
+    );
+    o.one(
+        "smsgw_cdr_refused_total",
+        "counter",
+        "CDRs refused by the writer under backpressure (not exported).",
+        g.cdr_refused,
     );
     o.family(
         "smsgw_shard_driver",

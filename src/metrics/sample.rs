@@ -92,6 +92,8 @@ pub fn scrape(shared: &Shared) -> String {
         retried_other_bind: c.retried_other_bind.load(Relaxed),
         state_write_failed_after_submit: c.state_write_failed_after_submit.load(Relaxed),
         receipts_not_acked_store_down: c.receipts_not_acked_store_down.load(Relaxed),
+        cdr_accepted: shared.cdr.stats().records_accepted.load(Relaxed),
+        cdr_refused: shared.cdr.stats().records_rejected.load(Relaxed),
         ..Gauges::default()
     };
     if let Some(h) = shared.limits.l2_health() {
