@@ -12,7 +12,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
-use smsgw::limit::{Decision, Gcra, L1Table, L2Client, L2Config, L2Shard, LimitKey, Quota, Take};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use smsgw::limit::{
+    Decision, Gcra, L1Table, L2Client, L2Config, L2Shard, LimitKey, Quota, SharedL1, Take,
+};
 
 const S: u64 = 1_000_000_000;
 
@@ -60,11 +65,15 @@ fn gcra_counts_parts_not_requests() {
     );
 }
 
-/// Node of `shards` shards, node-wide `rate`/`burst`, arrivals at `total_per_s` spread over
-/// the shards by `weights` (pseudo-random, seeded), for 10 s of virtual time.
+/// Node of `shards` shards (each its own `L1Table` on one `SharedL1`, as in the gateway),
+/// node-wide `rate`/`burst`, arrivals at `total_per_s` spread over the shards by `weights`
+/// (pseudo-random, seeded), for 10 s of virtual time.
 fn drive_split(shards: usize, rate: u64, burst: u64, total_per_s: u64, weights: &[u32]) -> u64 {
     assert_eq!(weights.len(), shards);
-    let mut tables: Vec<L1Table> = (0..shards).map(|i| L1Table::new(shards, i)).collect();
+    let shared = SharedL1::new();
+    let mut tables: Vec<L1Table> = (0..shards)
+        .map(|_| L1Table::new(Arc::clone(&shared)))
+        .collect();
     let sum: u32 = weights.iter().sum();
     let mut rng = fastrand::Rng::with_seed(7);
     let secs = 10;
@@ -92,41 +101,92 @@ fn drive_split(shards: usize, rate: u64, burst: u64, total_per_s: u64, weights: 
 }
 
 #[test]
-fn node_limit_split_across_shards_holds_within_5_percent_with_uneven_arrival() {
-    // 4 shards, 40/30/20/10 % of the traffic at 3× the node limit: every shard still sees at
-    // least its 1/4 share, so the node admits its limit.
+fn node_limit_holds_within_5_percent_however_unevenly_traffic_lands_on_shards() {
+    // The node-wide limit is one shared GCRA state: a shard that gets most (or all) of the
+    // traffic may use the whole limit, and the node never admits more than it. (A static 1/N
+    // split admitted only ~65 % of the limit at 2 shards, 90/10 %, 1.5×.)
     let (rate, burst) = (1000, 100);
-    let admitted = drive_split(4, rate, burst, 3 * rate, &[40, 30, 20, 10]);
     let expected = rate * 10 + burst;
-    let err = admitted.abs_diff(expected) as f64 / expected as f64;
-    eprintln!(
-        "4 shards 40/30/20/10 at 3x: admitted {admitted} of {expected} ({:.2}% off)",
-        err * 100.0
-    );
-    assert!(
-        admitted <= expected + 4,
-        "over the node limit: {admitted} > {expected}"
-    );
-    assert!(err <= 0.05, "admitted {admitted}, expected {expected} ± 5%");
+    let cases: [(usize, &[u32], u64); 7] = [
+        (2, &[90, 10], 1500),
+        (2, &[100, 0], 1500),
+        (2, &[90, 10], 3000),
+        (2, &[100, 0], 3000),
+        (4, &[40, 30, 20, 10], 3000),
+        (4, &[97, 1, 1, 1], 1500),
+        (8, &[100, 0, 0, 0, 0, 0, 0, 0], 2000),
+    ];
+    for (shards, weights, total) in cases {
+        let admitted = drive_split(shards, rate, burst, total, weights);
+        let err = admitted.abs_diff(expected) as f64 / expected as f64;
+        eprintln!(
+            "{shards} shards {weights:?} at {total}/s: admitted {admitted} of {expected} ({:.2}% off)",
+            err * 100.0
+        );
+        assert!(
+            admitted <= expected + 1,
+            "{shards} shards {weights:?}: over the node limit: {admitted} > {expected}"
+        );
+        assert!(
+            err <= 0.05,
+            "{shards} shards {weights:?} at {total}/s: admitted {admitted}, expected {expected} ± 5%"
+        );
+    }
 }
 
 #[test]
-fn static_split_under_admits_when_a_shard_gets_less_than_its_share() {
-    // The documented trade-off of the static 1/N split: 2 shards, 90/10 % of 1.5× the limit.
-    // Shard 0 is capped at 500/s, shard 1 only gets 150/s: the node admits ~650/s, not 1000.
-    // It never admits *more* than the node limit.
-    let (rate, burst) = (1000, 100);
-    let admitted = drive_split(2, rate, burst, 1500, &[90, 10]);
-    let predicted = (500 * 10 + 50) + 150 * 10; // shard 0 at its share, shard 1 all it got
+fn real_threads_hammering_one_key_never_exceed_rate_times_t_plus_burst() {
+    // Real contention on the shared TAT: 4 threads (one `L1Table` each, like shards) check one
+    // key as fast as they can, on a shared virtual clock that a fifth thread advances, for a
+    // bounded number of checks. Whatever the interleaving, admitted ≤ rate × T + burst where T
+    // is the virtual time elapsed at the last check.
+    let (rate, burst) = (10_000u64, 50u64);
+    let shared = SharedL1::new();
+    let clock = Arc::new(AtomicU64::new(1_000 * S));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (clock, done) = (Arc::clone(&clock), Arc::clone(&done));
+        std::thread::spawn(move || {
+            // At most 20 000 ticks of 50 µs virtual time (1 s), bounded in wall time too.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for _ in 0..20_000 {
+                if done.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                clock.fetch_add(50_000, Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (shared, clock) = (Arc::clone(&shared), Arc::clone(&clock));
+            std::thread::spawn(move || {
+                let mut table = L1Table::new(shared);
+                let mut admitted = 0u64;
+                for i in 0..200_000u64 {
+                    let now = clock.load(Ordering::Relaxed);
+                    let parts = 1 + i % 3;
+                    if table.check(LimitKey::App(7), rate, burst, parts, now) == Decision::Allow {
+                        admitted += parts;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let admitted: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    done.store(true, Ordering::Relaxed);
+    ticker.join().unwrap();
+    let elapsed_ns = clock.load(Ordering::Relaxed) - 1_000 * S;
+    // Parts admitted by a request larger than what is left are repaid later; with 1..=3 parts
+    // per request the overshoot is at most 2 parts (one request's worth).
+    let bound = rate * elapsed_ns / S + burst + 2;
     eprintln!(
-        "2 shards 90/10 at 1.5x: admitted {admitted}/s·10s, limit {}, predicted {predicted}",
-        rate * 10
+        "4 threads on one key: admitted {admitted} parts in {elapsed_ns} ns virtual, bound {bound}"
     );
-    assert!(admitted <= rate * 10 + burst);
-    assert!(
-        (admitted as f64 - predicted as f64).abs() / (predicted as f64) < 0.03,
-        "admitted {admitted}, predicted {predicted}"
-    );
+    assert!(admitted <= bound, "admitted {admitted} > {bound}");
+    assert!(admitted >= burst, "admitted {admitted}: not even the burst");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,8 +696,9 @@ fn three_gateways_share_one_cluster_limit_and_survive_a_redis_restart() {
         "with redis down 3 s of {secs}: accepted {accepted} (limit {expected}, {:.2}% off), rate_limited {limited}",
         err * 100.0
     );
-    // The fallback share is enforced per shard (1/2 of the node's 1/3): connections that land
-    // unevenly on shards lose some of it, so the bound below the limit is looser than above.
+    // The fallback share (the node's 1/3) is one state shared by the node's shards, so uneven
+    // shards do not lose it; the lower bound still allows for the switch-over at kill and
+    // restart (leases in flight, reconnect).
     assert!(
         accepted <= expected + expected / 20,
         "over the limit while redis was down: {accepted}"

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use smsgw::config::{LinkId, Source, from_sources};
-use smsgw::limit::{Gcra, L1Table, L2Client, L2Config, L2Shard, LimitKey, Limits, Quota, Take};
+use smsgw::limit::{
+    Gcra, L1Table, L2Client, L2Config, L2Shard, LimitKey, Limits, Quota, SharedL1, Take,
+};
 use smsgw::route::{HealthTable, Registry};
 use smsgw::shard::stages::{Admission, RequestMeta, Stage, Verdict};
 
@@ -85,7 +87,8 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let mut table = L1Table::new(2, 0);
+    // One shard's view of the node-wide shared state (an uncontended compare-exchange).
+    let mut table = L1Table::new(SharedL1::new());
     for app in 0..64 {
         table.check(LimitKey::App(app), 1_000_000_000, 1_000_000, 1, 0);
     }

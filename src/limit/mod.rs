@@ -1,6 +1,6 @@
 //! Rate limiting, in SMPP parts (a 3-part message costs 3).
 //!
-//! * `l1` — per-shard GCRA buckets; a node-wide limit is split 1/N across the shards.
+//! * `l1` — node-wide GCRA: one lock-free shared state per key, checked by every shard.
 //! * `l2` — cluster-wide limits in Redis: shards lease parts in batches (Lua GCRA).
 //! * `LimitStage` — the pipeline's `limit` slot: per app (`[limits]`), per link (`esme_rate`)
 //!   or pool (sum of healthy members' rates).
@@ -8,9 +8,9 @@
 //! Which layer decides a key: with `[redis] url` set and Redis up, L2 (the lease already is
 //! this shard's limit, sized to its demand); with no Redis, L1 with the whole limit per node;
 //! with Redis down, `on_redis_down`: `fail_open` → L1 with this node's 1/`expected_replicas`
-//! share, `fail_closed` → 503. L1 is not stacked on top of a healthy L2: its static 1/N shard
-//! split would under-admit when connections land unevenly on shards, which the demand-driven
-//! leases do not. See `docs/limits-and-policy.md`.
+//! share (through the same shared state, so uneven shards still get the whole share),
+//! `fail_closed` → 503. L1 is not stacked on top of a healthy L2: the lease already is the
+//! limit, a second check would only cost time. See `docs/limits-and-policy.md`.
 
 pub mod l1;
 pub mod l2;
@@ -24,7 +24,7 @@ use crate::config::{Config, LimitsConfig, LinkId, OnRedisDown, PoolId};
 use crate::route::{HealthTable, Target};
 use crate::shard::stages::{Admission, RequestMeta, Stage, Verdict};
 
-pub use l1::{Decision, Gcra, L1Table, LimitKey, Quota};
+pub use l1::{AtomicGcra, Decision, Gcra, L1Table, LimitKey, Quota, SharedL1};
 pub use l2::{Grant, L2Client, L2Config, L2Error, L2Health, L2Shard, Take, redis_limiter_up};
 
 /// Most times one request waits for an in-flight lease before it is refused (each wait is
@@ -38,6 +38,8 @@ pub struct Limits {
     health: Arc<HealthTable>,
     shards: usize,
     l2: Option<L2Client>,
+    /// The node's L1 state, one per key for all shards.
+    l1: Arc<SharedL1>,
     epoch: Instant,
 }
 
@@ -62,6 +64,7 @@ impl Limits {
             health,
             shards: shards.max(1),
             l2,
+            l1: SharedL1::new(),
             epoch: Instant::now(),
         })
     }
@@ -93,11 +96,12 @@ impl Limits {
         Ok(Limits::new(config.limits.clone(), health, shards, l2))
     }
 
-    /// The stage of shard `index`.
-    pub fn stage(self: &Arc<Self>, index: usize) -> LimitStage {
+    /// The stage of shard `index`. Every shard's stage checks the same node-wide L1 state;
+    /// `index` is kept for the shards' call sites.
+    pub fn stage(self: &Arc<Self>, _index: usize) -> LimitStage {
         LimitStage {
             limits: Arc::clone(self),
-            l1: RefCell::new(L1Table::new(self.shards, index)),
+            l1: RefCell::new(L1Table::new(Arc::clone(&self.l1))),
             l2: self.l2.clone().map(L2Shard::new),
         }
     }
