@@ -424,7 +424,7 @@ mod tests {
             now += (rng >> 40) % (S / 20);
             let parts = 1 + (rng >> 20) % 7;
             assert_eq!(g.check(q, parts, now), a.check(q, parts, now));
-            if rng % 5 == 0 {
+            if rng.is_multiple_of(5) {
                 g.refund(q, 1, now);
                 a.refund(q, 1, now);
             }
