@@ -87,8 +87,8 @@ impl Default for CdrConfig {
     fn default() -> Self {
         CdrConfig {
             sink: SinkKind::Local,
-            dir: PathBuf::from("/var/lib/smsgw/cdr"),
-            spool_dir: PathBuf::from("/var/lib/smsgw/cdr-spool"),
+            dir: PathBuf::from("var/cdr"),
+            spool_dir: PathBuf::from("var/cdr-spool"),
             batch_max_records: 10_000,
             batch_max_bytes: 8 << 20,
             flush_interval_ms: 60_000,

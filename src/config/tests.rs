@@ -827,9 +827,9 @@ fn cdr_section_loads_resolves_dirs_and_checks_values() {
     .unwrap();
     assert_eq!(c.cdr.sink, crate::cdr::SinkKind::S3);
     assert_eq!(c.cdr.batch_max_records, 5);
-    // Relative to smsgw.toml's directory (here the current one); absolute paths stay as-is.
+    // Relative to the working directory, like [state] path; the default needs no root.
     assert_eq!(c.cdr.spool_dir, PathBuf::from("spool"));
-    assert_eq!(c.cdr.dir, PathBuf::from("/var/lib/smsgw/cdr"));
+    assert_eq!(c.cdr.dir, PathBuf::from("var/cdr"));
     let errs = errors("[cdr]\nsink = \"s3\"\n", LINK);
     assert_eq!(errs.for_key("cdr").count(), 1, "{errs}");
     let errs = errors("[cdr]\nbatch_max_recs = 5\n", LINK);

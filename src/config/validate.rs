@@ -44,17 +44,14 @@ pub(super) fn validate(
     let policy = gateway.policy.and_then(|f| {
         crate::policy::config::validate(f, smsgw.path, env, &mut |key, reason| c.err(key, reason))
     });
-    // [cdr]: relative dirs are relative to smsgw.toml's directory, like other paths.
-    let cdr = gateway.cdr.and_then(|mut f| {
-        let base = smsgw.path.parent().unwrap_or(std::path::Path::new("."));
-        f.dir = base.join(&f.dir);
-        f.spool_dir = base.join(&f.spool_dir);
-        match f.validate() {
-            Ok(()) => Some(f),
-            Err(e) => {
-                c.err("cdr", e.to_string());
-                None
-            }
+    // [cdr]: relative dirs are relative to the working directory, like `[state] path` (they
+    // hold data the process writes, not files shipped beside the config), and the defaults
+    // (`var/cdr`) mean the same with or without a `[cdr]` section.
+    let cdr = gateway.cdr.and_then(|f| match f.validate() {
+        Ok(()) => Some(f),
+        Err(e) => {
+            c.err("cdr", e.to_string());
+            None
         }
     });
 

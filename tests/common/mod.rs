@@ -268,7 +268,7 @@ flush_interval_ms = 200
         shards = o.shards,
         body = o.max_body_bytes,
         state = state.display(),
-        // CDRs stay in the test's temp dir (the default is /var/lib/smsgw/cdr).
+        // CDRs stay in the test's temp dir (the default is var/cdr under the working directory).
         cdr = dir.join("cdr").display()
     );
     let mut rules = String::new();
