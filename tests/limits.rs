@@ -494,7 +494,9 @@ fn l2_redis_down_then_back_without_restart() {
         }
         assert!(unavailable, "never reported unavailable");
         assert!(!c.health().is_up());
-        assert_eq!(smsgw::limit::redis_limiter_up(), Some(false));
+        // Not `redis_limiter_up()`: that flag is process-wide (for the metrics exporter) and the
+        // other Redis tests running in parallel in this process flip it; this client's own
+        // health is the deterministic signal.
         redis.restart();
         let back = Instant::now();
         while !c.health().is_up() {
