@@ -388,7 +388,9 @@ fn sigterm_exits_zero(legacy: bool) {
     std::thread::sleep(Duration::from_millis(250));
     let status = gw
         .proc
-        .terminate(Duration::from_secs(8))
+        // shutdown_timeout_ms is 5 s in the test config; the margin is for a CI box whose two
+        // cores are busy with the other tests of this binary.
+        .terminate(Duration::from_secs(15))
         .expect("gateway exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     // The request in flight at SIGTERM was finished, not dropped.
