@@ -143,9 +143,7 @@ pub struct EmbeddedConfig {
     pub max_batch: usize,
     /// Longest the writer lingers to fill a batch, µs (default 0 = never linger).
     pub max_batch_delay_us: u64,
-    /// A write not completed within this many ms fails with `Unavailable` (default 5000).
-    /// Not lower: under a loaded disk a single fdatasync was seen stalling past 1 s, and
-    /// failing every queued op on such a hiccup turned a slow second into a burst of 503s.
+    /// A write not completed within this many ms fails with `Unavailable` (default 1000).
     pub op_timeout_ms: u64,
     /// fjall block cache, MiB (default 64).
     pub cache_mib: u64,
@@ -161,7 +159,7 @@ impl Default for EmbeddedConfig {
             queue_capacity: 16_384,
             max_batch: 1024,
             max_batch_delay_us: 0,
-            op_timeout_ms: 5_000,
+            op_timeout_ms: 1_000,
             cache_mib: 64,
         }
     }
