@@ -194,7 +194,11 @@ fn init_logging(level: &str, json: bool) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // On a failed log write (full disk, file-size limit, closed pipe) tracing-subscriber
+        // would report it with eprintln!, which panics when stderr itself fails — on a shard
+        // thread that stalls every connection it owns. A lost log line is the lesser harm.
+        .log_internal_errors(false);
     if json {
         // The json formatter needs an extra feature; fall back to text rather than fail.
         builder.with_ansi(false).init();
