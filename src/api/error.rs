@@ -69,6 +69,54 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order: for exporters and tests that enumerate them
+    /// (`metrics` keeps a `reason` label slot per code). The exhaustive match in the test
+    /// `all_lists_every_kind` stops compiling when a kind is added without being listed here.
+    pub const ALL: [ErrorKind; 40] = [
+        ErrorKind::InvalidJson,
+        ErrorKind::MissingField,
+        ErrorKind::InvalidField,
+        ErrorKind::InvalidAddress,
+        ErrorKind::EmptyMessage,
+        ErrorKind::TooManyParts,
+        ErrorKind::UnknownEsme,
+        ErrorKind::UnknownTransaction,
+        ErrorKind::DuplicateTransaction,
+        ErrorKind::NotFound,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
+        ErrorKind::RateLimited,
+        ErrorKind::PolicyRejected,
+        ErrorKind::NoRoute,
+        ErrorKind::Overloaded,
+        ErrorKind::StateUnavailable,
+        ErrorKind::SubmitRejected,
+        ErrorKind::SubmitFailed,
+        ErrorKind::Timeout,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Internal,
+        ErrorKind::MissingAuthorization,
+        ErrorKind::MissingAppId,
+        ErrorKind::InvalidAppId,
+        ErrorKind::UnknownApp,
+        ErrorKind::InvalidToken,
+        ErrorKind::AppIdMismatch,
+        ErrorKind::AppDisabled,
+        ErrorKind::IpNotAllowed,
+        ErrorKind::EsmeNotAllowed,
+        ErrorKind::InvalidCredentials,
+        ErrorKind::InvalidAdminKey,
+        ErrorKind::AdminDisabled,
+        ErrorKind::PolicyBlacklist,
+        ErrorKind::PolicyDuplicate,
+        ErrorKind::PolicyDailyCap,
+        ErrorKind::PolicyWeeklyCap,
+    ];
+}
+
+impl ErrorKind {
     pub fn http_status(self) -> u16 {
         use ErrorKind::*;
         match self {
@@ -273,6 +321,38 @@ mod tests {
             assert_eq!(k.source(), Source::Client, "{k:?}");
             assert!((400..500).contains(&k.http_status()), "{k:?}");
         }
+    }
+
+    #[test]
+    fn all_lists_every_kind() {
+        use ErrorKind::*;
+        // Exhaustive: a new kind fails to compile here until it is added to `ALL`.
+        fn position(k: ErrorKind) -> Option<usize> {
+            match k {
+                InvalidJson | MissingField | InvalidField | InvalidAddress | EmptyMessage
+                | TooManyParts | UnknownEsme | UnknownTransaction | DuplicateTransaction
+                | NotFound | MethodNotAllowed | BodyTooLarge | Unauthorized | Forbidden
+                | RateLimited | PolicyRejected | NoRoute | Overloaded | StateUnavailable
+                | SubmitRejected | SubmitFailed | Timeout | ShuttingDown | Internal
+                | MissingAuthorization | MissingAppId | InvalidAppId | UnknownApp
+                | InvalidToken | AppIdMismatch | AppDisabled | IpNotAllowed | EsmeNotAllowed
+                | InvalidCredentials | InvalidAdminKey | AdminDisabled | PolicyBlacklist
+                | PolicyDuplicate | PolicyDailyCap | PolicyWeeklyCap => {
+                    ErrorKind::ALL.iter().position(|x| *x == k)
+                }
+            }
+        }
+        for k in ErrorKind::ALL {
+            assert!(position(k).is_some());
+        }
+        let mut codes: Vec<_> = ErrorKind::ALL.iter().map(|k| k.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(
+            codes.len(),
+            ErrorKind::ALL.len(),
+            "every kind has its own code"
+        );
     }
 
     #[test]
