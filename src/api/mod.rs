@@ -11,3 +11,5 @@ pub mod server;
 pub use error::{ApiError, ErrorKind};
 pub mod client;
 pub mod rest;
+// gRPC services (tonic, on the side runtime); translation only, like `rest`.
+pub mod grpc;
