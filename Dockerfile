@@ -7,6 +7,9 @@ COPY src ./src
 # perf/ holds the [[bench]] targets the manifest names; docs/openapi.json is compiled in.
 COPY perf ./perf
 COPY docs ./docs
+# build.rs generates the gRPC code from proto/ (protox: no protoc needed in the image).
+COPY build.rs ./
+COPY proto ./proto
 RUN cargo build --release --bin smsgw && strip target/release/smsgw
 
 FROM debian:bookworm-slim
