@@ -6,13 +6,22 @@
 //!
 //! Integers are LEB128 varints unless a fixed width is needed for ordering or for the
 //! compaction filter (which reads `expires_at_ms` at a fixed offset without decoding).
+//!
+//! Versions: [`RECORD_FORMAT_V1`] (no hand-over mark) is still decoded, with `handed_at_ms =
+//! Some(LEGACY_HANDED_AT_MS)` (crash recovery must not read an old record as "never sent");
+//! [`RECORD_FORMAT_V2`] (written now) appends `handed_at_ms` after the parts. The expiry
+//! stays at the same fixed offset in both.
 
 use super::model::{
-    Encoding, MAX_PARTS, MessageKey, MessageRecord, PartRecord, ReceiptInfo, Status,
+    Encoding, LEGACY_HANDED_AT_MS, MAX_PARTS, MessageKey, MessageRecord, PartRecord, ReceiptInfo,
+    Status,
 };
 
-/// First byte of every record value.
+/// First byte of a record value written before the hand-over mark existed (decode only).
 pub const RECORD_FORMAT_V1: u8 = 1;
+
+/// First byte of every record value written now: V1 + `handed_at_ms` after the parts.
+pub const RECORD_FORMAT_V2: u8 = 2;
 
 /// Offset of the big-endian `expires_at_ms` in a record value.
 pub const RECORD_EXPIRY_OFFSET: usize = 1;
@@ -114,7 +123,7 @@ fn put_opt_var(out: &mut Vec<u8>, v: Option<u64>) {
 pub fn encode_record(r: &MessageRecord) -> Vec<u8> {
     let text_len = r.text.as_ref().map_or(0, String::len);
     let mut out = Vec::with_capacity(64 + text_len + r.parts.len() * 32);
-    out.push(RECORD_FORMAT_V1);
+    out.push(RECORD_FORMAT_V2);
     out.extend_from_slice(&r.expires_at_ms.to_be_bytes());
     put_var(&mut out, u64::from(r.esme));
     put_opt_var(&mut out, r.link_id.map(u64::from));
@@ -145,6 +154,7 @@ pub fn encode_record(r: &MessageRecord) -> Vec<u8> {
             }
         }
     }
+    put_opt_var(&mut out, r.handed_at_ms);
     out
 }
 
@@ -233,7 +243,7 @@ impl<'a> Reader<'a> {
 pub fn decode_record(key: &MessageKey, v: &[u8]) -> Result<MessageRecord, String> {
     let mut r = Reader { b: v };
     let version = r.u8()?;
-    if version != RECORD_FORMAT_V1 {
+    if version != RECORD_FORMAT_V1 && version != RECORD_FORMAT_V2 {
         return Err(format!("unknown record format {version}"));
     }
     let exp: [u8; 8] = r.bytes(8)?.try_into().map_err(|_| "truncated record")?;
@@ -282,6 +292,11 @@ pub fn decode_record(key: &MessageKey, v: &[u8]) -> Result<MessageRecord, String
             receipt,
         });
     }
+    let handed_at_ms = if version == RECORD_FORMAT_V1 {
+        Some(LEGACY_HANDED_AT_MS)
+    } else {
+        r.opt_var()?
+    };
     if !r.b.is_empty() {
         return Err("trailing bytes after record".into());
     }
@@ -300,6 +315,7 @@ pub fn decode_record(key: &MessageKey, v: &[u8]) -> Result<MessageRecord, String
         updated_at_ms,
         expires_at_ms,
         callback_url,
+        handed_at_ms,
     })
 }
 
@@ -358,6 +374,56 @@ mod tests {
         let v = encode_record(&r);
         assert_eq!(be_u64_at(&v, RECORD_EXPIRY_OFFSET), Some(r.expires_at_ms));
         assert_eq!(decode_record(&r.key(), &v).unwrap(), r);
+    }
+
+    #[test]
+    fn hand_over_mark_round_trips() {
+        let mut r = MessageRecord::new_accepted(
+            MessageKey::new(3, "h"),
+            1,
+            "S",
+            "+1",
+            Encoding::Gsm7,
+            "x",
+            1,
+            10,
+        );
+        assert_eq!(decode_record(&r.key(), &encode_record(&r)).unwrap(), r);
+        assert!(r.apply(&PartUpdate::Handed, 11));
+        assert_eq!(r.handed_at_ms, Some(11));
+        assert_eq!(decode_record(&r.key(), &encode_record(&r)).unwrap(), r);
+    }
+
+    /// A value written by the V1 encoder (before the mark existed; bytes as it produced them)
+    /// still decodes, and reads as "handed at an unknown time", never as "never sent".
+    #[test]
+    fn v1_records_decode_as_handed() {
+        let mut r = MessageRecord::new_accepted(
+            MessageKey::new(3, "old"),
+            5,
+            "S",
+            "+1",
+            Encoding::Gsm7,
+            "hi",
+            1,
+            300,
+        );
+        r.expires_at_ms = 1000;
+        let v1: Vec<u8> = [
+            &[RECORD_FORMAT_V1][..],
+            &1000u64.to_be_bytes(),
+            &[5, 0, 1, b'S', 2, b'+', b'1', 0, 0, 1, 2, b'h', b'i'],
+            &[0xac, 0x02, 0xac, 0x02, 0, 1],
+            &[0, 0, 0, 0, 0, 0],
+        ]
+        .concat();
+        let d = decode_record(&r.key(), &v1).unwrap();
+        r.handed_at_ms = Some(LEGACY_HANDED_AT_MS);
+        assert_eq!(d, r);
+        // The same record re-encoded is V2 and keeps the legacy mark.
+        let v2 = encode_record(&d);
+        assert_eq!(v2[0], RECORD_FORMAT_V2);
+        assert_eq!(decode_record(&r.key(), &v2).unwrap(), d);
     }
 
     #[test]

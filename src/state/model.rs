@@ -274,6 +274,21 @@ pub struct MessageRecord {
     pub expires_at_ms: u64,
     /// Per-message callback (webhook) URL.
     pub callback_url: Option<String>,
+    /// When the gateway handed the message to an SMPP session (Unix ms), written durably
+    /// before the first part can reach the wire ([`PartUpdate::Handed`]). Crash recovery reads
+    /// it: a message still `Accepted` without it was never written to any socket and is safe
+    /// to resubmit; with it, a part without an SMSC id may be on the SMSC already (never
+    /// resent). Records stored before the mark existed decode as `Some(0)` ("handed at an
+    /// unknown time"): for them the safe reading is the only one (unknown, never resent).
+    #[serde(default = "legacy_handed")]
+    pub handed_at_ms: Option<u64>,
+}
+
+/// `handed_at_ms` of a record stored before the field existed (see the field).
+pub const LEGACY_HANDED_AT_MS: u64 = 0;
+
+fn legacy_handed() -> Option<u64> {
+    Some(LEGACY_HANDED_AT_MS)
 }
 
 impl MessageRecord {
@@ -304,6 +319,7 @@ impl MessageRecord {
             updated_at_ms: now_ms,
             expires_at_ms: 0,
             callback_url: None,
+            handed_at_ms: None,
         }
     }
 
@@ -417,6 +433,17 @@ impl MessageRecord {
                 }
                 _ => false,
             },
+            // Only while nothing is final or submitted yet would a missing mark be read as
+            // "never sent", so that is the only time it is worth writing; set once, never
+            // moved (the first hand-over is the one that counts).
+            PartUpdate::Handed => {
+                if self.handed_at_ms.is_none() && self.status == Status::Accepted {
+                    self.handed_at_ms = Some(now_ms);
+                    true
+                } else {
+                    false
+                }
+            }
             PartUpdate::AllPending { status, error_code } => {
                 let mut any = false;
                 if status.is_final() {
@@ -480,6 +507,11 @@ pub enum PartUpdate {
         /// SMPP `command_status` or gateway code.
         error_code: Option<u32>,
     },
+    /// Message-level: the message is about to be handed to an SMPP session (sets
+    /// [`MessageRecord::handed_at_ms`] once; a no-op when already set or when the message has
+    /// left `Accepted`). The pipeline awaits it before the first part can reach the wire, and
+    /// crash resubmission uses `changed == true` of this update as its "only once" guard.
+    Handed,
     /// A final outcome for every part not yet final (e.g. the whole message failed before
     /// submission).
     AllPending {

@@ -112,6 +112,7 @@ pub async fn run_all(h: &dyn SuiteHarness) {
         multipart(&*s, &ids).await;
         receipts(&*s, &ids).await;
         invalid_input(&*s, &ids).await;
+        handed_mark(&*s, &ids).await;
         before_reopen(&*s, &ids).await;
         s.flush().await.expect("flush");
     }
@@ -466,7 +467,7 @@ async fn after_reopen(s: &dyn StateStore, ids: &Ids) {
     mine.sort();
     // Final by now: fwd, rej, multi, mixed, open2, rcpt (its last receipt came just above).
     let mut expect: Vec<String> = [
-        "cg", "idem", "race", "inv", "open0", "open1", "open3", "open4",
+        "cg", "idem", "race", "inv", "open0", "open1", "open3", "open4", "hand", "unhanded",
     ]
     .iter()
     .map(|n| format!("-{n}"))
@@ -482,6 +483,91 @@ async fn after_reopen(s: &dyn StateStore, ids: &Ids) {
         open0.text.as_deref(),
         Some("text of open0"),
         "resubmission data kept"
+    );
+    // The hand-over mark survives the reopen, and its absence does too (crash recovery reads
+    // both: marked = maybe on the wire, unmarked = never sent).
+    let hand = s.get(ids.key("hand")).await.expect("get").expect("present");
+    assert!(hand.handed_at_ms.is_some(), "hand-over mark lost: {hand:?}");
+    assert_eq!(hand.text.as_deref(), Some("text of hand"));
+    let unhanded = s
+        .get(ids.key("unhanded"))
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(unhanded.handed_at_ms, None, "mark appeared from nowhere");
+    // Set once: after the reopen it still only moves from absent to present.
+    let (again, changed) = updated(s, &ids.key("hand"), vec![PartUpdate::Handed]).await;
+    assert!(!changed, "mark set twice across a reopen");
+    assert_eq!(again.handed_at_ms, hand.handed_at_ms);
+}
+
+/// `PartUpdate::Handed`: set once (the second update reports `changed == false`, which crash
+/// resubmission uses as its only-once guard), never on a message that left `Accepted`, and
+/// independent of the parts.
+async fn handed_mark(s: &dyn StateStore, ids: &Ids) {
+    let r = created(s, ids.record("hand", 2)).await;
+    assert_eq!(r.handed_at_ms, None, "a new record is not handed");
+    let (r1, changed) = updated(s, &ids.key("hand"), vec![PartUpdate::Handed]).await;
+    assert!(changed, "first mark must change the record");
+    let at = r1.handed_at_ms.expect("mark set");
+    assert_eq!(r1.status, Status::Accepted);
+    assert!(r1.parts.iter().all(|p| p.status == Status::Accepted));
+    assert_eq!(
+        r1.text.as_deref(),
+        Some("text of hand"),
+        "text kept while pending"
+    );
+    let (r2, changed) = updated(s, &ids.key("hand"), vec![PartUpdate::Handed]).await;
+    assert!(!changed, "second mark must be a no-op");
+    assert_eq!(r2.handed_at_ms, Some(at));
+    assert_eq!(
+        s.get(ids.key("hand"))
+            .await
+            .expect("get")
+            .and_then(|r| r.handed_at_ms),
+        Some(at)
+    );
+    // Two marks raced in one call: one change.
+    created(s, ids.record("unhanded", 1)).await;
+    created(s, ids.record("hand-race", 1)).await;
+    let (r, changed) = updated(
+        s,
+        &ids.key("hand-race"),
+        vec![PartUpdate::Handed, PartUpdate::Handed],
+    )
+    .await;
+    assert!(changed && r.handed_at_ms.is_some());
+    // A message already final is never marked (nothing left to hand over).
+    updated(
+        s,
+        &ids.key("hand-race"),
+        vec![PartUpdate::AllPending {
+            status: Status::Failed,
+            error_code: None,
+        }],
+    )
+    .await;
+    created(s, ids.record("hand-final", 1)).await;
+    updated(
+        s,
+        &ids.key("hand-final"),
+        vec![PartUpdate::AllPending {
+            status: Status::Failed,
+            error_code: None,
+        }],
+    )
+    .await;
+    let (r, changed) = updated(s, &ids.key("hand-final"), vec![PartUpdate::Handed]).await;
+    assert!(
+        !changed && r.handed_at_ms.is_none(),
+        "final record marked: {r:?}"
+    );
+    // Unknown key: not found, nothing created.
+    assert_eq!(
+        s.update(ids.key("hand-missing"), vec![PartUpdate::Handed], unix_ms())
+            .await
+            .expect("update"),
+        UpdateOutcome::NotFound
     );
 }
 
