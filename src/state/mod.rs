@@ -28,6 +28,8 @@
 /// Binary encoding of the embedded backend (public for `perf/benches/state.rs`; not an API).
 #[doc(hidden)]
 pub mod codec;
+/// Aerospike backend (shared by every replica).
+pub mod aerospike;
 pub mod embedded;
 pub mod model;
 pub mod suite;
