@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod callback;
 pub mod cdr;
 pub mod config;
 pub mod limit;

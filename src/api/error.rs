@@ -22,6 +22,8 @@ pub enum ErrorKind {
     InvalidJson,
     MissingField,
     InvalidField,
+    /// `callback_url` is not an absolute http(s) URL without credentials, or is too long.
+    InvalidCallbackUrl,
     InvalidAddress,
     EmptyMessage,
     TooManyParts,
@@ -72,10 +74,11 @@ impl ErrorKind {
     /// Every kind, in declaration order: for exporters and tests that enumerate them
     /// (`metrics` keeps a `reason` label slot per code). The exhaustive match in the test
     /// `all_lists_every_kind` stops compiling when a kind is added without being listed here.
-    pub const ALL: [ErrorKind; 40] = [
+    pub const ALL: [ErrorKind; 41] = [
         ErrorKind::InvalidJson,
         ErrorKind::MissingField,
         ErrorKind::InvalidField,
+        ErrorKind::InvalidCallbackUrl,
         ErrorKind::InvalidAddress,
         ErrorKind::EmptyMessage,
         ErrorKind::TooManyParts,
@@ -122,6 +125,7 @@ impl ErrorKind {
         match self {
             InvalidJson => 400,
             MissingField | InvalidField | InvalidAddress | EmptyMessage | TooManyParts => 422,
+            InvalidCallbackUrl => 422,
             UnknownEsme | UnknownTransaction | NotFound => 404,
             DuplicateTransaction => 409,
             MethodNotAllowed => 405,
@@ -150,6 +154,7 @@ impl ErrorKind {
             InvalidJson => "invalid_json",
             MissingField => "missing_field",
             InvalidField => "invalid_field",
+            InvalidCallbackUrl => "invalid_callback_url",
             InvalidAddress => "invalid_address",
             EmptyMessage => "empty_message",
             TooManyParts => "too_many_parts",
@@ -224,6 +229,7 @@ impl ErrorKind {
         match self {
             InvalidJson | MissingField | InvalidField | InvalidAddress | EmptyMessage
             | TooManyParts => 3, // INVALID_ARGUMENT
+            InvalidCallbackUrl => 3,
             UnknownEsme | UnknownTransaction | NotFound => 5, // NOT_FOUND
             DuplicateTransaction => 6,                        // ALREADY_EXISTS
             Forbidden | PolicyRejected => 7,                  // PERMISSION_DENIED
@@ -293,6 +299,7 @@ mod tests {
             InvalidJson,
             MissingField,
             InvalidField,
+            InvalidCallbackUrl,
             InvalidAddress,
             EmptyMessage,
             TooManyParts,
@@ -337,7 +344,7 @@ mod tests {
                 | MissingAuthorization | MissingAppId | InvalidAppId | UnknownApp
                 | InvalidToken | AppIdMismatch | AppDisabled | IpNotAllowed | EsmeNotAllowed
                 | InvalidCredentials | InvalidAdminKey | AdminDisabled | PolicyBlacklist
-                | PolicyDuplicate | PolicyDailyCap | PolicyWeeklyCap => {
+                | PolicyDuplicate | PolicyDailyCap | PolicyWeeklyCap | InvalidCallbackUrl => {
                     ErrorKind::ALL.iter().position(|x| *x == k)
                 }
             }

@@ -13,6 +13,8 @@
 //! allowed_cidrs = ["10.0.0.0/8", "2001:db8::/32"]  # required; ["0.0.0.0/0", "::/0"] = any
 //! allowed_esmes = [100, 900]                       # links/pools; [] = all (default)
 //! default_strategy = "cp1"                         # contact policy when the request names none
+//! callback_url = "https://billing.example/smsgw"   # delivery callbacks when a send names none
+//! callback_secret_env = "BILLING_CALLBACK_SECRET"  # HMAC key of callbacks (or callback_secret)
 //! [[apps.1.keys]]                                  # tokens the app signs itself
 //! kid = "2026-01"
 //! alg = "RS256"                                    # or "ES256"
@@ -34,6 +36,9 @@ use crate::config::Cidr;
 pub const MAX_APPS: usize = 100_000;
 /// Most public keys per app (rotation needs two or three, not more).
 pub const MAX_KEYS_PER_APP: usize = 16;
+/// Longest per-app default `callback_url` (the request bound is `[callbacks] max_url_bytes`,
+/// not known to the apps file; this is its largest allowed value).
+pub const MAX_CALLBACK_URL_LEN: usize = 65_536;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +62,16 @@ struct AppToml {
     default_strategy: Option<String>,
     #[serde(default)]
     keys: Vec<KeyToml>,
+    /// Default delivery-callback URL (a send's own `callback_url` wins).
+    #[serde(default)]
+    callback_url: Option<String>,
+    /// Key of the callback signatures (`X-Smsgw-Signature`). The login secret is stored only
+    /// as an argon2id hash, so it cannot key an HMAC: this is a separate shared secret.
+    #[serde(default)]
+    callback_secret: Option<String>,
+    /// The same, read from this environment variable at load (Docker/Kubernetes secrets).
+    #[serde(default)]
+    callback_secret_env: Option<String>,
 }
 
 fn yes() -> bool {
@@ -99,6 +114,10 @@ pub struct App {
     /// Links and pools the app may send through; empty = all.
     pub allowed_esmes: Vec<u32>,
     pub default_strategy: Option<String>,
+    /// Default delivery-callback URL (validated like a request's `callback_url`).
+    pub callback_url: Option<String>,
+    /// HMAC key of callback signatures; `None`: callbacks are sent unsigned.
+    callback_secret: Option<String>,
 }
 
 impl fmt::Debug for App {
@@ -111,6 +130,8 @@ impl fmt::Debug for App {
             .field("keys", &self.keys)
             .field("allowed_cidrs", &self.allowed_cidrs)
             .field("allowed_esmes", &self.allowed_esmes)
+            .field("callback_url", &self.callback_url)
+            .field("has_callback_secret", &self.callback_secret.is_some())
             .finish()
     }
 }
@@ -118,6 +139,11 @@ impl fmt::Debug for App {
 impl App {
     pub fn secret_hash(&self) -> Option<&str> {
         self.secret_hash.as_deref()
+    }
+
+    /// The key callbacks of this app are signed with.
+    pub fn callback_secret(&self) -> Option<&str> {
+        self.callback_secret.as_deref()
     }
 
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
@@ -289,6 +315,36 @@ fn parse_app(id: u64, key: &str, a: AppToml, path: &Path, errors: &mut Vec<Strin
             Err(e) => errors.push(format!("{kkey}: not a {} public key PEM: {e}", k.alg)),
         }
     }
+    if let Some(u) = &a.callback_url
+        && let Err(e) = crate::callback::validate_url(u, MAX_CALLBACK_URL_LEN)
+    {
+        errors.push(format!("{key}.callback_url: {e}"));
+    }
+    let callback_secret = match (a.callback_secret, a.callback_secret_env) {
+        (Some(s), None) => Some(s),
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                errors.push(format!(
+                    "{key}.callback_secret_env: environment variable {var} is not set"
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            errors.push(format!(
+                "{key}: set at most one of `callback_secret` and `callback_secret_env`"
+            ));
+            None
+        }
+    };
+    if callback_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        // The secret itself is never echoed.
+        errors.push(format!(
+            "{key}.callback_secret: must be at least 16 bytes"
+        ));
+    }
     if errors.len() > before {
         return None;
     }
@@ -301,6 +357,8 @@ fn parse_app(id: u64, key: &str, a: AppToml, path: &Path, errors: &mut Vec<Strin
         allowed_cidrs: cidrs,
         allowed_esmes: a.allowed_esmes,
         default_strategy: a.default_strategy.filter(|s| !s.is_empty()),
+        callback_url: a.callback_url,
+        callback_secret,
     })
 }
 
@@ -313,6 +371,36 @@ mod tests {
     }
 
     const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$LJfYVHi9BnnsKj0SN4l4iA$iUds5Uhe4xTr4l9NBy0pwmuqlqNUPRUzJbFXr2UnXVA";
+
+    #[test]
+    fn callback_url_and_secret() {
+        let app = |extra: &str| {
+            parse(&format!(
+                "[apps.7]\nname = \"x\"\nsecret_hash = \"{HASH}\"\nallowed_cidrs = [\"::1\"]\n{extra}"
+            ))
+        };
+        let apps = app("callback_url = \"https://h.example/cb\"\ncallback_secret = \"0123456789abcdef\"\n")
+            .unwrap();
+        let a = apps.get(7).unwrap();
+        assert_eq!(a.callback_url.as_deref(), Some("https://h.example/cb"));
+        assert_eq!(a.callback_secret(), Some("0123456789abcdef"));
+        let debug = format!("{a:?}");
+        assert!(debug.contains("has_callback_secret: true") && !debug.contains("0123456789abcdef"));
+        let e = app("callback_url = \"ftp://h/\"\n").unwrap_err();
+        assert!(e[0].contains("apps.7.callback_url"), "{e:?}");
+        let e = app("callback_url = \"https://u:p@h/\"\n").unwrap_err();
+        assert!(e[0].contains("credentials"), "{e:?}");
+        let e = app("callback_secret = \"short\"\n").unwrap_err();
+        assert!(e[0].contains("16 bytes") && !e[0].contains("short\""), "{e:?}");
+        let e = app("callback_secret_env = \"SMSGW_TEST_SURELY_UNSET_VAR\"\n").unwrap_err();
+        assert!(e[0].contains("is not set"), "{e:?}");
+        let e = app("callback_secret = \"0123456789abcdef\"\ncallback_secret_env = \"X\"\n")
+            .unwrap_err();
+        assert!(e[0].contains("at most one"), "{e:?}");
+        let none = app("").unwrap();
+        assert!(none.get(7).unwrap().callback_url.is_none());
+        assert!(none.get(7).unwrap().callback_secret().is_none());
+    }
 
     #[test]
     fn a_good_app_and_its_debug_output() {

@@ -16,6 +16,7 @@ use super::types::{
 /// one section does not hide mistakes in another.
 pub const SMSGW_SECTIONS: &[&str] = &[
     "server", "state", "log", "health", "routing", "limits", "redis", "security", "policy", "cdr",
+    "callbacks",
 ];
 
 #[derive(Debug, Deserialize)]

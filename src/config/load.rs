@@ -74,6 +74,7 @@ pub(super) struct GatewaySections {
     pub security: Option<crate::auth::SecurityFile>,
     pub policy: Option<crate::policy::PolicyFile>,
     pub cdr: Option<crate::cdr::CdrConfig>,
+    pub callbacks: Option<crate::callback::CallbackConfig>,
 }
 
 /// The `smpp_rules.toml` entries by id; ids whose entry failed to deserialize are in `broken_*`
@@ -239,6 +240,7 @@ impl<'a> FileCtx<'a> {
             security: self.section(&mut root, "security", errors),
             policy: self.section(&mut root, "policy", errors),
             cdr: self.section(&mut root, "cdr", errors),
+            callbacks: self.section(&mut root, "callbacks", errors),
         };
         for key in root.keys() {
             errors.push(self.error(

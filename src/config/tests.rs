@@ -731,6 +731,10 @@ fn every_key_is_documented() {
         }
     }
 }
+        (
+            "### `[callbacks]`",
+            accepted_keys::<crate::callback::CallbackConfig>(),
+        ),
 
 mod never_panics {
     use super::*;

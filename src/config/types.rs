@@ -32,6 +32,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// `[cdr]`: CDR export (see docs/operations.md#cdr-export).
     pub cdr: crate::cdr::CdrConfig,
+    /// `[callbacks]`: delivery-status webhooks (see docs/operations.md#delivery-callbacks).
+    pub callbacks: crate::callback::CallbackConfig,
     /// Links and pools from `smpp_rules.toml`.
     pub rules: RulesConfig,
     /// Problems that do not stop the gateway (e.g. a pool whose members are all disabled).

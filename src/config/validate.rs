@@ -54,6 +54,14 @@ pub(super) fn validate(
             None
         }
     });
+    // [callbacks]: `path` is relative to the working directory, like `[state] path`.
+    let callbacks = gateway.callbacks.and_then(|f| match f.validate() {
+        Ok(()) => Some(f),
+        Err(e) => {
+            c.err("callbacks", e.to_string());
+            None
+        }
+    });
 
     // Links fall back to the health interval; a broken [health] must not cascade into a
     // report for every link, so use the documented default in that case.
@@ -78,6 +86,7 @@ pub(super) fn validate(
         security: security?,
         policy: policy?,
         cdr: cdr?,
+        callbacks: callbacks?,
         rules: rules?,
         warnings,
     })

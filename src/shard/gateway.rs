@@ -40,6 +40,8 @@ pub enum ServeError {
     Auth(String),
     #[error("CDR writer: {0}")]
     Cdr(#[from] crate::cdr::CdrError),
+    #[error("delivery callbacks: {0}")]
+    Callbacks(#[from] crate::callback::CallbackError),
 }
 
 /// Runs the gateway until SIGTERM/SIGINT; returns after a graceful shutdown.
@@ -106,7 +108,16 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         config.cdr.clone(),
         &config.server.instance_id,
     )?);
+    // Outbox writer thread + dispatcher on the side runtime; events an earlier process left
+    // are rescheduled at once.
+    let callbacks = crate::callback::Callbacks::start(
+        config.callbacks.clone(),
+        Arc::clone(&auth),
+        Arc::clone(&metrics),
+        side.handle(),
+    )?;
     let shared = Arc::new(Shared {
+        callbacks: Arc::clone(&callbacks),
         cdr: Arc::clone(&cdr),
         auth: Arc::clone(&auth),
         policy,
@@ -129,14 +140,19 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     if shared.config.state.backend == StateBackend::Embedded {
         super::recovery::spawn_recovery(
             side.handle(),
-            Arc::clone(&shared.store),
+            // Records recovery closes (unknown) notify their callbacks through this wrapper.
+            crate::callback::NotifyingStore::wrap(
+                Arc::clone(&shared.store),
+                Arc::clone(&callbacks),
+            ),
             started_at_ms,
             Some((Arc::clone(&cdr), shared.config.server.instance_id.clone())),
         );
     }
     super::recovery::spawn_expiry_sweep(
         side.handle(),
-        Arc::clone(&shared.store),
+        // Records the sweep expires notify their callbacks through this wrapper.
+        crate::callback::NotifyingStore::wrap(Arc::clone(&shared.store), Arc::clone(&callbacks)),
         super::recovery::SWEEP_INTERVAL,
         super::recovery::SWEEP_PAGE,
         shutdown.clone(),

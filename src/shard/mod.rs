@@ -338,6 +338,11 @@ async fn handle_deliver(
                 m.receipt_delay
                     .observe(std::time::Duration::from_millis(delay_ms));
                 return Some(0);
+                    // The callback event is durable before deliver_sm_resp: a crash before
+                    // this point makes the SMSC resend, which the `Duplicate` arm re-notifies.
+                    if let Some(durable) = p.shared.callbacks.notify(&record) {
+                        durable.await;
+                    }
             }
             Ok(ReceiptOutcome::Duplicate) => {
                 Counters::inc(&counters.receipts_duplicate);
@@ -348,6 +353,12 @@ async fn handle_deliver(
                 monoio::time::sleep(RECEIPT_RETRY_DELAY).await;
             }
             Ok(ReceiptOutcome::NotFound) => {
+                // A final receipt sent again may mean we crashed after storing it and before
+                // its callback event was durable: notify again (the outbox ignores an event id
+                // it still holds; one already delivered is sent once more — receivers dedupe).
+                if info.status.is_final() && p.shared.callbacks.is_enabled() {
+                    renotify(p, link_id, &smsc_id, alt_id.as_deref()).await;
+                }
                 Counters::inc(&counters.receipts_unknown_id);
                 p.shared.metrics.shard(p.shard_id).receipts_unmatched.inc();
                 warn!(
@@ -378,6 +389,23 @@ pub fn receipt_status(s: ReceiptState) -> Status {
         ReceiptState::Undeliverable | ReceiptState::Deleted => Status::Undeliverable,
         ReceiptState::Rejected => Status::Rejected,
         ReceiptState::Enroute | ReceiptState::Accepted | ReceiptState::Unknown => Status::Submitted,
+/// Looks up the message a repeated final receipt belongs to and notifies its callback again
+/// if it is final (see `handle_deliver`). Two reads; only for repeats of final receipts.
+async fn renotify(p: &Pipeline, link_id: u32, smsc_id: &str, alt_id: Option<&str>) {
+    let store = &p.shared.store;
+    let mut found = store.find_by_smsc_id(link_id, smsc_id.to_owned()).await;
+    if let (Ok(None), Some(alt)) = (&found, alt_id) {
+        found = store.find_by_smsc_id(link_id, alt.to_owned()).await;
+    }
+    if let Ok(Some((key, _))) = found
+        && let Ok(Some(record)) = store.get(key).await
+        && record.status.is_final()
+        && let Some(durable) = p.shared.callbacks.notify(&record)
+    {
+        durable.await;
+    }
+}
+
     }
 }
 

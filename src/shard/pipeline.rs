@@ -61,6 +61,8 @@ pub struct Shared {
 }
 
 /// `(outstanding, queued)` submits of each bind of each link, refreshed every health tick.
+    /// Delivery callbacks: `notify` where a status change is acknowledged outward.
+    pub callbacks: Arc<crate::callback::Callbacks>,
 #[derive(Debug, Default)]
 pub struct BindLoad {
     links: BTreeMap<LinkId, Vec<(AtomicU64, AtomicU64)>>,
@@ -299,12 +301,10 @@ impl Pipeline {
             validate_transaction_id(t)?;
         }
         if let Some(url) = &input.callback_url
-            && (!(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048)
+            && let Err(e) =
+                crate::callback::validate_url(url, self.shared.config.callbacks.max_url_bytes)
         {
-            return Err(ApiError::new(
-                ErrorKind::InvalidField,
-                "`callback_url` must be an http(s) URL of at most 2048 bytes",
-            ));
+            return Err(ApiError::new(ErrorKind::InvalidCallbackUrl, e.to_string()));
         }
         let target = self
             .shared
@@ -673,6 +673,11 @@ impl Pipeline {
             error,
             esme: job.esme,
             transaction_id: job.key.transaction_id,
+                // Durable in the callback outbox before the client hears the outcome (only
+                // messages with a callback URL await anything here).
+                if changed && let Some(durable) = self.shared.callbacks.notify(&record) {
+                    durable.await;
+                }
             parts: part_count,
             encoding: info.encoding.name(),
             message_ids,
