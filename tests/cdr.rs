@@ -6,12 +6,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::moto::{self, Moto, free_port};
 use common::wait_until;
 use smsgw::cdr::{CdrConfig, CdrRecord, CdrWriter, ClosedBy, RecordError, SinkKind};
 use smsgw::state::model::{Encoding, MessageKey, MessageRecord, ReceiptInfo, Status};
@@ -175,69 +174,11 @@ fn gunzip_text(gz: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // S3 (moto)
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-fn moto_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import moto.server, flask, werkzeug"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: moto[server] not installed (python3 -m pip install 'moto[server]')");
-    }
-    ok
-}
-
-impl Moto {
-    /// Starts moto on `port` and creates the (in-memory, so always fresh) bucket.
-    fn start_on(port: u16) -> Moto {
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn moto");
-        let m = Moto { child, port };
-        let up = wait_until(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "moto did not listen on {port}");
-        // Unsigned CreateBucket: rust-s3's sends a LocationConstraint moto refuses for us-east-1.
-        let (st, body) = common::raw_http(&m.endpoint(), "PUT", &format!("/{BUCKET}"), b"");
-        assert_eq!(st, 200, "create bucket: {body}");
-        m
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// moto on `port` with the CDR bucket created (moto keeps nothing across restarts).
+fn start_moto(port: u16) -> Moto {
+    let m = Moto::start_on(port);
+    m.create_bucket(BUCKET);
+    m
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -247,20 +188,9 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn test_bucket(endpoint: &str) -> Box<s3::Bucket> {
-    let creds = s3::creds::Credentials::new(Some("test"), Some("test"), None, None, None).unwrap();
-    let region = s3::Region::Custom {
-        region: "us-east-1".into(),
-        endpoint: endpoint.into(),
-    };
-    s3::Bucket::new(BUCKET, region, creds)
-        .unwrap()
-        .with_path_style()
-}
-
 /// Every object under `PREFIX` with its decoded records.
 fn objects(endpoint: &str) -> BTreeMap<String, Vec<CdrRecord>> {
-    let b = test_bucket(endpoint);
+    let b = moto::bucket(endpoint, BUCKET);
     rt().block_on(async {
         let mut out = BTreeMap::new();
         for page in b.list(PREFIX.into(), None).await.unwrap() {
@@ -307,10 +237,10 @@ fn spool_keys(spool: &Path) -> BTreeSet<String> {
 
 #[test]
 fn s3_sink_uploads_to_partitioned_keys() {
-    if !moto_available() {
+    if !moto::available() {
         return;
     }
-    let moto = Moto::start_on(free_port());
+    let moto = start_moto(free_port());
     let tmp = tempfile::tempdir().unwrap();
     let cfg = CdrConfig {
         batch_max_records: 7,
@@ -342,11 +272,11 @@ fn s3_sink_uploads_to_partitioned_keys() {
 
 #[test]
 fn s3_down_spools_then_drains_exactly_once_to_the_same_keys() {
-    if !moto_available() {
+    if !moto::available() {
         return;
     }
     let port = free_port();
-    let moto = Moto::start_on(port);
+    let moto = start_moto(port);
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
     let w = CdrWriter::start(s3_config(tmp.path(), &moto.endpoint()), "gw-test").unwrap();
@@ -371,7 +301,7 @@ fn s3_down_spools_then_drains_exactly_once_to_the_same_keys() {
     assert!(w.stats().upload_failures.load(Ordering::Relaxed) >= 1);
 
     // S3 back on the same port, with a fresh (empty) bucket.
-    let moto = Moto::start_on(port);
+    let moto = start_moto(port);
     assert!(
         wait_until(Duration::from_secs(30), || {
             w.stats().spool_files.load(Ordering::Relaxed) == 0
@@ -395,7 +325,7 @@ fn s3_down_spools_then_drains_exactly_once_to_the_same_keys() {
 
 #[test]
 fn pending_spool_is_uploaded_at_next_start() {
-    if !moto_available() {
+    if !moto::available() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -419,11 +349,11 @@ fn pending_spool_is_uploaded_at_next_start() {
     let keys = spool_keys(&spool);
     assert_eq!(keys.len(), 3);
 
-    let moto = Moto::start_on(free_port());
+    let moto = start_moto(free_port());
     // Plant a stale object at every spooled key, as an earlier attempt that reached S3 but whose
     // answer was lost would have: the retry must overwrite it, not add a second object.
     rt().block_on(async {
-        let b = test_bucket(&moto.endpoint());
+        let b = moto::bucket(&moto.endpoint(), BUCKET);
         for k in &keys {
             let r = b
                 .put_object(format!("{PREFIX}{k}"), b"stale")

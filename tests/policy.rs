@@ -10,12 +10,11 @@
 mod common;
 mod redis_server;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::moto::{self, Moto};
 use common::{Gateway, LinkSpec, Sim, http, spawn, wait_until};
 use redis_server::RedisServer;
 use smsgw::policy::blacklist::Blacklist;
@@ -187,67 +186,6 @@ fn normalisation_reaches_the_blacklist() {
 // ---------------------------------------------------------------------------------------------
 // S3 (moto)
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Option<Moto> {
-        let ok = Command::new("python3")
-            .args(["-c", "import moto.server, flask, werkzeug"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!(
-                "SKIPPED: moto[server] not installed (python3 -m pip install 'moto[server]')"
-            );
-            return None;
-        }
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn moto");
-        let m = Moto { child, port };
-        let up = wait_until(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "moto did not listen on {port}");
-        Some(m)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn s3_source(endpoint: &str) -> S3Source {
     S3Source {
         bucket: "lists".into(),
@@ -261,17 +199,6 @@ fn s3_source(endpoint: &str) -> S3Source {
     }
 }
 
-fn bucket(endpoint: &str) -> Box<s3::Bucket> {
-    let creds = s3::creds::Credentials::new(Some("test"), Some("test"), None, None, None).unwrap();
-    let region = s3::Region::Custom {
-        region: "us-east-1".into(),
-        endpoint: endpoint.into(),
-    };
-    s3::Bucket::new("lists", region, creds)
-        .unwrap()
-        .with_path_style()
-}
-
 async fn put(b: &s3::Bucket, key: &str, body: &str) {
     let r = b.put_object(key, body.as_bytes()).await.unwrap();
     assert_eq!(r.status_code(), 200, "PUT {key}");
@@ -281,12 +208,9 @@ async fn put(b: &s3::Bucket, key: &str, body: &str) {
 fn blacklist_from_s3_refreshes_on_etag_and_survives_s3_down() {
     let Some(moto) = Moto::start() else { return };
     let rt = side();
-    let b = bucket(&moto.endpoint());
+    let b = moto::bucket(&moto.endpoint(), "lists");
     rt.block_on(async {
-        // moto accepts an unsigned CreateBucket; rust-s3's sends a LocationConstraint body
-        // that moto refuses for us-east-1.
-        let (st, body) = common::raw_http(&moto.endpoint(), "PUT", "/lists", b"");
-        assert_eq!(st, 200, "create bucket: {body}");
+        moto.create_bucket("lists");
         put(&b, "blacklists/a.csv", "number\n+49 151 1111111\n# c\n").await;
         put(&b, "blacklists/b.csv", "0049-151-2222222,reason\n").await;
         put(&b, "other/c.csv", "+491513333333\n").await;

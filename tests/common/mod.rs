@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod moto;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_smsgw");
 
 /// A child process killed (SIGKILL) and reaped on drop unless it already exited.
