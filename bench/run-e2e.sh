@@ -118,7 +118,8 @@ PIDS+=($!)
 wait_port 127.0.0.1 "$SIM_PORT" smsc-sim
 wait_port 127.0.0.1 "$NULL_PORT" null-http
 "$BIN" serve --config "$OUT/smsgw.toml" --rules "$OUT/smpp_rules.toml" >"$OUT/gateway.log" 2>&1 &
-PIDS+=($!)
+GW_PID=$!
+PIDS+=($GW_PID)
 wait_port 127.0.0.1 "$HTTP_PORT" gateway
 
 COMMON=(--connections "$CONNECTIONS" --pipeline "$PIPELINE" --threads "$BENCH_THREADS"
@@ -128,6 +129,11 @@ COMMON=(--connections "$CONNECTIONS" --pipeline "$PIPELINE" --threads "$BENCH_TH
 run_bench() { # name url rate max_error_rate
     local name=$1 url=$2 rate=$3 max_err=$4
     log "bench $name: rate $rate for $DURATION"
+    # PERF_RECORD=1: sample the gateway (call graphs) during its max run, for `perf report`.
+    if [ "${PERF_RECORD:-0}" = 1 ] && [ "$name" = gw-max ]; then
+        perf record ${PERF_ARGS:--F 499 --call-graph dwarf,8192} -p "$GW_PID" -o "$OUT/perf.data" -- sleep "${DURATION%s}" \
+            >"$OUT/perf.log" 2>&1 &
+    fi
     set +e
     "$BENCH_BIN" bench --url "$url" --rate "$rate" "${COMMON[@]}" --max-error-rate "$max_err" \
         --json "$OUT/$name.json" --hdr-out "$OUT/$name.hdr" >"$OUT/$name.txt" 2>&1

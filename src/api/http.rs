@@ -19,6 +19,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Requests answered per write batch on one connection (pipelining bound).
     pub max_pipeline_depth: usize,
+    /// One path whose body may be larger than `max_body_bytes` (the batch submit, whose body
+    /// holds up to a bounded number of messages), with its own bound. The larger of the two
+    /// applies on that path; every other path keeps `max_body_bytes`.
+    pub large_body: Option<(&'static str, usize)>,
 }
 
 impl Default for Limits {
@@ -27,7 +31,24 @@ impl Default for Limits {
             max_head_bytes: 8 * 1024,
             max_body_bytes: 64 * 1024,
             max_pipeline_depth: 32,
+            large_body: Some((super::rest::BATCH_PATH, super::rest::BATCH_MAX_BODY_BYTES)),
         }
+    }
+}
+
+impl Limits {
+    /// The body bound for a request to `path`.
+    pub fn max_body_for(&self, path: &str) -> usize {
+        match self.large_body {
+            Some((p, n)) if p == path => n.max(self.max_body_bytes),
+            _ => self.max_body_bytes,
+        }
+    }
+
+    /// The largest body any path accepts (sizes the connection's read buffer bound).
+    pub fn max_any_body(&self) -> usize {
+        self.large_body
+            .map_or(self.max_body_bytes, |(_, n)| n.max(self.max_body_bytes))
     }
 }
 
@@ -80,6 +101,13 @@ impl<'b> Request<'b> {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
+    }
+
+    /// Every header as `(name, value)`, in request order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'b str, &'b [u8])> + '_ {
+        self.headers[..self.header_count]
+            .iter()
+            .map(|h| (h.name, h.value))
     }
 
     /// Header value as UTF-8 text; `None` when absent or not text.
@@ -200,7 +228,7 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parse<'b>, Ht
         }
     }
     let body_len = content_length.unwrap_or(0);
-    if body_len > limits.max_body_bytes {
+    if body_len > limits.max_body_for(path) {
         return Err(HttpError::BodyTooLarge);
     }
     let total = head_len + body_len;
@@ -349,6 +377,7 @@ mod tests {
             max_head_bytes: 256,
             max_body_bytes: 16,
             max_pipeline_depth: 4,
+            large_body: None,
         }
     }
 
@@ -492,6 +521,41 @@ mod tests {
              content-length: 47\r\nconnection: close\r\nretry-after: 1x\r\n\r\n\
              {\"error\":\"too \\\"big\\\"\",\"code\":\"body_too_large\"}"
         );
+    }
+
+    #[test]
+    fn large_body_bound_applies_to_its_path_only() {
+        let l = Limits {
+            large_body: Some(("/big", 32)),
+            ..lim()
+        };
+        let req = |path: &str, n: usize| {
+            let mut r = format!("POST {path} HTTP/1.1\r\ncontent-length: {n}\r\n\r\n").into_bytes();
+            r.extend(std::iter::repeat_n(b'x', n));
+            r
+        };
+        assert!(matches!(
+            parse_request(&req("/big", 32), &l),
+            Ok(Parse::Complete(..))
+        ));
+        assert_eq!(
+            parse_request(&req("/big", 33), &l).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
+        assert_eq!(
+            parse_request(&req("/small", 17), &l).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
+        // The larger of the two bounds applies on the large path.
+        let l = Limits {
+            large_body: Some(("/big", 4)),
+            ..lim()
+        };
+        assert!(matches!(
+            parse_request(&req("/big", 16), &l),
+            Ok(Parse::Complete(..))
+        ));
+        assert_eq!(l.max_any_body(), 16);
     }
 
     #[test]

@@ -12,9 +12,18 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorKind};
 use super::http::{Method, Request, Response};
 use super::server::Service;
+use crate::shard::batch::BatchMeta;
 use crate::shard::pipeline::{Pipeline, SendAnswer, SendInput};
 use crate::shard::stages::RequestMeta;
 use crate::smpp::text::Encoding;
+
+/// `POST` path of the batch submit.
+pub const BATCH_PATH: &str = "/api/v1/sms/send-batch";
+/// Most messages in one batch submit; more is 422 `invalid_field` for the whole request.
+pub const BATCH_MAX_ITEMS: usize = 1000;
+/// Body bound of the batch submit only (every other path keeps `server.max_body_bytes`):
+/// room for `BATCH_MAX_ITEMS` typical messages (a 3-part text is ~500 bytes of JSON).
+pub const BATCH_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The OpenAPI document, kept in the repository and served as is.
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
@@ -66,6 +75,7 @@ impl RestApi {
 fn allowed_methods(path: &str) -> &'static str {
     match path {
         "/api/v1/sms/send"
+        | BATCH_PATH
         | "/api/v1/sms/check-text-len"
         | "/api/v1/user/login"
         | "/api/v1/admin/reload" => "POST",
@@ -121,6 +131,12 @@ impl RestApi {
                     return wrong_method();
                 }
                 self.check_text_len(req)
+            }
+            BATCH_PATH => {
+                if !post {
+                    return wrong_method();
+                }
+                self.send_batch(req).await
             }
             "/api/v1/smpp/links" => {
                 if !get {
@@ -189,6 +205,74 @@ impl RestApi {
             Some(e) => self.metrics().rejected(e.kind.code()),
         }
         Ok(resp)
+    }
+
+    /// `POST /api/v1/sms/send-batch` `{"messages": [send request, ...]}`: one result per item,
+    /// in order, each a send answer or `{success: false, error, code}`. 200 whenever the
+    /// envelope was valid (items carry their own errors); 4xx only for the envelope.
+    async fn send_batch(&self, req: &Request<'_>) -> Result<Response, ApiError> {
+        #[derive(Deserialize)]
+        struct BatchBody {
+            messages: Option<Vec<serde_json::Value>>,
+        }
+        let body: BatchBody = parse_json(req.body)?;
+        let messages = body.messages.ok_or_else(|| missing("messages"))?;
+        if messages.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::InvalidField,
+                "`messages` is empty; send 1..=1000 messages",
+            ));
+        }
+        if messages.len() > BATCH_MAX_ITEMS {
+            return Err(ApiError::new(
+                ErrorKind::InvalidField,
+                format!(
+                    "`messages` holds {} items, at most {BATCH_MAX_ITEMS} per batch",
+                    messages.len()
+                ),
+            ));
+        }
+        // Each item is checked on its own: a bad item is that item's error, not the batch's.
+        let inputs: Vec<Result<SendInput, ApiError>> = messages
+            .iter()
+            .map(|v| {
+                SendBody::deserialize(v)
+                    .map_err(|e| ApiError::new(ErrorKind::InvalidField, e.to_string()))
+                    .and_then(SendBody::into_input)
+            })
+            .collect();
+        drop(messages);
+        let meta = BatchMeta::new(client_ip(req), req.headers());
+        let results = self.pipeline.send_batch(inputs, meta).await;
+        let mut accepted = 0usize;
+        let mut views = Vec::with_capacity(results.len());
+        for r in &results {
+            match r {
+                Ok(answer) => {
+                    match &answer.error {
+                        None => accepted += 1,
+                        Some(e) => self.metrics().rejected(e.kind.code()),
+                    }
+                    views.push(BatchItemView::Answer(SendView::from(answer)));
+                }
+                Err(e) => {
+                    self.metrics().rejected(e.kind.code());
+                    views.push(BatchItemView::Error {
+                        success: false,
+                        error: &e.message,
+                        code: e.kind.code(),
+                    });
+                }
+            }
+        }
+        Ok(json(
+            200,
+            &BatchView {
+                accepted,
+                failed: results.len() - accepted,
+                results: views,
+            },
+        ))
     }
 
     /// `POST /api/v1/user/login` `{"app_id": 1, "secret": "..."}` → a JWT.
@@ -418,6 +502,29 @@ impl<'a> From<&'a SendAnswer> for SendView<'a> {
             duplicate: a.duplicate,
         }
     }
+}
+
+/// The answer to a batch submit.
+#[derive(Serialize)]
+struct BatchView<'a> {
+    /// Items that were submitted successfully.
+    accepted: usize,
+    /// Items with an error (`results[i].success == false`).
+    failed: usize,
+    results: Vec<BatchItemView<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItemView<'a> {
+    /// The item reached the pipeline: the same object a single send answers.
+    Answer(SendView<'a>),
+    /// Refused before anything was recorded: the same `{error, code}` as a single send.
+    Error {
+        success: bool,
+        error: &'a str,
+        code: &'static str,
+    },
 }
 
 #[derive(Serialize)]

@@ -139,7 +139,7 @@ pub async fn connection<S: Service>(
     shutdown: &Shutdown,
 ) -> std::io::Result<()> {
     let limits = &cfg.limits;
-    let max_buffer = limits.max_head_bytes + limits.max_body_bytes;
+    let max_buffer = limits.max_head_bytes + limits.max_any_body();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut continue_sent = false;
@@ -395,6 +395,7 @@ mod tests {
                 max_head_bytes: 1024,
                 max_body_bytes: 8,
                 max_pipeline_depth: 2,
+                large_body: None,
             },
             ..ServerConfig::default()
         };
@@ -421,6 +422,7 @@ mod tests {
                 max_head_bytes: 1024,
                 max_body_bytes: 64,
                 max_pipeline_depth: 2,
+                large_body: None,
             },
             ..ServerConfig::default()
         };

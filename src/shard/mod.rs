@@ -5,6 +5,7 @@
 //! * `stages` — the admission slots (auth, limit, policy).
 //! * `gateway` — `smsgw serve`: builds the shared parts, starts the shards, handles shutdown.
 
+pub mod batch;
 pub mod gateway;
 pub mod pipeline;
 pub mod recovery;
