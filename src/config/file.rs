@@ -59,6 +59,10 @@ pub struct StateFile {
     pub batch_max: i64,
     pub batch_delay_us: i64,
     pub on_unavailable: OnStateUnavailable,
+    pub op_timeout_ms: i64,
+    pub resubmit_max_age_s: i64,
+    /// `[state.aerospike]`: used when `backend = "aerospike"` (validated either way).
+    pub aerospike: crate::state::aerospike::AerospikeFile,
 }
 
 impl Default for StateFile {
@@ -71,6 +75,9 @@ impl Default for StateFile {
             batch_max: 256,
             batch_delay_us: 500,
             on_unavailable: OnStateUnavailable::Reject,
+            op_timeout_ms: 1_000,
+            resubmit_max_age_s: 3_600,
+            aerospike: crate::state::aerospike::AerospikeFile::default(),
         }
     }
 }

@@ -329,8 +329,25 @@ cross_shard_capacity = -1
         LINK,
     );
     assert_error(&errs, "smsgw.toml", "server.grpc_addr", "same address");
-    let errs = errors("[state]\nbackend = \"aerospike\"\n", LINK);
-    assert_error(&errs, "smsgw.toml", "state.backend", "not available");
+    let c = load_strs(
+        "[state]\nbackend = \"aerospike\"\nttl_s = 600\n[state.aerospike]\nhosts = \"10.0.0.1:3000,10.0.0.2:3000\"\nnamespace = \"sms\"\n",
+        LINK,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.state.backend, StateBackend::Aerospike);
+    assert_eq!(c.state.aerospike.namespace, "sms");
+    assert_eq!(c.state.aerospike.ttl_secs, 600);
+    let errs = errors(
+        "[state]\nbackend = \"aerospike\"\n[state.aerospike]\nop_timeout_ms = 0\nhosts = \"nohost\"\n",
+        LINK,
+    );
+    assert_error(&errs, "smsgw.toml", "state.aerospike.op_timeout_ms", "10..=60000");
+    assert_error(&errs, "smsgw.toml", "state.aerospike.hosts", "host:port");
+    assert!(
+        errs.for_key("state.aerospike.op_timeout_ms")
+            .all(|e| e.line == Some(4)),
+        "{errs}"
+    );
     let errs = errors("[state]\nfsync = \"sometimes\"\n", LINK);
     assert_error(&errs, "smsgw.toml", "state.fsync", "unknown variant");
 }
@@ -689,6 +706,10 @@ fn every_key_is_documented() {
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("### `[server]`", accepted_keys::<ServerFile>()),
         ("### `[state]`", accepted_keys::<StateFile>()),
+        (
+            "### `[state.aerospike]`",
+            accepted_keys::<crate::state::aerospike::AerospikeFile>(),
+        ),
         ("### `[log]`", accepted_keys::<LogFile>()),
         ("### `[health]`", accepted_keys::<HealthFile>()),
         ("### `[routing]`", accepted_keys::<RoutingFile>()),

@@ -92,6 +92,13 @@ pub struct StateConfig {
     /// How long the writer waits to fill a batch once it holds at least one record.
     pub batch_delay: Duration,
     pub on_unavailable: OnStateUnavailable,
+    /// A state write not completed within this fails with `Unavailable` (embedded backend).
+    pub op_timeout: Duration,
+    /// Crash recovery resubmits a never-sent message only if it was accepted less than this
+    /// long ago; older ones are recorded failed (zero: never resubmit).
+    pub resubmit_max_age: Duration,
+    /// `[state.aerospike]` (with `ttl_secs` from `ttl`); used when `backend = "aerospike"`.
+    pub aerospike: crate::state::aerospike::AerospikeConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -241,16 +241,7 @@ impl Check<'_, '_, '_> {
 
     fn state(&mut self, f: StateFile) -> Option<StateConfig> {
         let backend = match f.backend {
-            StateBackend::Embedded => Some(f.backend),
-            StateBackend::Aerospike => {
-                // Accepted by the parser so the key is stable, but refused until its client
-                // and connection keys exist; silently falling back would lose durability.
-                self.err(
-                    "state.backend",
-                    "the aerospike backend is not available in this build yet; use \"embedded\"",
-                );
-                None
-            }
+            StateBackend::Embedded | StateBackend::Aerospike => Some(f.backend),
         };
         let path = if f.path.trim().is_empty() {
             self.err("state.path", "must not be empty");
@@ -263,6 +254,26 @@ impl Check<'_, '_, '_> {
         let batch_delay = self
             .int::<u64>("state.batch_delay_us", f.batch_delay_us, 0, 1_000_000)
             .map(Duration::from_micros);
+        let op_timeout = self
+            .int::<u64>("state.op_timeout_ms", f.op_timeout_ms, 10, 60_000)
+            .map(Duration::from_millis);
+        let resubmit_max_age = self
+            .int::<u64>("state.resubmit_max_age_s", f.resubmit_max_age_s, 0, 30 * 86_400)
+            .map(Duration::from_secs);
+        // Checked whatever the backend, so a mistake shows before someone switches to it. The
+        // message TTL is `[state] ttl_s` (its documented default if that key is itself wrong).
+        let aerospike = match f
+            .aerospike
+            .validate(ttl.map_or(86_400, |t| t.as_secs()))
+        {
+            Ok(a) => Some(a),
+            Err(problems) => {
+                for (key, reason) in problems {
+                    self.err(format!("state.aerospike.{key}"), reason);
+                }
+                None
+            }
+        };
         Some(StateConfig {
             backend: backend?,
             path: path?,
@@ -271,6 +282,9 @@ impl Check<'_, '_, '_> {
             batch_max: batch_max?,
             batch_delay: batch_delay?,
             on_unavailable: f.on_unavailable,
+            op_timeout: op_timeout?,
+            resubmit_max_age: resubmit_max_age?,
+            aerospike: aerospike?,
         })
     }
 

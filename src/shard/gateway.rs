@@ -54,7 +54,10 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         shard_count.get(),
         registry.links().map(|l| l.id.0).collect(),
     ));
-    let store = open_store(&config, &metrics)?;
+    // Tokio-only clients (Redis, S3, gRPC, Aerospike) run here; started now so its threads
+    // exist before the shards pin theirs, and before the store, which may need it.
+    let side = runtime::side_runtime(2)?;
+    let store = open_store(&config, &metrics, side.handle())?;
     let health = Arc::new(HealthTable::new(Arc::clone(&registry), Instant::now()));
     let listeners =
         runtime::bind_reuseport(config.server.http_addr, shard_count.get()).map_err(|source| {
@@ -71,9 +74,6 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         .unzip();
     let shutdown_timeout = config.server.shutdown_timeout;
     let bind_load = BindLoad::new(&registry);
-    // Tokio-only clients (Redis, S3, gRPC) run here; started now so its threads exist
-    // before the shards pin theirs.
-    let side = runtime::side_runtime(2)?;
     let limits = crate::limit::Limits::from_config(
         &config,
         Arc::clone(&health),
@@ -136,7 +136,9 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     auth.spawn_poller(shutdown.clone());
     // Crash recovery (records of earlier processes only) and the TTL sweep: see recovery.rs.
     // Only for a store this process owns alone: a shared store holds other replicas' in-flight
-    // records, which are not this process's crash leftovers.
+    // records, which are not this process's crash leftovers (resubmitting them would send them
+    // twice while their owner still works on them). The sweep runs on every replica; the
+    // Aerospike store's generation check hands each expired record to exactly one of them.
     if shared.config.state.backend == StateBackend::Embedded {
         super::recovery::spawn_recovery(
             side.handle(),
@@ -147,6 +149,11 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
             ),
             started_at_ms,
             Some((Arc::clone(&cdr), shared.config.server.instance_id.clone())),
+            // Never-sent messages are resubmitted through the shards once their links are up.
+            Some(super::recovery::Resubmitter::new(
+                Arc::clone(&shared),
+                shared.config.state.resubmit_max_age,
+            )),
         );
     }
     super::recovery::spawn_expiry_sweep(
@@ -162,10 +169,36 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         shard_count: shard_count.get(),
         ..ShardOptions::default()
     };
+    // gRPC (tonic on the side runtime) hands each call to a shard over bounded channels; the
+    // listener is bound here so a port error stops the start like the REST one does.
+    let (grpc_bridge, grpc_rx) =
+        super::grpc::GrpcBridge::new(shard_count.get(), super::grpc::CHANNEL_CAPACITY);
+    let grpc_server = if shared.config.server.grpc_enabled {
+        let addr = shared.config.server.grpc_addr;
+        let stop = shutdown.clone();
+        let server = crate::api::grpc::start(
+            side.handle(),
+            addr,
+            Arc::clone(&grpc_bridge),
+            crate::api::grpc::GrpcServerConfig {
+                request_timeout: shared.config.server.request_timeout,
+            },
+            async move { stop.wait().await },
+        )
+        .map_err(|source| ServeError::Listen { addr, source })?;
+        Some(server)
+    } else {
+        None
+    };
+    let mut grpc_rx = grpc_rx.into_iter().filter(|_| grpc_server.is_some());
     let inits: Vec<ShardInit> = listeners
         .into_iter()
         .zip(inbox_rx)
-        .map(|(listener, inbox)| ShardInit { listener, inbox })
+        .map(|(listener, inbox)| ShardInit {
+            listener,
+            inbox,
+            grpc: grpc_rx.next(),
+        })
         .collect();
     let shared_for_shards = Arc::clone(&shared);
     let shards = runtime::start_shards(&opts, shutdown, inits, move |ctx, init| {
@@ -174,8 +207,12 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     let drivers: Vec<&str> = shards.drivers.iter().map(|d| d.as_str()).collect();
     info!(http = %http_addr, shards = shard_count.get(), ?drivers, "smsgw serving");
     // One plain line on stdout so scripts and tests that configure port 0 learn the address.
+    let grpc_addr = grpc_server
+        .as_ref()
+        .map_or_else(|| "off".to_string(), |g| g.local_addr.to_string());
+    info!(grpc = %grpc_addr, "gRPC listener");
     println!(
-        "smsgw listening http={http_addr} shards={} drivers={}",
+        "smsgw listening http={http_addr} shards={} drivers={} grpc={grpc_addr}",
         shard_count.get(),
         drivers.join(",")
     );
@@ -186,6 +223,9 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         "termination signal: stopping accept, draining"
     );
     trigger.trigger();
+    // tonic saw the trigger too (stops accepting, lets running calls end); calls still queued
+    // are taken by the shards, new ones are refused with UNAVAILABLE.
+    grpc_bridge.close();
     // Close the hand-over channels so shards waiting on them stop.
     for tx in &shared.inboxes {
         tx.close();
@@ -251,6 +291,7 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
 fn open_store(
     config: &Config,
     metrics: &crate::metrics::Metrics,
+    side: &tokio::runtime::Handle,
 ) -> Result<Arc<dyn StateStore>, ServeError> {
     match config.state.backend {
         StateBackend::Embedded => {
@@ -264,6 +305,7 @@ fn open_store(
                 },
                 max_batch: s.batch_max.get(),
                 max_batch_delay_us: s.batch_delay.as_micros() as u64,
+                op_timeout_ms: s.op_timeout.as_millis() as u64,
                 ..EmbeddedConfig::default()
             };
             let store = EmbeddedStore::open(cfg).map_err(|e| ServeError::State(e.to_string()))?;
@@ -277,6 +319,13 @@ fn open_store(
             }));
             Ok(store)
         }
-        other => Err(ServeError::Backend(other)),
+        StateBackend::Aerospike => {
+            let store = crate::state::aerospike::AerospikeStore::connect_blocking(
+                config.state.aerospike.clone(),
+                side.clone(),
+            )
+            .map_err(|e| ServeError::State(e.to_string()))?;
+            Ok(store)
+        }
     }
 }
