@@ -258,7 +258,12 @@ impl Check<'_, '_, '_> {
             .int::<u64>("state.op_timeout_ms", f.op_timeout_ms, 10, 60_000)
             .map(Duration::from_millis);
         let resubmit_max_age = self
-            .int::<u64>("state.resubmit_max_age_s", f.resubmit_max_age_s, 0, 30 * 86_400)
+            .int::<u64>(
+                "state.resubmit_max_age_s",
+                f.resubmit_max_age_s,
+                0,
+                30 * 86_400,
+            )
             .map(Duration::from_secs);
         // Checked whatever the backend, so a mistake shows before someone switches to it. The
         // message TTL is `[state] ttl_s` (its documented default if that key is itself wrong).

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! validate → auth → limit → policy → route → [hand over to the shard with a bind]
-//!          → segment → persist accepted → submit on one bind → persist submitted → answer
+//!          → segment → persist accepted → persist handed → submit on one bind
+//!          → persist submitted → answer
 //! ```
 //!
 //! Invariants kept here:
@@ -12,7 +13,9 @@
 //!   bind of the same link, then (pool targets) once on another healthy pool member with a
 //!   local bind and the same segmentation; parts with an `Unknown` fate are never re-sent
 //!   automatically;
-//! * every accepted message ends submitted, or marked failed/rejected/unknown in the store.
+//! * every accepted message ends submitted, or marked failed/rejected/unknown in the store;
+//! * no part reaches a session before the message's hand-over mark is durable (`mark_handed`):
+//!   crash recovery resubmits exactly the messages without it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -58,11 +61,11 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// CDR writer: one CDR per message, emitted where the message becomes final.
     pub cdr: Arc<crate::cdr::CdrWriter>,
+    /// Delivery callbacks: `notify` where a status change is acknowledged outward.
+    pub callbacks: Arc<crate::callback::Callbacks>,
 }
 
 /// `(outstanding, queued)` submits of each bind of each link, refreshed every health tick.
-    /// Delivery callbacks: `notify` where a status change is acknowledged outward.
-    pub callbacks: Arc<crate::callback::Callbacks>,
 #[derive(Debug, Default)]
 pub struct BindLoad {
     links: BTreeMap<LinkId, Vec<(AtomicU64, AtomicU64)>>,
@@ -169,6 +172,11 @@ pub struct Job {
     pub message: String,
     pub encoding: Option<Encoding>,
     pub callback_url: Option<String>,
+    /// Crash resubmission of a record an earlier process stored but never handed to a session
+    /// (see `shard::recovery`): `execute` skips `create` and claims the record with the
+    /// hand-over mark instead (`changed == true` of `PartUpdate::Handed`), so one record is
+    /// sent at most once however often it is offered.
+    pub resubmit: bool,
 }
 
 /// A job plus where to send its answer (a one-shot, bounded channel).
@@ -176,6 +184,11 @@ pub struct Handover {
     pub job: Job,
     pub reply: async_channel::Sender<Result<SendAnswer, ApiError>>,
 }
+
+/// Gateway error code on parts failed because the message was not sent: its hand-over mark
+/// could not be written, or a crash resubmission did not match its record. Outside the SMPP
+/// `command_status` range (< 0x0001_0000), next to `recovery::RECOVERY_IN_FLIGHT`.
+pub const HAND_OVER_FAILED: u32 = 0x0001_0002;
 
 /// Longest destination: SMPP address fields are C-strings of at most 21 octets.
 const MAX_ADDR_LEN: usize = 20;
@@ -363,6 +376,7 @@ impl Pipeline {
             message: input.message,
             encoding: input.encoding,
             callback_url: input.callback_url,
+            resubmit: false,
         };
         if self.has_submit_bind(link) {
             return self.execute(job).await;
@@ -513,13 +527,18 @@ impl Pipeline {
         );
         record.link_id = Some(job.link.0);
         record.callback_url = job.callback_url;
-        match self.shared.store.create(record).await {
-            Ok(CreateOutcome::Created(_)) => {
-                Counters::inc(&self.shared.counters.accepted);
-                self.shared.metrics.shard(self.shard_id).accepted.inc();
+        // A resubmission's record is stored already (by the process that crashed).
+        if !job.resubmit {
+            match self.shared.store.create(record).await {
+                Ok(CreateOutcome::Created(_)) => {
+                    Counters::inc(&self.shared.counters.accepted);
+                    self.shared.metrics.shard(self.shard_id).accepted.inc();
+                }
+                Ok(CreateOutcome::Exists(existing)) => {
+                    return Ok(answer_from_record(&existing, true));
+                }
+                Err(e) => return Err(state_error(e)),
             }
-            Ok(CreateOutcome::Exists(existing)) => return Ok(answer_from_record(&existing, true)),
-            Err(e) => return Err(state_error(e)),
         }
 
         let template = submit_template(link_cfg, &job.source, &job.destination)?;
@@ -531,6 +550,11 @@ impl Pipeline {
             .map(|p| p.to_submit_sm(&template))
             .collect();
         let part_count = parts.len();
+
+        // Durable before any part can reach a session: see `mark_handed`.
+        if let Some(answer) = self.mark_handed(&job.key, job.resubmit, part_count).await? {
+            return Ok(answer);
+        }
 
         let submit_started = Instant::now();
         let mut sent_link = job.link;
@@ -649,6 +673,11 @@ impl Pipeline {
                         state::unix_ms(),
                     );
                 }
+                // Durable in the callback outbox before the client hears the outcome (only
+                // messages with a callback URL await anything here).
+                if changed && let Some(durable) = self.shared.callbacks.notify(&record) {
+                    durable.await;
+                }
                 record.status
             }
             Ok(UpdateOutcome::NotFound) | Err(_) => {
@@ -673,11 +702,6 @@ impl Pipeline {
             error,
             esme: job.esme,
             transaction_id: job.key.transaction_id,
-                // Durable in the callback outbox before the client hears the outcome (only
-                // messages with a callback URL await anything here).
-                if changed && let Some(durable) = self.shared.callbacks.notify(&record) {
-                    durable.await;
-                }
             parts: part_count,
             encoding: info.encoding.name(),
             message_ids,
@@ -685,6 +709,108 @@ impl Pipeline {
             link: Some(sent_link.0),
             duplicate: false,
         })
+    }
+
+    /// Writes the hand-over mark ([`PartUpdate::Handed`]) and waits until it is durable, so
+    /// that crash recovery can tell a message never handed to a session (no mark: safe to
+    /// resubmit) from one whose parts may be on the wire (mark: unknown, never resent). One
+    /// extra awaited write per message; it joins the store's write batches like the others.
+    ///
+    /// For a crash resubmission the mark is also the claim: only the update that sets it
+    /// (`changed == true`) may send, and only if every part is still `Accepted` and the text
+    /// segments into as many parts as were recorded. `Ok(Some(answer))` means "do not send":
+    /// someone claimed it before (the stored outcome is the answer).
+    ///
+    /// If the mark cannot be written nothing is sent: the message is recorded `Failed` with
+    /// [`HAND_OVER_FAILED`] when the store takes that write (best effort; otherwise a later
+    /// start finds it unmarked and resubmits it, which is still at most once).
+    async fn mark_handed(
+        &self,
+        key: &MessageKey,
+        resubmit: bool,
+        part_count: usize,
+    ) -> Result<Option<SendAnswer>, ApiError> {
+        let store = &self.shared.store;
+        match store
+            .update(key.clone(), vec![PartUpdate::Handed], state::unix_ms())
+            .await
+        {
+            Ok(UpdateOutcome::Updated {
+                changed: true,
+                record,
+            }) => {
+                if resubmit
+                    && (record.parts.len() != part_count
+                        || record.parts.iter().any(|p| p.status != Status::Accepted))
+                {
+                    // Configuration changed the segmentation since the crash (or the record
+                    // is not the untouched one recovery saw): sending would not match the
+                    // record part for part. Nothing was sent; say so durably.
+                    self.fail_unsent(key, HAND_OVER_FAILED).await;
+                    return Err(ApiError::new(
+                        ErrorKind::SubmitFailed,
+                        format!(
+                            "resubmission refused: the text now segments into {part_count} parts, {} recorded",
+                            record.parts.len()
+                        ),
+                    ));
+                }
+                Ok(None)
+            }
+            // Already marked (or no longer accepted): a resubmission lost the claim.
+            Ok(UpdateOutcome::Updated {
+                changed: false,
+                record,
+            }) if resubmit => Ok(Some(answer_from_record(&record, true))),
+            // A record this task created a moment ago and nobody else sends: cannot be
+            // marked or final already, except through a racing recovery; go on.
+            Ok(UpdateOutcome::Updated { .. }) => Ok(None),
+            Ok(UpdateOutcome::NotFound) => Err(ApiError::new(
+                ErrorKind::UnknownTransaction,
+                "the message record disappeared before it was sent",
+            )),
+            Err(e) => {
+                if !resubmit {
+                    self.fail_unsent(key, HAND_OVER_FAILED).await;
+                }
+                Err(state_error(e))
+            }
+        }
+    }
+
+    /// Best effort: every pending part `Failed` with `code` (the message was not sent).
+    async fn fail_unsent(&self, key: &MessageKey, code: u32) {
+        let r = self
+            .shared
+            .store
+            .update(
+                key.clone(),
+                vec![PartUpdate::AllPending {
+                    status: Status::Failed,
+                    error_code: Some(code),
+                }],
+                state::unix_ms(),
+            )
+            .await;
+        match r {
+            Ok(UpdateOutcome::Updated {
+                changed: true,
+                record,
+            }) if record.status.is_final() => {
+                self.shared.cdr.emit(
+                    &record,
+                    &self.shared.config.server.instance_id,
+                    state::unix_ms(),
+                );
+                if let Some(durable) = self.shared.callbacks.notify(&record) {
+                    durable.await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(transaction_id = %key.transaction_id, error = %e, "could not record an unsent message as failed");
+            }
+        }
     }
 
     /// Another member of `pool` (not `except`) that is globally up, has a bound local submit
