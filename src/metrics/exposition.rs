@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{HistogramSnapshot, LATENCY_BUCKETS, REASONS, ROUTES, STATUSES, Snapshot};
+use super::{HistogramSnapshot, LATENCY_BUCKETS, ROUTES, STATUSES, Snapshot, reason_label};
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -121,7 +121,7 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         if v > 0 {
             o.sample(
                 "smsgw_messages_rejected_total",
-                &[("reason", REASONS[i])],
+                &[("reason", reason_label(i))],
                 v,
             );
         }

@@ -176,58 +176,124 @@ fn status_index(status: u16) -> usize {
         .unwrap_or(STATUSES.len() - 1)
 }
 
-/// Rejection reasons: the API error codes (`ErrorKind::code`). A code missing here is counted
-/// as `other` (the unit test `every_error_code_has_a_slot` keeps this list complete).
-pub const REASONS: [&str; 41] = [
-    "invalid_json",
-    "missing_field",
-    "invalid_field",
-    "invalid_address",
-    "empty_message",
-    "too_many_parts",
-    "unknown_esme",
-    "unknown_transaction",
-    "duplicate_transaction",
-    "not_found",
-    "method_not_allowed",
-    "body_too_large",
-    "unauthorized",
-    "forbidden",
-    "rate_limited",
-    "policy_rejected",
-    "no_route",
-    "overloaded",
-    "state_unavailable",
-    "submit_rejected",
-    "submit_failed",
-    "timeout",
-    "shutting_down",
-    "internal",
-    "missing_authorization",
-    "missing_app_id",
-    "invalid_app_id",
-    "unknown_app_id",
-    "invalid_token",
-    "app_id_mismatch",
-    "app_disabled",
-    "ip_not_allowed",
-    "esme_not_allowed",
-    "invalid_credentials",
-    "invalid_admin_key",
-    "admin_disabled",
-    "blacklist",
-    "duplicate",
-    "daily_cp",
-    "weekly_cp",
+/// Number of `reason` label values: every API error code (`ErrorKind::ALL`, so a new kind
+/// gets its slot without touching this module) plus `other`.
+pub const REASON_COUNT: usize = crate::api::ErrorKind::ALL.len() + 1;
+
+/// The `reason` label of slot `i` (the last one is `other`).
+pub fn reason_label(i: usize) -> &'static str {
+    crate::api::ErrorKind::ALL
+        .get(i)
+        .map_or("other", |k| k.code())
+}
+
+/// Slot of an API error code; a code no `ErrorKind` has is counted as `other`. A linear scan
+/// over ~40 short strings, on the error path only.
+fn reason_index(code: &str) -> usize {
+    crate::api::ErrorKind::ALL
+        .iter()
+        .position(|k| k.code() == code)
+        .unwrap_or(REASON_COUNT - 1)
+}
+
+/// gRPC methods, as the `method` label (`other` for a name not in the list).
+pub const GRPC_METHODS: [&str; 7] = [
+    "SendMessage",
+    "SendStream",
+    "GetStatus",
+    "CheckTextLen",
+    "CheckESME",
+    "Login",
     "other",
 ];
 
-fn reason_index(code: &str) -> usize {
-    REASONS
+/// gRPC status codes, as the `code` label: `OK` and the tonic code names in SCREAMING_SNAKE.
+/// A name not in the list is counted as `UNKNOWN`.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn grpc_method_index(method: &str) -> usize {
+    GRPC_METHODS
         .iter()
-        .position(|r| *r == code)
-        .unwrap_or(REASONS.len() - 1)
+        .position(|m| *m == method)
+        .unwrap_or(GRPC_METHODS.len() - 1)
 }
+
+fn grpc_code_index(code: &str) -> usize {
+    GRPC_CODES.iter().position(|c| *c == code).unwrap_or(2)
+}
+
+/// Why a callback POST failed, as the `reason` label (`other` for anything else).
+pub const CALLBACK_FAILURES: [&str; 5] = ["connect", "timeout", "http_4xx", "http_5xx", "other"];
+
+fn callback_failure_index(reason: &str) -> usize {
+    CALLBACK_FAILURES
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(CALLBACK_FAILURES.len() - 1)
+}
+
+/// Delivery-status callbacks (process-wide: they run on the tokio side runtime, not on the
+/// shards, so these are plain shared atomics off the message path).
+#[derive(Debug, Default)]
+pub struct CallbackMetrics {
+    /// Status events put into the callback outbox.
+    pub events_enqueued: Counter,
+    /// Events refused because the outbox was at its bound.
+    pub events_dropped: Counter,
+    /// POSTs answered 2xx.
+    pub posts_ok: Counter,
+    posts_failed: [Counter; CALLBACK_FAILURES.len()],
+    /// Events abandoned after the last retry.
+    pub events_gave_up: Counter,
+    /// Events in the outbox not yet delivered (set by the callback worker).
+    pub outbox_backlog: Gauge,
+}
+
+impl CallbackMetrics {
+    /// A POST failed; `reason` is one of [`CALLBACK_FAILURES`] (anything else counts as
+    /// `other`).
+    pub fn post_failed(&self, reason: &str) {
+        self.posts_failed[callback_failure_index(reason)].inc();
+    }
+
+    /// Failed POSTs by reason, indexed like [`CALLBACK_FAILURES`].
+    pub fn posts_failed(&self) -> [u64; CALLBACK_FAILURES.len()] {
+        std::array::from_fn(|i| self.posts_failed[i].get())
+    }
+}
+
+/// CDR writer backlog, read at scrape time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CdrBacklog {
+    /// Records queued for the writer thread, not yet in a closed batch.
+    pub queued_records: u64,
+    /// Closed batches waiting for the sink (held in memory or spooled).
+    pub pending_batches: u64,
+    /// Batch files in the S3 spool directory, and their bytes.
+    pub spool_files: u64,
+    pub spool_bytes: u64,
+}
+
+/// Reads the CDR backlog at scrape time.
+pub type CdrProbe = Box<dyn Fn() -> CdrBacklog + Send + Sync>;
 
 /// Per-link values of one shard, written by that shard's health loop.
 #[derive(Debug, Default)]
@@ -255,7 +321,7 @@ pub struct ShardMetrics {
     http: [[Counter; STATUSES.len()]; ROUTES.len()],
     pub accepted: Counter,
     pub parts_submitted: Counter,
-    rejected: [Counter; REASONS.len()],
+    rejected: [Counter; REASON_COUNT],
     pub send_duration: Histogram,
     pub submit_resp: Histogram,
     pub receipt_delay: Histogram,
@@ -263,6 +329,20 @@ pub struct ShardMetrics {
     pub receipts_duplicate: Counter,
     pub receipts_unmatched: Counter,
     pub receipts_unparsable: Counter,
+    /// Receipts left unacknowledged (the SMSC resends) because the store was down.
+    pub receipts_not_acked_store_down: Counter,
+    /// Messages whose every part the SMSC accepted / that ended failed at submission.
+    pub submitted: Counter,
+    pub failed: Counter,
+    /// Messages handed to another shard / refused because its queue was full.
+    pub handed_over: Counter,
+    pub handover_full: Counter,
+    /// Messages retried on another bind of the same link / another member of the pool.
+    pub retried_other_bind: Counter,
+    pub retried_other_member: Counter,
+    /// Submitted messages whose outcome write failed.
+    pub state_write_failed_after_submit: Counter,
+    grpc: [[Counter; GRPC_CODES.len()]; GRPC_METHODS.len()],
     /// 0 = not started, 1 = io_uring, 2 = epoll.
     driver: Gauge,
     pub links: Box<[LinkSlot]>,
@@ -282,6 +362,15 @@ impl ShardMetrics {
             receipts_duplicate: Counter::default(),
             receipts_unmatched: Counter::default(),
             receipts_unparsable: Counter::default(),
+            receipts_not_acked_store_down: Counter::default(),
+            submitted: Counter::default(),
+            failed: Counter::default(),
+            handed_over: Counter::default(),
+            handover_full: Counter::default(),
+            retried_other_bind: Counter::default(),
+            retried_other_member: Counter::default(),
+            state_write_failed_after_submit: Counter::default(),
+            grpc: Default::default(),
             driver: Gauge::default(),
             links: (0..links).map(|_| LinkSlot::default()).collect(),
         }
@@ -296,6 +385,14 @@ impl ShardMetrics {
     #[inline]
     pub fn rejected(&self, code: &str) {
         self.rejected[reason_index(code)].inc();
+    }
+
+    /// A gRPC call handled on this shard: `method` one of [`GRPC_METHODS`], `code` `OK` or a
+    /// tonic code name in SCREAMING_SNAKE (e.g. `UNAUTHENTICATED`). Unknown names fall into
+    /// `other` / `UNKNOWN` rather than panic.
+    #[inline]
+    pub fn grpc_request(&self, method: &str, code: &str) {
+        self.grpc[grpc_method_index(method)][grpc_code_index(code)].inc();
     }
 
     pub fn set_driver(&self, driver: crate::runtime::Driver) {
@@ -316,6 +413,13 @@ pub struct Metrics {
     link_ids: Vec<u32>,
     /// Set at startup when the state backend reports a backlog.
     pub state_probe: OnceLock<StateProbe>,
+    /// Set at startup by `serve` to read the CDR writer's backlog.
+    pub cdr_probe: OnceLock<CdrProbe>,
+    /// Delivery-status callbacks (side runtime).
+    pub callbacks: CallbackMetrics,
+    /// Crash recovery at start: parts resubmitted / marked `Unknown` (side runtime).
+    pub recovered_resubmitted: Counter,
+    pub recovered_unknown: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -335,6 +439,10 @@ impl Metrics {
                 .collect(),
             link_ids,
             state_probe: OnceLock::new(),
+            cdr_probe: OnceLock::new(),
+            callbacks: CallbackMetrics::default(),
+            recovered_resubmitted: Counter::default(),
+            recovered_unknown: Counter::default(),
         }
     }
 
@@ -352,7 +460,7 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
             http: vec![vec![0; STATUSES.len()]; ROUTES.len()],
-            rejected: vec![0; REASONS.len()],
+            rejected: vec![0; REASON_COUNT],
             links: self
                 .link_ids
                 .iter()
@@ -499,21 +607,39 @@ mod tests {
     fn unknown_labels_fall_into_other() {
         assert_eq!(ROUTES[route_index("/nope")], "other");
         assert_eq!(STATUSES[status_index(299)], 0);
-        assert_eq!(REASONS[reason_index("brand_new_code")], "other");
+        assert_eq!(reason_label(reason_index("brand_new_code")), "other");
         let m = Metrics::new(2, vec![]);
         m.shard(99).accepted.inc(); // out of range: no panic
         assert_eq!(m.snapshot().accepted, 1);
     }
 
     #[test]
-    fn every_error_code_has_a_slot() {
+    fn grpc_and_callback_labels_fall_back_instead_of_panicking() {
+        let m = Metrics::new(1, vec![]);
+        let sh = m.shard(0);
+        sh.grpc_request("SendMessage", "OK");
+        sh.grpc_request("Login", "UNAUTHENTICATED");
+        sh.grpc_request("Nope", "WHATEVER");
+        assert_eq!(sh.grpc[0][0].get(), 1);
+        assert_eq!(sh.grpc[5][16].get(), 1);
+        assert_eq!(
+            sh.grpc[GRPC_METHODS.len() - 1][2].get(),
+            1,
+            "other / UNKNOWN"
+        );
+        m.callbacks.post_failed("timeout");
+        m.callbacks.post_failed("teapot");
+        let f = m.callbacks.posts_failed();
+        assert_eq!(f[1], 1);
+        assert_eq!(f[CALLBACK_FAILURES.len() - 1], 1);
+    }
+
+    #[test]
+    fn every_error_code_has_its_own_slot() {
         use crate::api::ErrorKind;
         for kind in ErrorKind::ALL {
-            assert!(
-                REASONS.contains(&kind.code()),
-                "REASONS lacks {}",
-                kind.code()
-            );
+            assert_eq!(reason_label(reason_index(kind.code())), kind.code());
         }
+        assert_eq!(reason_label(REASON_COUNT - 1), "other");
     }
 }
