@@ -305,7 +305,8 @@ async fn run_connection(ctx: Rc<ThreadCtx>, conn_index: u64, local_index: usize)
         .await;
         reader.await;
 
-        let lost = session.inflight.borrow().len() as u64;
+        // Counted in messages: a lost batch request loses all of its messages.
+        let lost = session.inflight.borrow().len() as u64 * plan.template.messages_per_request();
         if lost > 0 {
             let mut stats = ctx.stats.borrow_mut();
             if Instant::now() >= plan.drain_deadline() {
@@ -322,7 +323,7 @@ async fn run_connection(ctx: Rc<ThreadCtx>, conn_index: u64, local_index: usize)
         }
     }
     if matches!(plan.pace, Pace::Rate { .. }) {
-        let unsent = schedule.abandon();
+        let unsent = schedule.abandon() * plan.template.messages_per_request();
         if unsent > 0 {
             ctx.stats.borrow_mut().unsent += unsent;
             ctx.live.errors.fetch_add(unsent, Ordering::Relaxed);
@@ -392,8 +393,10 @@ async fn write_requests<W: AsyncWriteRentExt>(
             let (result, buf) = writer.write_all(wbuf).await;
             wbuf = buf;
             wbuf.clear();
-            ctx.stats.borrow_mut().sent += queued;
-            ctx.live.sent.fetch_add(queued, Ordering::Relaxed);
+            // `sent` counts messages (a batch request carries several).
+            let messages = queued * plan.template.messages_per_request();
+            ctx.stats.borrow_mut().sent += messages;
+            ctx.live.sent.fetch_add(messages, Ordering::Relaxed);
             if let Err(e) = result {
                 session.break_with(&ctx.stats, &format!("write: {}", e.kind()));
                 break;
@@ -489,8 +492,31 @@ fn handle_responses(ctx: &ThreadCtx, session: &Session, rbuf: &mut Vec<u8>) -> b
                 break;
             };
             stats.record_latency(now.saturating_duration_since(due));
-            answered += 1;
-            if (200..300).contains(&resp.status) && http::body_says_success(resp.body) {
+            if ctx.plan.template.is_batch() {
+                // One result per message; a refused envelope or missing results count as
+                // rejections of the messages they stand for.
+                let n = ctx.plan.template.messages_per_request();
+                answered += n;
+                let mut seen = 0;
+                if (200..300).contains(&resp.status) {
+                    let mut ok_items = 0;
+                    seen = http::for_each_batch_item(resp.body, |ok, code| {
+                        if ok {
+                            ok_items += 1;
+                        } else {
+                            errors += 1;
+                            stats.record_rejection(resp.status, code);
+                        }
+                    });
+                    stats.accepted += ok_items;
+                    accepted += ok_items;
+                }
+                if seen < n {
+                    let code = http::body_error_code(resp.body).unwrap_or(b"(missing result)");
+                    stats.record_rejections(resp.status, code, n - seen);
+                    errors += n - seen;
+                }
+            } else if (200..300).contains(&resp.status) && http::body_says_success(resp.body) {
                 stats.accepted += 1;
                 accepted += 1;
             } else {

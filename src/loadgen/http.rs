@@ -131,8 +131,51 @@ pub fn body_error_code(body: &[u8]) -> Option<&[u8]> {
     Some(&value[..end.min(MAX_CODE_BYTES)])
 }
 
+/// Walks the per-item results of a batch answer (`{"results":[{"success":..,"code":..},..]}`)
+/// in order: `f(success, code)` per item (`code` empty when absent); returns the item count.
+/// A `"success"` key cannot occur unescaped inside a JSON string, so each occurrence starts
+/// an item, and an item's code lies before the next occurrence.
+pub fn for_each_batch_item(body: &[u8], mut f: impl FnMut(bool, &[u8])) -> u64 {
+    const KEY: &[u8] = b"\"success\"";
+    let mut items = 0;
+    let mut rest = body;
+    while let Some(pos) = memmem::find(rest, KEY) {
+        let item = &rest[pos + KEY.len()..];
+        let end = memmem::find(item, KEY).unwrap_or(item.len());
+        let this = &item[..end];
+        let ok = trim_start(this)
+            .strip_prefix(b":")
+            .is_some_and(|v| trim_start(v).starts_with(b"true"));
+        let code = if ok {
+            &b""[..]
+        } else {
+            body_error_code(this).unwrap_or(b"")
+        };
+        f(ok, code);
+        items += 1;
+        rest = &item[end..];
+    }
+    items
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn batch_items_are_walked_in_order() {
+        let body = br#"{"accepted":1,"failed":2,"results":[{"success":true,"error":null,"esme":1},{"success":false,"error":"x \"success\":true","code":"empty_message"},{"success": false,"error":"y","code":"rate_limited"}]}"#;
+        let mut seen = Vec::new();
+        let n = super::for_each_batch_item(body, |ok, code| seen.push((ok, code.to_vec())));
+        assert_eq!(n, 3);
+        assert_eq!(
+            seen,
+            vec![
+                (true, b"".to_vec()),
+                (false, b"empty_message".to_vec()),
+                (false, b"rate_limited".to_vec())
+            ]
+        );
+    }
+
     use super::*;
 
     const OK: &[u8] =

@@ -48,6 +48,10 @@ const MAX_PIPELINE: usize = 1024;
 const MAX_THREADS: usize = 256;
 const MAX_RATE_PER_S: u64 = 100_000_000;
 const MAX_DRAIN: Duration = Duration::from_secs(120);
+/// Largest `--batch`: the gateway's bound on messages per batch submit.
+const MAX_BATCH: usize = 1000;
+const SEND_PATH: &str = "/api/v1/sms/send";
+const BATCH_PATH: &str = "/api/v1/sms/send-batch";
 
 /// Errors of the load generator and the null server.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,11 @@ pub struct BenchArgs {
     /// Requests outstanding per connection (HTTP/1.1 pipelining when > 1).
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
+    /// Messages per request through the batch submit (`POST /api/v1/sms/send-batch` unless
+    /// `--path` says otherwise), 1..=1000; 0 (default) sends one message per request. In batch
+    /// mode `--rate` and `--requests` count messages, and every figure is per message.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
     /// Load-generator threads, one monoio runtime each.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -203,6 +212,8 @@ pub struct BenchConfig {
     pub pace: Pace,
     pub connections: usize,
     pub pipeline: usize,
+    /// Messages per batch request; 0 = single sends.
+    pub batch: usize,
     pub threads: usize,
     pub pin: bool,
     pub duration: Duration,
@@ -292,6 +303,11 @@ impl BenchConfig {
                 "must start with `/` and contain no spaces",
             ));
         }
+        if args.batch > MAX_BATCH {
+            return Err(invalid("--batch", format!("must be 0..={MAX_BATCH}")));
+        }
+        // Batch mode: rates and counts are in messages; the schedule runs in requests.
+        let per_request = args.batch.max(1) as u64;
         let pace = if args.rate.trim().eq_ignore_ascii_case("max") {
             Pace::Max
         } else {
@@ -307,7 +323,9 @@ impl BenchConfig {
                     format!("must be 1..={MAX_RATE_PER_S} or `max`"),
                 ));
             }
-            Pace::Rate { rate_per_s: rate }
+            Pace::Rate {
+                rate_per_s: rate.div_ceil(per_request),
+            }
         };
         if args.connections == 0 || args.connections > MAX_CONNECTIONS {
             return Err(invalid(
@@ -324,7 +342,8 @@ impl BenchConfig {
         if args.requests == Some(0) {
             return Err(invalid("--requests", "must be at least 1"));
         }
-        let duration = match (&args.duration, args.requests, pace) {
+        let requests = args.requests.map(|n| n.div_ceil(per_request));
+        let duration = match (&args.duration, requests, pace) {
             (Some(text), _, _) => {
                 parse_duration(text)
                     .filter(|d| !d.is_zero())
@@ -374,14 +393,19 @@ impl BenchConfig {
         Ok(Self {
             target,
             host,
-            path: format!("{prefix}{}", args.path),
+            path: if args.batch > 0 && args.path == SEND_PATH {
+                format!("{prefix}{BATCH_PATH}")
+            } else {
+                format!("{prefix}{}", args.path)
+            },
             pace,
             connections: args.connections,
             pipeline: args.pipeline,
+            batch: args.batch,
             threads: args.threads.min(args.connections),
             pin: args.pin,
             duration,
-            requests: args.requests,
+            requests,
             drain_timeout,
             connect_timeout,
             timer: args.timer,
@@ -416,6 +440,7 @@ pub fn run_bench(config: &BenchConfig) -> Result<Report, LoadgenError> {
         destinations: config.destinations,
         mix: config.text_mix.clone(),
         run_id: &run_id,
+        batch: config.batch,
     });
     // Connections are opened before the first slot is due; this lead time is not measured.
     let lead = Duration::from_millis(200) + Duration::from_micros(50) * config.connections as u32;
@@ -514,12 +539,14 @@ pub fn run_bench(config: &BenchConfig) -> Result<Report, LoadgenError> {
     let mut report = Report::new(
         report::RunInfo {
             target: format!("http://{}{}", config.host, config.path),
+            // In messages per second (a batch request carries several).
             rate_per_s: match config.pace {
-                Pace::Rate { rate_per_s } => Some(rate_per_s),
+                Pace::Rate { rate_per_s } => Some(rate_per_s * config.batch.max(1) as u64),
                 Pace::Max => None,
             },
             connections: config.connections,
             pipeline: config.pipeline,
+            batch: config.batch,
             threads: config.threads,
             driver: drivers.join("+"),
             elapsed,
@@ -599,6 +626,8 @@ fn wait_until_accepting(config: &BenchConfig) -> anyhow::Result<()> {
     let mut probe = config.clone();
     probe.pace = Pace::Rate { rate_per_s: 10 };
     probe.requests = Some(1);
+    // A batch probe carries one message, so one accepted message means ready.
+    probe.batch = probe.batch.min(1);
     probe.connections = 1;
     probe.threads = 1;
     probe.duration = Duration::from_millis(100);

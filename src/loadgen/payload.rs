@@ -151,6 +151,8 @@ pub struct RequestTemplate {
     mix: TextMix,
     /// Transaction id prefix unique to this run, so reruns do not collide in the store.
     txid_prefix: String,
+    /// Messages per request in batch mode (`{"messages":[...]}`); 0 = one send per request.
+    batch: usize,
 }
 
 /// Inputs for [`RequestTemplate::new`].
@@ -165,6 +167,8 @@ pub struct TemplateSpec<'a> {
     pub destinations: u64,
     pub mix: TextMix,
     pub run_id: &'a str,
+    /// Messages per request for the batch submit; 0 = single sends.
+    pub batch: usize,
 }
 
 fn json_string_inner(s: &str) -> Vec<u8> {
@@ -197,26 +201,56 @@ impl RequestTemplate {
             texts,
             mix: spec.mix,
             txid_prefix: spec.run_id.to_owned(),
+            batch: spec.batch,
         }
     }
 
-    /// Append the request for global slot `g` (sent on connection `conn` as its `seq`-th
-    /// request) to `out`. `scratch` is a reused buffer for the body.
-    pub fn encode(&self, g: u64, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
-        scratch.clear();
+    /// Messages carried by one request (1 for single sends).
+    pub fn messages_per_request(&self) -> u64 {
+        self.batch.max(1) as u64
+    }
+
+    /// Whether requests are batch submits (answers carry one result per message).
+    pub fn is_batch(&self) -> bool {
+        self.batch > 0
+    }
+
+    /// One send request object for global message number `m`.
+    fn encode_message(&self, m: u64, scratch: &mut Vec<u8>) {
         scratch.extend_from_slice(&self.body_start);
         let mut num = itoa::Buffer::new();
-        let destination = self.destination_base.wrapping_add(g % self.destinations);
+        let destination = self.destination_base.wrapping_add(m % self.destinations);
         scratch.extend_from_slice(num.format(destination).as_bytes());
         scratch.extend_from_slice(b"\",\"message\":\"");
-        let kind = self.mix.kind_for(g);
+        let kind = self.mix.kind_for(m);
         let index = TextKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         scratch.extend_from_slice(&self.texts[index]);
         scratch.extend_from_slice(b"\",\"transaction_id\":\"");
         scratch.extend_from_slice(self.txid_prefix.as_bytes());
         scratch.push(b'-');
-        scratch.extend_from_slice(num.format(g).as_bytes());
+        scratch.extend_from_slice(num.format(m).as_bytes());
         scratch.extend_from_slice(b"\"}");
+    }
+
+    /// Append the request for global slot `g` to `out`. `scratch` is a reused buffer for the
+    /// body. In batch mode slot `g` carries messages `g*N .. g*N+N`.
+    pub fn encode(&self, g: u64, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+        scratch.clear();
+        if self.batch == 0 {
+            self.encode_message(g, scratch);
+        } else {
+            let n = self.batch as u64;
+            scratch.extend_from_slice(b"{\"messages\":[");
+            let first = g.saturating_mul(n);
+            for m in first..first.saturating_add(n) {
+                if m != first {
+                    scratch.push(b',');
+                }
+                self.encode_message(m, scratch);
+            }
+            scratch.extend_from_slice(b"]}");
+        }
+        let mut num = itoa::Buffer::new();
 
         out.extend_from_slice(&self.head);
         out.extend_from_slice(b"Content-Length: ");
@@ -316,7 +350,31 @@ mod tests {
             destinations: 10,
             mix: TextMix::parse("gsm7=1,ucs2=1").unwrap(),
             run_id: "run1",
+            batch: 0,
         })
+    }
+
+    #[test]
+    fn batch_request_carries_consecutive_messages() {
+        let mut t = template(&[]);
+        t.batch = 3;
+        let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        t.encode(2, &mut out, &mut scratch);
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut hs);
+        let httparse::Status::Complete(head_len) = req.parse(&out).unwrap() else {
+            panic!("incomplete request");
+        };
+        let body: serde_json::Value = serde_json::from_slice(&out[head_len..]).unwrap();
+        let m = body["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 3);
+        let ids: Vec<&str> = m
+            .iter()
+            .map(|x| x["transaction_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["run1-6", "run1-7", "run1-8"]);
+        assert_eq!(t.messages_per_request(), 3);
     }
 
     #[test]

@@ -69,28 +69,33 @@ impl Stats {
 
     /// Count a rejection without allocating when the key was seen before.
     pub fn record_rejection(&mut self, status: u16, code: &[u8]) {
+        self.record_rejections(status, code, 1);
+    }
+
+    /// Count `n` rejections with one key (a refused batch counts each of its messages).
+    pub fn record_rejections(&mut self, status: u16, code: &[u8], n: u64) {
         if let Some(entry) = self
             .rejected
             .iter_mut()
             .find(|(s, c, _)| *s == status && c.as_slice() == code)
         {
-            entry.2 += 1;
+            entry.2 += n;
         } else if self.rejected.len() < MAX_REJECTION_KEYS {
-            self.rejected.push((status, code.to_vec(), 1));
+            self.rejected.push((status, code.to_vec(), n));
         } else {
-            self.record_rejection_other(status);
+            self.record_rejection_other(status, n);
         }
     }
 
-    fn record_rejection_other(&mut self, status: u16) {
+    fn record_rejection_other(&mut self, status: u16, n: u64) {
         let other = b"(other)";
         match self
             .rejected
             .iter_mut()
             .find(|(s, c, _)| *s == status && c == other)
         {
-            Some(entry) => entry.2 += 1,
-            None => self.rejected.push((status, other.to_vec(), 1)),
+            Some(entry) => entry.2 += n,
+            None => self.rejected.push((status, other.to_vec(), n)),
         }
     }
 
@@ -161,6 +166,8 @@ pub struct Report {
     pub rate_per_s: Option<u64>,
     pub connections: usize,
     pub pipeline: usize,
+    /// Messages per batch request (0 = single sends); counts and rates are per message.
+    pub batch: usize,
     pub threads: usize,
     /// I/O driver of the load generator's runtimes: `io_uring` or `epoll`.
     pub driver: String,
@@ -197,6 +204,7 @@ pub struct RunInfo {
     pub rate_per_s: Option<u64>,
     pub connections: usize,
     pub pipeline: usize,
+    pub batch: usize,
     pub threads: usize,
     pub driver: String,
     pub elapsed: Duration,
@@ -262,6 +270,7 @@ impl Report {
             rate_per_s: info.rate_per_s,
             connections: info.connections,
             pipeline: info.pipeline,
+            batch: info.batch,
             threads: info.threads,
             driver: info.driver,
             elapsed_s: info.elapsed.as_secs_f64(),
@@ -317,6 +326,14 @@ impl Report {
             "load          {rate}, {} connections, pipeline {}, {} threads, driver {}",
             self.connections, self.pipeline, self.threads, self.driver
         );
+        if self.batch > 0 {
+            let _ = writeln!(
+                s,
+                "batch         {} messages per request (counts and rates are per message; \
+                 latency is per request)",
+                self.batch
+            );
+        }
         let _ = writeln!(s, "elapsed       {:.3} s", self.elapsed_s);
         let _ = writeln!(
             s,
@@ -444,6 +461,7 @@ mod tests {
             rate_per_s: Some(100),
             connections: 2,
             pipeline: 1,
+            batch: 0,
             threads: 1,
             driver: "epoll".to_owned(),
             elapsed: Duration::from_secs(2),
