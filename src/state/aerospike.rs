@@ -324,7 +324,9 @@ impl AerospikeConfig {
 
 /// A TTL in the server's u32 seconds, at least 1 (0 = namespace default, which we never want).
 fn clamp_ttl(secs: u64) -> u32 {
-    u32::try_from(secs).unwrap_or(u32::MAX - 2).clamp(1, u32::MAX - 2)
+    u32::try_from(secs)
+        .unwrap_or(u32::MAX - 2)
+        .clamp(1, u32::MAX - 2)
 }
 
 /// User key of a message record.
@@ -636,7 +638,6 @@ impl AerospikeStore {
         // If the runtime is shut down the task is dropped unrun: `tx` goes with it and the
         // receiver below answers Unavailable, so no future hangs.
         drop(self.inner.rt.spawn(async move {
-            let _permit = permit;
             let limit = Duration::from_millis(timeout_ms);
             let r = match tokio::time::timeout(limit, op(Arc::clone(&inner))).await {
                 Ok(r) => r,
@@ -649,6 +650,9 @@ impl AerospikeStore {
                 Err(e) if e.is_unavailable() => inner.healthy.store(false, Ordering::Relaxed),
                 Err(_) => {}
             }
+            // Released before the answer, so a caller that saw every answer sees every permit
+            // back (`flush`, `op_stats`).
+            drop(permit);
             let _ = tx.send(r);
         }));
         Box::pin(async move {
@@ -779,7 +783,12 @@ impl Inner {
                 self.write_index(&key, r.expires_at_ms, &index).await?;
             }
             let p = self.write_policy(RecordExistsAction::CreateOnly, None, self.cfg.create_ttl());
-            match self.client.put(&p, &k, &msg_bins(&r)).await.map_err(|e| fail(&e)) {
+            match self
+                .client
+                .put(&p, &k, &msg_bins(&r))
+                .await
+                .map_err(|e| fail(&e))
+            {
                 Ok(()) => return Ok(CreateOutcome::Created(r)),
                 Err(Fail::Exists) => {}
                 Err(f) => return Err(unexpected(f, "create")),
@@ -798,7 +807,12 @@ impl Inner {
                 Some(generation),
                 self.cfg.create_ttl(),
             );
-            match self.client.put(&p, &k, &msg_bins(&r)).await.map_err(|e| fail(&e)) {
+            match self
+                .client
+                .put(&p, &k, &msg_bins(&r))
+                .await
+                .map_err(|e| fail(&e))
+            {
                 Ok(()) => return Ok(CreateOutcome::Created(r)),
                 Err(Fail::Generation | Fail::NotFound) => {}
                 Err(f) => return Err(unexpected(f, "create (replace expired)")),
@@ -912,7 +926,11 @@ impl Inner {
         Err(contention(self.cfg.write_retries))
     }
 
-    fn query_policy(&self, limit: usize, filter: aerospike::expressions::Expression) -> QueryPolicy {
+    fn query_policy(
+        &self,
+        limit: usize,
+        filter: aerospike::expressions::Expression,
+    ) -> QueryPolicy {
         let mut p = QueryPolicy::default();
         let t = u32::try_from(self.cfg.scan_timeout_ms).unwrap_or(u32::MAX);
         p.base_policy.total_timeout = t;
@@ -933,7 +951,11 @@ impl Inner {
         filter: aerospike::expressions::Expression,
     ) -> Result<(Vec<(MessageRecord, u32)>, Option<PartitionFilter>), StateError> {
         let policy = self.query_policy(limit, filter);
-        let stmt = Statement::new(self.cfg.namespace.as_str(), self.msg_set.as_str(), Bins::All);
+        let stmt = Statement::new(
+            self.cfg.namespace.as_str(),
+            self.msg_set.as_str(),
+            Bins::All,
+        );
         let rs = self
             .client
             .query(&policy, pf, stmt)
@@ -976,7 +998,10 @@ impl Inner {
             }
         };
         let now = unix_ms();
-        let filter = and(vec![non_final_filter(), gt(int_bin(BIN_EXP), int_val(ms_val(now)))]);
+        let filter = and(vec![
+            non_final_filter(),
+            gt(int_bin(BIN_EXP), int_val(ms_val(now))),
+        ]);
         let (records, next) = self.scan(pf, limit, filter).await?;
         let mut page = ScanPage::default();
         for (r, _) in records {
@@ -996,7 +1021,11 @@ impl Inner {
         Ok(page)
     }
 
-    async fn expire_due(&self, now_ms: u64, limit: usize) -> Result<Vec<MessageRecord>, StateError> {
+    async fn expire_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StateError> {
         let limit = limit.clamp(1, super::MAX_PAGE);
         let filter = and(vec![
             non_final_filter(),
@@ -1095,7 +1124,10 @@ impl StateStore for AerospikeStore {
             }
         }
         let t = self.inner.cfg.op_timeout_ms;
-        self.spawn(t, move |i| async move { i.update(key, updates, now_ms).await })
+        self.spawn(
+            t,
+            move |i| async move { i.update(key, updates, now_ms).await },
+        )
     }
 
     fn apply_receipt(
@@ -1121,8 +1153,7 @@ impl StateStore for AerospikeStore {
         let t = self.inner.cfg.op_timeout_ms;
         self.spawn(t, move |i| async move {
             let now = unix_ms();
-            Ok(i
-                .read_msg(&key)
+            Ok(i.read_msg(&key)
                 .await?
                 .map(|(r, _)| r)
                 .filter(|r| r.expires_at_ms > now))
@@ -1140,7 +1171,10 @@ impl StateStore for AerospikeStore {
 
     fn scan_non_final(&self, cursor: Option<ScanCursor>, limit: usize) -> StoreFuture<ScanPage> {
         let t = self.inner.cfg.scan_timeout_ms;
-        self.spawn(t, move |i| async move { i.scan_non_final(cursor, limit).await })
+        self.spawn(
+            t,
+            move |i| async move { i.scan_non_final(cursor, limit).await },
+        )
     }
 
     fn expire_due(&self, now_ms: u64, limit: usize) -> StoreFuture<Vec<MessageRecord>> {
@@ -1236,9 +1270,7 @@ mod tests {
         assert!(
             matches!(rec.bins.get(BIN_STATUS), Some(Value::Int(c)) if *c == i64::from(r.status.code()))
         );
-        assert!(
-            matches!(rec.bins.get(BIN_EXP), Some(Value::Int(e)) if *e == 1_700_086_400_000)
-        );
+        assert!(matches!(rec.bins.get(BIN_EXP), Some(Value::Int(e)) if *e == 1_700_086_400_000));
     }
 
     #[test]
@@ -1287,9 +1319,15 @@ mod tests {
     #[test]
     fn error_mapping() {
         let m = || "msg".to_string();
-        assert_eq!(classify(Some(ResultCode::KeyNotFoundError), m), Fail::NotFound);
+        assert_eq!(
+            classify(Some(ResultCode::KeyNotFoundError), m),
+            Fail::NotFound
+        );
         assert_eq!(classify(Some(ResultCode::KeyExistsError), m), Fail::Exists);
-        assert_eq!(classify(Some(ResultCode::GenerationError), m), Fail::Generation);
+        assert_eq!(
+            classify(Some(ResultCode::GenerationError), m),
+            Fail::Generation
+        );
         assert_eq!(
             classify(Some(ResultCode::DeviceOverload), m),
             Fail::Store(StateError::Overloaded)
@@ -1431,7 +1469,11 @@ mod tests {
         };
         let t = std::time::Instant::now();
         let r = AerospikeStore::connect_blocking(cfg, rt.handle().clone());
-        assert!(matches!(r, Err(StateError::Unavailable(_))), "{:?}", r.err());
+        assert!(
+            matches!(r, Err(StateError::Unavailable(_))),
+            "{:?}",
+            r.err()
+        );
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 }
