@@ -24,6 +24,7 @@ pub const SMSGW_SECTIONS: &[&str] = &[
 pub struct ServerFile {
     pub http_addr: String,
     pub grpc_addr: String,
+    pub grpc_enabled: bool,
     pub shards: i64,
     pub max_body_bytes: i64,
     pub max_connections_per_shard: i64,
@@ -38,6 +39,7 @@ impl Default for ServerFile {
         ServerFile {
             http_addr: "127.0.0.1:8088".into(),
             grpc_addr: "127.0.0.1:44044".into(),
+            grpc_enabled: true,
             shards: 0,
             max_body_bytes: 64 * 1024,
             max_connections_per_shard: 10_000,

@@ -45,6 +45,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Whether `serve` starts the gRPC listener on `grpc_addr`.
+    pub grpc_enabled: bool,
     pub shards: ShardCount,
     /// Largest accepted request body; bigger bodies get 413.
     pub max_body_bytes: NonZeroUsize,

@@ -229,6 +229,7 @@ impl Check<'_, '_, '_> {
         Some(ServerConfig {
             http_addr: http_addr?,
             grpc_addr: grpc_addr?,
+            grpc_enabled: f.grpc_enabled,
             shards: shards?,
             max_body_bytes: max_body_bytes?,
             max_connections_per_shard: max_connections_per_shard?,

@@ -7,6 +7,8 @@
 
 pub mod batch;
 pub mod gateway;
+// gRPC calls executed on the shard (tonic itself runs on the side runtime).
+pub mod grpc;
 pub mod pipeline;
 pub mod recovery;
 pub mod stages;
@@ -33,6 +35,8 @@ use pipeline::{Counters, Handover, LocalBind, Pipeline, Shared};
 pub struct ShardInit {
     pub listener: std::net::TcpListener,
     pub inbox: async_channel::Receiver<Handover>,
+    /// gRPC calls for this shard (`None` with `grpc_enabled = false`).
+    pub grpc: Option<async_channel::Receiver<grpc::GrpcCall>>,
 }
 
 /// Bound of one shard's inbound event channel (receipts, bind state changes) from its binds.
@@ -100,6 +104,9 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
 
     monoio::spawn(inbound_loop(Rc::clone(&pipeline), events_rx));
     monoio::spawn(handover_loop(Rc::clone(&pipeline), init.inbox));
+    if let Some(calls) = init.grpc {
+        monoio::spawn(grpc::shard_loop(Rc::clone(&pipeline), calls));
+    }
     monoio::spawn(health_loop(Rc::clone(&pipeline), ctx.shutdown.clone()));
 
     let server_cfg = Rc::new(ServerConfig {
