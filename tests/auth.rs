@@ -128,9 +128,11 @@ fn start(listen: &str, apps: &str, admin: bool, poll_ms: u32) -> Gw {
         "[server]\nhttp_addr = \"{listen}\"\ngrpc_addr = \"127.0.0.1:0\"\nshards = 1\n\
          shutdown_timeout_ms = 2000\ninstance_id = \"auth\"\n\n\
          [state]\npath = \"{state}\"\nfsync = \"off\"\nbatch_delay_us = 0\n\n\
+         [callbacks]\npath = \"{callbacks}\"\n\n\
          [security]\napps_file = \"apps.toml\"\napps_poll_interval_ms = {poll_ms}\n\
          leeway_s = 5\nlogin_failures_per_min = 3\n",
         state = dir.path().join("state").display(),
+        callbacks = dir.path().join("callbacks").display(),
     );
     std::fs::write(dir.path().join("smsgw.toml"), smsgw).unwrap();
     std::fs::write(dir.path().join("smpp_rules.toml"), RULES).unwrap();

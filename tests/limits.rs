@@ -545,11 +545,13 @@ fn start_node(name: &str, redis_url: &str, prefix: &str, smpp_port: u16) -> Node
         "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"127.0.0.1:0\"\nshards = 2\n\
          shutdown_timeout_ms = 3000\ninstance_id = \"{name}\"\n\n\
          [state]\npath = \"{state}\"\nfsync = \"off\"\nbatch_delay_us = 0\n\n\
+         [callbacks]\npath = \"{callbacks}\"\n\n\
          [health]\ncheck_interval_s = 1\n\n[security]\nenabled = false\n\n\
          [limits]\non_redis_down = \"fail_open\"\nexpected_replicas = 3\n\n\
          [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\ntimeout_ms = 100\n\
          reconnect_min_ms = 50\nreconnect_max_ms = 300\n",
         state = dir.path().join("state").display(),
+        callbacks = dir.path().join("callbacks").display(),
     );
     let rules = format!(
         "[links.100]\nhost = \"127.0.0.1\"\nport = {smpp_port}\nsystem_id = \"{name}\"\npassword = \"pw\"\n\

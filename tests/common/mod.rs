@@ -266,12 +266,17 @@ enabled = false
 [cdr]
 dir = "{cdr}"
 flush_interval_ms = 200
+
+[callbacks]
+path = "{callbacks}"
 "#,
         shards = o.shards,
         body = o.max_body_bytes,
         state = state.display(),
         // CDRs stay in the test's temp dir (the default is var/cdr under the working directory).
-        cdr = dir.join("cdr").display()
+        cdr = dir.join("cdr").display(),
+        // The callback outbox is a locked database: each gateway needs its own.
+        callbacks = dir.join("callbacks").display()
     );
     let mut rules = String::new();
     for l in &o.links {
