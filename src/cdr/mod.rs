@@ -343,6 +343,12 @@ impl CdrWriter {
         &self.stats
     }
 
+    /// Records queued for the writer thread and not yet taken by it (read-only, for the
+    /// metrics backlog gauge; the channel is bounded by `queue_capacity`).
+    pub fn queued_records(&self) -> usize {
+        self.rec_tx.max_capacity() - self.rec_tx.capacity()
+    }
+
     /// True while `record` refuses CDRs.
     pub fn is_backpressured(&self) -> bool {
         self.backpressure.load(Ordering::Relaxed)

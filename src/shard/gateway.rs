@@ -108,6 +108,23 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         config.cdr.clone(),
         &config.server.instance_id,
     )?);
+    // Weak, like the state probe: the scrape must not keep the writer alive past shutdown.
+    let cdr_probe = Arc::downgrade(&cdr);
+    let _ = metrics.cdr_probe.set(Box::new(move || {
+        cdr_probe
+            .upgrade()
+            .map_or_else(crate::metrics::CdrBacklog::default, |w| {
+                let st = w.stats();
+                let closed = st.batches_closed.load(std::sync::atomic::Ordering::Relaxed);
+                let written = st.batches_written.load(std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::CdrBacklog {
+                    queued_records: w.queued_records() as u64,
+                    pending_batches: closed.saturating_sub(written),
+                    spool_files: st.spool_files.load(std::sync::atomic::Ordering::Relaxed),
+                    spool_bytes: st.spool_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            })
+    }));
     // Outbox writer thread + dispatcher on the side runtime; events an earlier process left
     // are rescheduled at once.
     let callbacks = crate::callback::Callbacks::start(
