@@ -7,6 +7,12 @@
 //! | `<prefix>msg` | `"{app_id}:{transaction_id}"` | `app` int, `tx` string, `rec` blob ([`super::codec`]), `st` int (status code), `exp` int (`expires_at_ms`) | `ttl + ttl_grace` at create, unchanged by later writes |
 //! | `<prefix>rcpt` | `"{link_id}:{normalised smsc id}"` | `app` int, `tx` string, `part` int, `exp` int | until the message's server TTL ends |
 //!
+//! Secondary index `<prefix>msg_exp` (numeric, on `msg`'s `exp`), created at start when
+//! `create_exp_index` is on: the expiry sweep asks it for `exp <= now` instead of scanning the
+//! whole set, so a sweep reads only records within the grace period, not a day of traffic.
+//! Without the index (not created yet, no privilege to create it) the sweep falls back to a
+//! filtered scan of the set and tries the index again a minute later.
+//!
 //! `app_id` is a decimal number, so the first `:` splits both keys unambiguously whatever the
 //! transaction or SMSC id contains. `rec` is the whole record in the embedded backend's binary
 //! codec, so fields added to the model flow through without a layout change; `st` and `exp`
@@ -58,9 +64,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aerospike::expressions::{and, eq, gt, int_bin, int_val, le, or};
+use aerospike::query::Filter;
 use aerospike::{
-    AuthMode, Bin, Bins, Client, ClientPolicy, Expiration, GenerationPolicy, Key, PartitionFilter,
-    QueryPolicy, ReadPolicy, Record, RecordExistsAction, ResultCode, Statement, Value, WritePolicy,
+    AdminPolicy, AuthMode, Bin, Bins, Client, ClientPolicy, CollectionIndexType, Expiration,
+    GenerationPolicy, IndexType, Key, PartitionFilter, QueryPolicy, ReadPolicy, Record,
+    RecordExistsAction, ResultCode, Statement, Value, WritePolicy,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -118,6 +126,8 @@ pub struct AerospikeFile {
     pub max_conns_per_node: i64,
     /// Attempts of a read-modify-write on generation conflicts.
     pub write_retries: i64,
+    /// Create the secondary index on `exp` at start (the expiry sweep queries it).
+    pub create_exp_index: bool,
 }
 
 impl Default for AerospikeFile {
@@ -135,6 +145,7 @@ impl Default for AerospikeFile {
             max_in_flight: 4096,
             max_conns_per_node: 256,
             write_retries: 8,
+            create_exp_index: true,
         }
     }
 }
@@ -168,6 +179,8 @@ pub struct AerospikeConfig {
     pub max_conns_per_node: usize,
     /// Generation-conflict attempts.
     pub write_retries: u32,
+    /// Create the `exp` secondary index at start.
+    pub create_exp_index: bool,
 }
 
 impl Default for AerospikeConfig {
@@ -223,10 +236,12 @@ impl AerospikeFile {
                 "must be 1..=31 characters from A-Z a-z 0-9 _ -".to_string(),
             ));
         }
-        if !self.set_prefix.is_empty() && !name_ok(&self.set_prefix, 59) {
+        // 55: the longest derived name, the index `<prefix>msg_exp`, must fit the server's
+        // 63-byte index name limit (set names are shorter).
+        if !self.set_prefix.is_empty() && !name_ok(&self.set_prefix, 55) {
             p.push((
                 "set_prefix",
-                "must be 0..=59 characters from A-Z a-z 0-9 _ -".to_string(),
+                "must be 0..=55 characters from A-Z a-z 0-9 _ -".to_string(),
             ));
         }
         let user = (!self.user.is_empty()).then(|| self.user.clone());
@@ -289,6 +304,7 @@ impl AerospikeFile {
                     max_in_flight: m,
                     max_conns_per_node: n,
                     write_retries: w,
+                    create_exp_index: self.create_exp_index,
                 })
             }
             _ => Err(p),
@@ -305,6 +321,11 @@ impl AerospikeConfig {
     /// Name of the receipt index set.
     pub fn rcpt_set(&self) -> String {
         format!("{}rcpt", self.set_prefix)
+    }
+
+    /// Name of the secondary index on the message set's `exp` bin.
+    pub fn exp_index(&self) -> String {
+        format!("{}msg_exp", self.set_prefix)
     }
 
     /// Server TTL of a new message record: its lifetime plus the grace.
@@ -527,6 +548,8 @@ struct Inner {
     /// Tags this store's cursors so that another instance's cursor is refused, not misread.
     instance: u64,
     ops: AtomicU64,
+    /// Unix ms before which the sweep does not try the `exp` index (it was missing).
+    exp_index_retry_at_ms: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -596,6 +619,35 @@ impl AerospikeStore {
         let client = Client::new(&policy, &cfg.hosts)
             .await
             .map_err(|e| StateError::Unavailable(format!("aerospike connect: {e}")))?;
+        if cfg.create_exp_index {
+            let admin = AdminPolicy { timeout: t };
+            // Returns once the server accepted the command; the index builds in the background
+            // (the sweep falls back to a scan until it is readable). Every replica asks; all
+            // but the first get "already exists".
+            match client
+                .create_index_on_bin(
+                    &admin,
+                    &cfg.namespace,
+                    &cfg.msg_set(),
+                    BIN_EXP,
+                    &cfg.exp_index(),
+                    IndexType::Numeric,
+                    CollectionIndexType::Default,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(index = %cfg.exp_index(), "aerospike: created the expiry index")
+                }
+                Err(e) if e.server_result_code() == Some(ResultCode::IndexFound) => {}
+                Err(e) => tracing::warn!(
+                    index = %cfg.exp_index(),
+                    error = %e,
+                    "aerospike: cannot create the expiry index; the sweep scans the whole set"
+                ),
+            }
+        }
         let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
         Ok(Arc::new(AerospikeStore {
             inner: Arc::new(Inner {
@@ -609,6 +661,7 @@ impl AerospikeStore {
                 cursors: Mutex::new(Cursors::default()),
                 instance: fastrand::u64(..),
                 ops: AtomicU64::new(0),
+                exp_index_retry_at_ms: AtomicU64::new(0),
             }),
         }))
     }
@@ -942,31 +995,39 @@ impl Inner {
         p
     }
 
-    /// Runs a scan of the message set; up to `limit` records as `(record, generation)`, and
-    /// the partition cursor (`None` when the scan is complete).
+    /// Runs a scan of the message set (or, with `index`, a secondary-index query); up to
+    /// `limit` records as `(record, generation)`, and the partition cursor (`None` when the
+    /// scan is complete). Client errors come back raw so the caller can tell index errors.
     async fn scan(
         &self,
         pf: PartitionFilter,
         limit: usize,
         filter: aerospike::expressions::Expression,
-    ) -> Result<(Vec<(MessageRecord, u32)>, Option<PartitionFilter>), StateError> {
+        index: Option<Filter>,
+    ) -> Result<(Vec<(MessageRecord, u32)>, Option<PartitionFilter>), ScanError> {
         let policy = self.query_policy(limit, filter);
-        let stmt = Statement::new(
+        let mut stmt = Statement::new(
             self.cfg.namespace.as_str(),
             self.msg_set.as_str(),
             Bins::All,
         );
+        if let Some(f) = index {
+            stmt.set_filter(f);
+        }
         let rs = self
             .client
             .query(&policy, pf, stmt)
             .await
-            .map_err(|e| unexpected(fail(&e), "scan"))?;
+            .map_err(ScanError::Client)?;
         let mut stream = rs.into_stream();
         let mut out = Vec::new();
         while out.len() < limit {
             match stream.next().await {
-                Some(Ok(rec)) => out.push((decode_msg(&rec)?, rec.generation)),
-                Some(Err(e)) => return Err(unexpected(fail(&e), "scan")),
+                Some(Ok(rec)) => {
+                    let r = decode_msg(&rec).map_err(ScanError::Store)?;
+                    out.push((r, rec.generation));
+                }
+                Some(Err(e)) => return Err(ScanError::Client(e)),
                 None => break,
             }
         }
@@ -1002,7 +1063,10 @@ impl Inner {
             non_final_filter(),
             gt(int_bin(BIN_EXP), int_val(ms_val(now))),
         ]);
-        let (records, next) = self.scan(pf, limit, filter).await?;
+        let (records, next) = self
+            .scan(pf, limit, filter, None)
+            .await
+            .map_err(ScanError::into_state)?;
         let mut page = ScanPage::default();
         for (r, _) in records {
             // Re-checked here: the filter ran on the server's clock view of `now`.
@@ -1027,11 +1091,39 @@ impl Inner {
         limit: usize,
     ) -> Result<Vec<MessageRecord>, StateError> {
         let limit = limit.clamp(1, super::MAX_PAGE);
-        let filter = and(vec![
-            non_final_filter(),
-            le(int_bin(BIN_EXP), int_val(ms_val(now_ms))),
-        ]);
-        let (due, _) = self.scan(PartitionFilter::all(), limit, filter).await?;
+        let filter = || {
+            and(vec![
+                non_final_filter(),
+                le(int_bin(BIN_EXP), int_val(ms_val(now_ms))),
+            ])
+        };
+        let try_index = unix_ms() >= self.exp_index_retry_at_ms.load(Ordering::Relaxed);
+        let indexed = if try_index {
+            let range = Filter::range(BIN_EXP, 0i64, ms_val(now_ms));
+            match self
+                .scan(PartitionFilter::all(), limit, filter(), Some(range))
+                .await
+            {
+                Err(ScanError::Client(e)) if is_index_error(&e) => {
+                    // Missing or still building: scan this time, try the index in a minute.
+                    tracing::debug!(error = %e, "aerospike: expiry index unusable, scanning");
+                    self.exp_index_retry_at_ms
+                        .store(unix_ms().saturating_add(60_000), Ordering::Relaxed);
+                    None
+                }
+                other => Some(other),
+            }
+        } else {
+            None
+        };
+        let scanned = match indexed {
+            Some(r) => r,
+            None => {
+                self.scan(PartitionFilter::all(), limit, filter(), None)
+                    .await
+            }
+        };
+        let (due, _) = scanned.map_err(ScanError::into_state)?;
         let mut out = Vec::new();
         let mut first_err = None;
         for chunk in due.chunks(EXPIRE_CONCURRENCY) {
@@ -1073,6 +1165,31 @@ impl Inner {
             _ => Ok(out),
         }
     }
+}
+
+/// A failed scan: the client's error (inspected for index errors) or a record that did not
+/// decode.
+enum ScanError {
+    Client(aerospike::Error),
+    Store(StateError),
+}
+
+impl ScanError {
+    fn into_state(self) -> StateError {
+        match self {
+            ScanError::Client(e) => unexpected(fail(&e), "scan"),
+            ScanError::Store(e) => e,
+        }
+    }
+}
+
+/// The secondary index is missing, still building or otherwise unusable (a scan still works).
+fn is_index_error(e: &aerospike::Error) -> bool {
+    e.matches(&[
+        ResultCode::IndexNotFound,
+        ResultCode::IndexNotReadable,
+        ResultCode::IndexGeneric,
+    ])
 }
 
 fn contention(tries: u32) -> StateError {
@@ -1386,6 +1503,15 @@ mod tests {
         let c = AerospikeConfig::default();
         assert_eq!(c.msg_set(), "smsgw_msg");
         assert_eq!(c.rcpt_set(), "smsgw_rcpt");
+        assert_eq!(c.exp_index(), "smsgw_msg_exp");
+        // The longest prefix still gives an index name within the server's 63 bytes.
+        let long = AerospikeFile {
+            set_prefix: "p".repeat(55),
+            ..AerospikeFile::default()
+        }
+        .validate(60)
+        .unwrap();
+        assert!(long.exp_index().len() <= 63);
         assert_eq!(c.namespace, "test");
         assert_eq!(c.user, None);
 
@@ -1402,6 +1528,7 @@ mod tests {
             max_in_flight: 0,
             max_conns_per_node: 0,
             write_retries: 0,
+            create_exp_index: true,
         };
         let problems = bad.validate(0).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| *k).collect();
