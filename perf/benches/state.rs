@@ -89,11 +89,18 @@ struct RunResult {
     mean_batch: f64,
 }
 
-fn run_policy(fsync: FsyncPolicy, n: usize, clients: usize, inflight: usize) -> RunResult {
+fn run_policy(
+    fsync: FsyncPolicy,
+    cache_records: usize,
+    n: usize,
+    clients: usize,
+    inflight: usize,
+) -> RunResult {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = EmbeddedConfig {
         path: dir.path().join("state"),
         fsync,
+        cache_records,
         ..EmbeddedConfig::default()
     };
     let store = EmbeddedStore::open(cfg).expect("open store");
@@ -242,16 +249,25 @@ fn main() {
     );
     bench_codec();
     bench_reads();
+    // The writer's record cache on (default) and off, alternating, so the ratio is measured
+    // in one run on the same machine state.
+    let cache_default = EmbeddedConfig::default().cache_records;
     for fsync in [FsyncPolicy::None, FsyncPolicy::Batch] {
-        let r = run_policy(fsync, n, clients, inflight);
-        let secs = r.elapsed.as_secs_f64();
-        println!(
-            "fsync={fsync:?}: {} msgs in {secs:.2} s = {:.0} msgs/s ({:.0} writes/s), failed {}, mean batch {:.1} ops",
-            r.msgs,
-            r.msgs as f64 / secs,
-            3.0 * r.msgs as f64 / secs,
-            r.failed,
-            r.mean_batch,
-        );
+        for cache in [0, cache_default, 0, cache_default] {
+            let r = run_policy(fsync, cache, n, clients, inflight);
+            report(fsync, cache, &r);
+        }
     }
+}
+
+fn report(fsync: FsyncPolicy, cache: usize, r: &RunResult) {
+    let secs = r.elapsed.as_secs_f64();
+    println!(
+        "fsync={fsync:?} writer-cache={cache}: {} msgs in {secs:.2} s = {:.0} msgs/s ({:.0} writes/s), failed {}, mean batch {:.1} ops",
+        r.msgs,
+        r.msgs as f64 / secs,
+        3.0 * r.msgs as f64 / secs,
+        r.failed,
+        r.mean_batch,
+    );
 }

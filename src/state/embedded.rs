@@ -91,8 +91,8 @@
 //! * If the writer thread ends (shutdown, panic), every pending future resolves to
 //!   `Unavailable` (op drop completes it); none hangs.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -147,6 +147,10 @@ pub struct EmbeddedConfig {
     pub op_timeout_ms: u64,
     /// fjall block cache, MiB (default 64).
     pub cache_mib: u64,
+    /// Recently committed records the writer keeps in memory for its read-modify-writes
+    /// (default 16384; 0 disables; see `WriterCache`). Not a config-file key: a tuning and
+    /// benchmarking knob.
+    pub cache_records: usize,
 }
 
 impl Default for EmbeddedConfig {
@@ -161,6 +165,7 @@ impl Default for EmbeddedConfig {
             max_batch_delay_us: 0,
             op_timeout_ms: 1_000,
             cache_mib: 64,
+            cache_records: CACHE_RECORDS,
         }
     }
 }
@@ -194,6 +199,9 @@ impl EmbeddedConfig {
         }
         if self.cache_mib == 0 {
             p.push(("cache_mib", "must be at least 1".to_string()));
+        }
+        if self.cache_records > 1 << 20 {
+            p.push(("cache_records", "must be at most 1048576".to_string()));
         }
         p
     }
@@ -526,6 +534,7 @@ impl EmbeddedStore {
         let writer = {
             let w = Writer {
                 trees: Some(trees),
+                cache: WriterCache::new(cfg.cache_records),
                 cfg: cfg.clone(),
                 shared: shared.clone(),
                 ttl_ms: cfg.ttl_secs.saturating_mul(1000),
@@ -902,6 +911,8 @@ fn fail_queued(rx: &async_channel::Receiver<Op>) {
 struct Writer {
     /// `None` only while [`Writer::recover`] reopens the database.
     trees: Option<Arc<Trees>>,
+    /// Recently committed records and receipt-index entries (see [`WriterCache`]).
+    cache: WriterCache,
     /// To reopen the database after a poisoning.
     cfg: EmbeddedConfig,
     shared: Arc<Shared>,
@@ -909,6 +920,80 @@ struct Writer {
     persist: PersistMode,
     max_batch: usize,
     linger: Duration,
+}
+
+/// Records and receipt-index entries kept by the writer after they were committed (default).
+/// ~16k covers about a second of traffic at full load: the `submitted` update follows the
+/// create within milliseconds, receipts usually within seconds. A record is a few hundred
+/// bytes, so the cache holds a few MiB when full and nothing when idle.
+const CACHE_RECORDS: usize = 16_384;
+
+/// The last committed value of recently written `msg` and `smsc` keys, FIFO-bounded.
+///
+/// A message's writes come in a burst: `create`, then `update` (submitted) milliseconds
+/// later, then the receipt. Without this cache each later write re-reads the record from
+/// fjall (a memtable skiplist search and a record decode: the largest part of the writer's
+/// per-op CPU in profiles) although the writer itself wrote it moments ago. The writer is the
+/// only writer, so a cached entry is exactly what fjall holds; expiry is checked on it the
+/// same way as on a read. Only committed batches enter the cache; after a failed commit the
+/// cache is emptied (the database may be reopened and the batch's outcome is unknown).
+/// A miss (never written, evicted) falls through to fjall, so the bound only costs speed.
+#[derive(Default)]
+struct WriterCache {
+    /// Entries per map; 0 keeps nothing.
+    cap: usize,
+    msgs: HashMap<Vec<u8>, MessageRecord>,
+    msg_order: VecDeque<Vec<u8>>,
+    smsc: HashMap<Vec<u8>, Vec<u8>>,
+    smsc_order: VecDeque<Vec<u8>>,
+}
+
+impl WriterCache {
+    fn new(cap: usize) -> WriterCache {
+        WriterCache {
+            cap,
+            ..WriterCache::default()
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = WriterCache::new(self.cap);
+    }
+
+    /// Takes the committed overlay's records and index entries.
+    fn absorb(&mut self, msgs: HashMap<Vec<u8>, MessageRecord>, smsc: HashMap<Vec<u8>, Vec<u8>>) {
+        fn put<V>(
+            map: &mut HashMap<Vec<u8>, V>,
+            order: &mut VecDeque<Vec<u8>>,
+            cap: usize,
+            k: Vec<u8>,
+            v: V,
+        ) {
+            match map.entry(k) {
+                Entry::Occupied(mut e) => {
+                    e.insert(v);
+                }
+                Entry::Vacant(e) => {
+                    order.push_back(e.key().clone());
+                    e.insert(v);
+                    if order.len() > cap
+                        && let Some(old) = order.pop_front()
+                    {
+                        map.remove(&old);
+                    }
+                }
+            }
+        }
+        if self.cap == 0 {
+            return;
+        }
+        for (k, r) in msgs {
+            put(&mut self.msgs, &mut self.msg_order, self.cap, k, r);
+        }
+        for (k, v) in smsc {
+            put(&mut self.smsc, &mut self.smsc_order, self.cap, k, v);
+        }
+    }
 }
 
 /// Records and index entries touched by the current batch; each key is written once.
@@ -983,7 +1068,7 @@ impl Writer {
             });
         }
 
-        let mut raw = self.commit(ov);
+        let mut raw = self.commit(&ov);
         if want_sync
             && raw.is_ok()
             && let Some(t) = &self.trees
@@ -1001,8 +1086,12 @@ impl Writer {
         }
         let commit = raw.map_err(fjall_err);
         match &commit {
-            Ok(()) => sh.healthy.store(true, Ordering::Release),
+            Ok(()) => {
+                sh.healthy.store(true, Ordering::Release);
+                self.cache.absorb(ov.msgs, ov.smsc);
+            }
             Err(e) => {
+                self.cache.clear();
                 if sh.healthy.swap(false, Ordering::AcqRel) {
                     tracing::error!(error = %e, "state batch commit failed");
                 }
@@ -1022,7 +1111,7 @@ impl Writer {
         sh.stuck.store(false, Ordering::Release);
     }
 
-    fn commit(&self, ov: Overlay) -> Result<(), fjall::Error> {
+    fn commit(&self, ov: &Overlay) -> Result<(), fjall::Error> {
         if ov.dirty.is_empty() && ov.smsc.is_empty() && ov.open.is_empty() {
             return Ok(());
         }
@@ -1036,14 +1125,14 @@ impl Writer {
                 b.insert(&t.msg, k.as_slice(), codec::encode_record(r));
             }
         }
-        for (k, v) in ov.smsc {
-            b.insert(&t.smsc, k, v);
+        for (k, v) in &ov.smsc {
+            b.insert(&t.smsc, k.as_slice(), v.as_slice());
         }
-        for (k, insert) in ov.open {
-            if insert {
-                b.insert(&t.open, k, Vec::<u8>::new());
+        for (k, insert) in &ov.open {
+            if *insert {
+                b.insert(&t.open, k.as_slice(), Vec::<u8>::new());
             } else {
-                b.remove(&t.open, k);
+                b.remove(&t.open, k.as_slice());
             }
         }
         b.commit()
@@ -1077,6 +1166,7 @@ impl Writer {
         // retried) before the reopen can succeed.
         *sh.trees.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.trees = None;
+        self.cache.clear();
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0u64;
         loop {
@@ -1130,7 +1220,7 @@ impl Writer {
         key: &MessageKey,
         now_ms: u64,
     ) -> Result<Option<MessageRecord>, StateError> {
-        if let Some(r) = ov.msgs.get(mkey) {
+        if let Some(r) = ov.msgs.get(mkey).or_else(|| self.cache.msgs.get(mkey)) {
             return Ok((r.expires_at_ms > now_ms).then(|| r.clone()));
         }
         read_live(&self.t()?.msg, key, now_ms)
@@ -1139,6 +1229,23 @@ impl Writer {
     fn store(&self, ov: &mut Overlay, mkey: Vec<u8>, r: MessageRecord) {
         let open = codec::open_key(r.expires_at_ms, &mkey);
         ov.open.insert(open, !r.status.is_final());
+        Self::put_msg(ov, mkey, r);
+    }
+
+    /// [`Writer::store`] for a record that was loaded non-final or final (`was_open`) with
+    /// the same expiry: its `open` entry is written only when the finality changes. The
+    /// `submitted` update of every message would otherwise rewrite an identical `open` key
+    /// (a memtable insert and journal bytes per message for nothing).
+    fn store_changed(&self, ov: &mut Overlay, mkey: Vec<u8>, r: MessageRecord, was_open: bool) {
+        let open_now = !r.status.is_final();
+        if open_now != was_open {
+            ov.open
+                .insert(codec::open_key(r.expires_at_ms, &mkey), open_now);
+        }
+        Self::put_msg(ov, mkey, r);
+    }
+
+    fn put_msg(ov: &mut Overlay, mkey: Vec<u8>, r: MessageRecord) {
         match ov.msgs.entry(mkey) {
             Entry::Occupied(mut e) => {
                 e.insert(r);
@@ -1188,6 +1295,7 @@ impl Writer {
         let Some(mut r) = self.load(ov, &mkey, key, now)? else {
             return Ok(UpdateOutcome::NotFound);
         };
+        let was_open = !r.status.is_final();
         let mut changed = false;
         for u in updates {
             if r.apply(u, at_ms) {
@@ -1206,7 +1314,7 @@ impl Writer {
             }
         }
         if changed {
-            self.store(ov, mkey, r.clone());
+            self.store_changed(ov, mkey, r.clone(), was_open);
         }
         Ok(UpdateOutcome::Updated { record: r, changed })
     }
@@ -1220,7 +1328,7 @@ impl Writer {
         now: u64,
     ) -> Result<ReceiptOutcome, StateError> {
         let skey = codec::smsc_key(link_id, smsc_id);
-        let found = match ov.smsc.get(&skey) {
+        let found = match ov.smsc.get(&skey).or_else(|| self.cache.smsc.get(&skey)) {
             Some(v) => {
                 let (exp, part, k) = codec::parse_smsc_value(v).map_err(StateError::Corrupt)?;
                 (exp > now).then(|| (k.to_vec(), part))
@@ -1234,8 +1342,9 @@ impl Writer {
         let Some(mut r) = self.load(ov, &mkey, &key, now)? else {
             return Ok(ReceiptOutcome::NotFound);
         };
+        let was_open = !r.status.is_final();
         if r.apply_receipt(part, receipt, receipt.received_at_ms.max(r.updated_at_ms)) {
-            self.store(ov, mkey, r.clone());
+            self.store_changed(ov, mkey, r.clone(), was_open);
             Ok(ReceiptOutcome::Applied(r))
         } else {
             Ok(ReceiptOutcome::Duplicate)
@@ -1361,6 +1470,86 @@ mod tests {
             1,
             unix_ms(),
         )
+    }
+
+    #[test]
+    fn writer_cache_is_fifo_bounded() {
+        let mut c = WriterCache::new(CACHE_RECORDS);
+        for i in 0..CACHE_RECORDS + 10 {
+            let k = format!("k{i}");
+            let msgs = HashMap::from([(k.clone().into_bytes(), record(&k))]);
+            let smsc = HashMap::from([(k.clone().into_bytes(), vec![1u8])]);
+            c.absorb(msgs, smsc);
+        }
+        assert_eq!(
+            (c.msgs.len(), c.msg_order.len()),
+            (CACHE_RECORDS, CACHE_RECORDS)
+        );
+        assert_eq!(
+            (c.smsc.len(), c.smsc_order.len()),
+            (CACHE_RECORDS, CACHE_RECORDS)
+        );
+        assert!(!c.msgs.contains_key(b"k9".as_slice()), "oldest evicted");
+        assert!(c.msgs.contains_key(b"k10".as_slice()));
+        // Re-absorbing a cached key replaces it in place (no second order entry).
+        let k = format!("k{}", CACHE_RECORDS + 9);
+        c.absorb(
+            HashMap::from([(k.clone().into_bytes(), record(&k))]),
+            HashMap::new(),
+        );
+        assert_eq!(c.msg_order.len(), CACHE_RECORDS);
+    }
+
+    /// Writes after a failed commit (cache dropped, database reopened) still see the last
+    /// committed record, and the whole life of a message works across it.
+    #[test]
+    fn writes_after_a_failed_commit_read_the_committed_record() {
+        let h = Harness::new(FsyncPolicy::None);
+        let s = EmbeddedStore::open(h.cfg(60)).expect("open");
+        let key = MessageKey::new(1, "after-fail");
+        let submitted = |id: &str| {
+            vec![PartUpdate::Submitted {
+                index: 0,
+                link_id: 7,
+                smsc_message_id: id.into(),
+            }]
+        };
+        monoio_block_on(async {
+            assert!(matches!(
+                s.create(record("after-fail")).await,
+                Ok(CreateOutcome::Created(_))
+            ));
+            s.fail_next_commits_for_test(1);
+            assert!(
+                s.update(key.clone(), submitted("x1"), unix_ms())
+                    .await
+                    .is_err()
+            );
+        });
+        let t0 = Instant::now();
+        while !s.is_available() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "store never came back"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        monoio_block_on(async {
+            match s.update(key.clone(), submitted("x2"), unix_ms()).await {
+                Ok(UpdateOutcome::Updated { record, changed }) => {
+                    assert!(changed);
+                    assert_eq!(record.status, Status::Submitted);
+                    assert_eq!(record.parts[0].smsc_message_id.as_deref(), Some("x2"));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                s.find_by_smsc_id(7, "x1".into()).await.unwrap(),
+                None,
+                "the failed batch was not written"
+            );
+            assert!(s.find_by_smsc_id(7, "x2".into()).await.unwrap().is_some());
+        });
     }
 
     #[test]
