@@ -244,7 +244,7 @@ fn signature_ok(secret: &str, r: &Req) -> bool {
     mac.update(format!("{t}.").as_bytes());
     mac.update(&r.body);
     let expected = hex(&mac.finalize().into_bytes());
-    v1.iter().any(|v| *v == expected)
+    v1.contains(&expected)
 }
 
 // ---------------------------------------------------------------------------------------------

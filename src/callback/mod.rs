@@ -225,6 +225,27 @@ pub fn event_json(r: &MessageRecord, event_id: &str) -> serde_json::Value {
 /// A boxed future that runs on monoio shards and on tokio alike (no runtime inside).
 pub type NotifyFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
 
+/// Longest a shard waits for an event to become durable before it acknowledges the change
+/// anyway (a stuck disk must not stall receipts and answers forever; the state store bounds
+/// its own writes the same way).
+pub const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Awaits [`Callbacks::notify`]'s future on a monoio shard, at most [`NOTIFY_TIMEOUT`].
+/// `false` when the event was refused or did not become durable in time (logged; the event
+/// may still land in the outbox later).
+pub async fn wait_on_shard(durable: NotifyFuture) -> bool {
+    match monoio::time::timeout(NOTIFY_TIMEOUT, durable).await {
+        Ok(ok) => ok,
+        Err(_) => {
+            warn!(
+                timeout = ?NOTIFY_TIMEOUT,
+                "callback outbox write not durable in time; status change acknowledged anyway"
+            );
+            false
+        }
+    }
+}
+
 /// The callback service: the shards' and recovery's handle. Cheap to share (`Arc`).
 pub struct Callbacks {
     cfg: CallbackConfig,
@@ -534,6 +555,108 @@ mod tests {
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("max_attempts") && e.contains("backoff") && e.contains("concurrency"));
+    }
+
+    fn record(txid: &str, url: Option<&str>, now_ms: u64) -> MessageRecord {
+        let mut r = MessageRecord::new_accepted(
+            MessageKey::new(0, txid),
+            100,
+            "SRC",
+            "4915112345678",
+            crate::state::Encoding::Gsm7,
+            "hi",
+            1,
+            now_ms,
+        );
+        r.callback_url = url.map(str::to_owned);
+        r
+    }
+
+    fn start(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Arc<Callbacks> {
+        let mut sec = crate::auth::SecurityConfig::defaults_for(std::path::Path::new(
+            "/nonexistent/smsgw.toml",
+        ));
+        sec.enabled = false;
+        let auth = Arc::new(crate::auth::AuthService::start(sec, &|_| None).unwrap());
+        let cfg = CallbackConfig {
+            path: dir.join("callbacks"),
+            // Nothing becomes due during the test: it checks the outbox, not delivery.
+            batch_linger_ms: 60_000,
+            ..CallbackConfig::default()
+        };
+        Callbacks::start(
+            cfg,
+            auth,
+            Arc::new(crate::metrics::Metrics::new(1, Vec::new())),
+            rt.handle(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn notify_filters_dedupes_and_the_store_wrapper_records_recovery_and_expiry_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cb = start(dir.path(), &rt);
+        let now = crate::state::unix_ms();
+        let url = Some("http://127.0.0.1:9/cb");
+        // `accepted` is never an event; no URL (and no app default) is no event, no write.
+        assert!(cb.notify(&record("a", url, now)).is_none());
+        let mut r = record("a", None, now);
+        r.status = Status::Submitted;
+        assert!(cb.notify(&r).is_none());
+        assert_eq!(cb.pending(), 0);
+        r.callback_url = url.map(str::to_owned);
+        assert!(rt.block_on(cb.notify(&r).unwrap()));
+        assert_eq!(cb.pending(), 1);
+        // The same change again (e.g. a repeated receipt): acknowledged, stored once.
+        assert!(rt.block_on(cb.notify(&r).unwrap()));
+        assert_eq!(cb.pending(), 1);
+
+        // Recovery and the TTL sweep go through the wrapper.
+        let store = crate::state::EmbeddedStore::open(crate::state::EmbeddedConfig {
+            path: dir.path().join("state"),
+            ttl_secs: 1,
+            ..crate::state::EmbeddedConfig::default()
+        })
+        .unwrap();
+        let wrapped = NotifyingStore::wrap(store, Arc::clone(&cb));
+        rt.block_on(wrapped.create(record("u", url, now))).unwrap();
+        rt.block_on(wrapped.create(record("e", url, now))).unwrap();
+        rt.block_on(wrapped.create(record("quiet", None, now)))
+            .unwrap();
+        let out = rt
+            .block_on(wrapped.update(
+                MessageKey::new(0, "u"),
+                vec![PartUpdate::Final {
+                    index: 0,
+                    status: Status::Unknown,
+                    error_code: None,
+                }],
+                now,
+            ))
+            .unwrap();
+        assert!(matches!(out, UpdateOutcome::Updated { changed: true, .. }));
+        assert_eq!(cb.pending(), 2, "unknown event recorded");
+        let expired = rt.block_on(wrapped.expire_due(now + 5_000, 10)).unwrap();
+        assert_eq!(expired.len(), 2, "e and quiet expire");
+        assert_eq!(cb.pending(), 3, "one expired event (quiet has no URL)");
+
+        // Restart: the outbox hands back every pending event.
+        drop(wrapped);
+        drop(cb);
+        drop(rt);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cb = start(dir.path(), &rt);
+        assert_eq!(cb.pending(), 3);
     }
 
     #[test]

@@ -336,6 +336,11 @@ async fn handle_deliver(
                     p.shared.cdr.emit(
                         &record,
                         &p.shared.config.server.instance_id,
+                    // The callback event is durable before deliver_sm_resp: a crash before
+                    // this point makes the SMSC resend, which the `Duplicate` arm re-notifies.
+                    if let Some(durable) = p.shared.callbacks.notify(&record) {
+                        crate::callback::wait_on_shard(durable).await;
+                    }
                         crate::state::unix_ms(),
                     );
                 }
@@ -410,7 +415,7 @@ async fn renotify(p: &Pipeline, link_id: u32, smsc_id: &str, alt_id: Option<&str
         && record.status.is_final()
         && let Some(durable) = p.shared.callbacks.notify(&record)
     {
-        durable.await;
+        crate::callback::wait_on_shard(durable).await;
     }
 }
 

@@ -676,7 +676,7 @@ impl Pipeline {
                 // Durable in the callback outbox before the client hears the outcome (only
                 // messages with a callback URL await anything here).
                 if changed && let Some(durable) = self.shared.callbacks.notify(&record) {
-                    durable.await;
+                    crate::callback::wait_on_shard(durable).await;
                 }
                 record.status
             }
