@@ -1,16 +1,36 @@
-//! Prometheus text exposition format 0.0.4 of a `Snapshot` plus process-wide gauges.
+//! The exposition: a `prometheus-client` [`Collector`] that sums every shard's slots when it is
+//! asked to encode (that is, at scrape time) and writes them, with the process-wide values read
+//! by the scrape, through the crate's Prometheus text encoder (format 0.0.4).
+//!
+//! The crate owns the format (HELP/TYPE lines, `_total` suffixes, label escaping, cumulative
+//! `le` buckets with Go-style float formatting); this file only decides names, help texts,
+//! labels and which series are shown. Counter names below are written with their `_total`
+//! suffix (so the name in the code is the one in docs/metrics.md) and stripped before they are
+//! handed to the encoder, which appends it again.
 
-use std::fmt::Write;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
-use super::{HistogramSnapshot, LATENCY_BUCKETS, ROUTES, STATUSES, Snapshot, reason_label};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::registry::Registry;
 
-/// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+use super::{
+    CALLBACK_FAILURES, CdrBacklog, GRPC_CODES, GRPC_METHODS, HistogramSnapshot, LATENCY_BUCKETS,
+    LinkSnapshot, Metrics, ROUTES, STATUSES, Snapshot, reason_label,
+};
 
-/// Process-wide values read at scrape time (not per shard).
+/// The `Content-Type` of the exposition (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Process-wide values read by the scrape (not per shard): dependencies' health and backlogs
+/// that live outside the metric slots.
 #[derive(Debug, Default, Clone)]
 pub struct Gauges {
-    /// `None`: no Redis configured.
+    /// `None`: no Redis configured for the L2 limiter.
     pub redis_up: Option<bool>,
     pub redis_round_trips: u64,
     pub redis_transitions: u64,
@@ -18,356 +38,553 @@ pub struct Gauges {
     pub state_queue_len: Option<u64>,
     pub state_batches: u64,
     pub state_batched_ops: u64,
-    pub submitted: u64,
-    pub failed: u64,
-    pub handed_over: u64,
-    pub handover_full: u64,
-    pub retried_other_bind: u64,
-    pub state_write_failed_after_submit: u64,
-    pub receipts_not_acked_store_down: u64,
     /// CDRs the writer accepted / refused (backpressure) since start.
     pub cdr_accepted: u64,
     pub cdr_refused: u64,
+    pub cdr_batches_written: u64,
+    pub cdr_upload_failures: u64,
+    /// `None`: no CDR probe registered.
+    pub cdr_backlog: Option<CdrBacklog>,
+    /// Routing view of each link: `(link id, connected, transitions since start)`.
+    pub link_health: Vec<(u32, bool, u64)>,
+    /// The contact-policy engine's counter store (Redis): `None` when the engine does not use
+    /// Redis (disabled, memory counters, or a remote MCP).
+    pub policy_store: Option<PolicyStoreHealth>,
+    /// The remote MCP client: `None` without `[policy] remote_url`.
+    pub policy_remote: Option<PolicyRemoteHealth>,
 }
 
-struct Out(String);
+/// Health of the policy engine's Redis counter store.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PolicyStoreHealth {
+    pub up: bool,
+    pub errors: u64,
+}
 
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+/// Counters of the remote MCP client (process-wide).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PolicyRemoteHealth {
+    pub errors: u64,
+    pub fail_open_passes: u64,
+    pub fail_closed_refusals: u64,
+}
+
+/// Renders the page: one registry per scrape holding one collector (cheap: a `Vec` and a
+/// `Box`; the work is the summing and formatting either way).
+pub fn render(metrics: &Arc<Metrics>, gauges: &Gauges) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SlotCollector {
+        metrics: Arc::clone(metrics),
+        gauges: gauges.clone(),
+    }));
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing into a `String` cannot fail, and our encode only fails when the writer does.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        tracing::warn!("metrics exposition failed: {e}");
     }
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                self.0.push_str(k);
-                self.0.push_str("=\"");
-                escape_into(&mut self.0, v);
-                self.0.push('"');
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
-    fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
-        self.family(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0u64;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += h.buckets.get(i).copied().unwrap_or(0);
-            self.sample(&bucket, &[("le", &bound.to_string())], cumulative);
-        }
-        self.sample(&bucket, &[("le", "+Inf")], h.count);
-        self.sample(&format!("{name}_sum"), &[], h.sum_seconds);
-        self.sample(&format!("{name}_count"), &[], h.count);
+    out
+}
+
+/// Sums the per-shard slots when the registry encodes it (at scrape time).
+#[derive(Debug)]
+pub struct SlotCollector {
+    pub metrics: Arc<Metrics>,
+    pub gauges: Gauges,
+}
+
+impl Collector for SlotCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let snapshot = self.metrics.snapshot();
+        let mut out = Out(encoder);
+        encode_all(&mut out, &snapshot, &self.metrics, &self.gauges)
     }
 }
 
-/// Label values may hold any UTF-8; `\`, `"` and newline must be escaped.
-fn escape_into(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
+/// Thin helpers over the encoder: one family per call.
+struct Out<'a>(DescriptorEncoder<'a>);
 
-/// Renders every metric family. Series that are zero and have labels (e.g. a status never
-/// answered) are omitted to keep the page short; unlabeled ones are always present.
-pub fn render(s: &Snapshot, g: &Gauges) -> String {
-    let mut o = Out(String::with_capacity(8 * 1024));
+type NoExemplar<'a> = Option<&'a Exemplar<NoLabelSet, u64>>;
+type NoHistExemplars<'a> = Option<&'a HashMap<usize, Exemplar<NoLabelSet, f64>>>;
 
-    o.family(
-        "smsgw_http_requests_total",
-        "counter",
-        "REST requests answered, by route and HTTP status (status 0 = any other status).",
+/// The name handed to the encoder for a counter: without `_total` (the encoder appends it).
+fn counter_base(name: &str) -> &str {
+    debug_assert!(
+        name.ends_with("_total"),
+        "counter {name} must end in _total"
     );
-    for (r, row) in s.http.iter().enumerate() {
-        for (st, &v) in row.iter().enumerate() {
-            if v > 0 {
-                let status = STATUSES[st].to_string();
-                o.sample(
-                    "smsgw_http_requests_total",
-                    &[("route", ROUTES[r]), ("status", &status)],
-                    v,
-                );
-            }
-        }
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+impl Out<'_> {
+    fn counter(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        let mut m =
+            self.0
+                .encode_descriptor(counter_base(name), help, None, MetricType::Counter)?;
+        m.encode_counter(&v, NoExemplar::None)
     }
-    o.one(
+
+    fn gauge(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        let mut m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        m.encode_gauge(&v)
+    }
+
+    /// A labelled counter family; `series` yields `(labels, value)`.
+    fn counters<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) -> fmt::Result {
+        let mut m =
+            self.0
+                .encode_descriptor(counter_base(name), help, None, MetricType::Counter)?;
+        for (labels, v) in series {
+            m.encode_family(&labels)?
+                .encode_counter(&v, NoExemplar::None)?;
+        }
+        Ok(())
+    }
+
+    fn gauges<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) -> fmt::Result {
+        let mut m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in series {
+            m.encode_family(&labels)?.encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) -> fmt::Result {
+        // Non-cumulative counts per upper bound; the encoder accumulates. The last slot is
+        // the overflow (+Inf) bucket.
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, h.buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        buckets.push((
+            f64::INFINITY,
+            h.buckets.get(LATENCY_BUCKETS.len()).copied().unwrap_or(0),
+        ));
+        let mut m = self
+            .0
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        m.encode_histogram(h.sum_seconds, h.count, &buckets, NoHistExemplars::None)
+    }
+}
+
+/// Every family, in page order. Labelled series that are zero and come from a large fixed
+/// set (HTTP route × status, gRPC method × code, rejection reasons) are omitted to keep the
+/// page short; everything else is always present.
+fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Result {
+    // ---- Ingress ----
+    o.counters(
+        "smsgw_http_requests_total",
+        "REST requests answered, by route and HTTP status (status 0 = any other status).",
+        s.http.iter().enumerate().flat_map(|(r, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0)
+                .map(move |(st, &v)| {
+                    (
+                        [
+                            ("route", ROUTES[r].to_string()),
+                            ("status", STATUSES[st].to_string()),
+                        ],
+                        v,
+                    )
+                })
+        }),
+    )?;
+    o.counters(
+        "smsgw_grpc_requests_total",
+        "gRPC calls answered, by method and status code.",
+        s.grpc.iter().enumerate().flat_map(|(mi, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0)
+                .map(move |(ci, &v)| ([("method", GRPC_METHODS[mi]), ("code", GRPC_CODES[ci])], v))
+        }),
+    )?;
+    o.counter(
         "smsgw_messages_accepted_total",
-        "counter",
         "Messages recorded as accepted in the state store (duplicates of a known transaction_id not counted).",
         s.accepted,
-    );
-    o.family(
+    )?;
+    o.counters(
         "smsgw_messages_rejected_total",
-        "counter",
         "Send requests answered with an error, by API error code.",
-    );
-    for (i, &v) in s.rejected.iter().enumerate() {
-        if v > 0 {
-            o.sample(
-                "smsgw_messages_rejected_total",
-                &[("reason", reason_label(i))],
-                v,
-            );
-        }
-    }
-    o.one(
+        s.rejected
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v > 0)
+            .map(|(i, &v)| ([("reason", reason_label(i))], v)),
+    )?;
+    o.counter(
         "smsgw_messages_submitted_total",
-        "counter",
         "Messages whose every part the SMSC accepted (submit_sm_resp OK).",
-        g.submitted,
-    );
-    o.one(
+        s.submitted,
+    )?;
+    o.counter(
         "smsgw_messages_failed_total",
-        "counter",
         "Accepted messages that ended failed/rejected/unknown at submission.",
-        g.failed,
-    );
-    o.one(
+        s.failed,
+    )?;
+    o.counter(
         "smsgw_parts_submitted_total",
-        "counter",
         "Parts (submit_sm) of accepted messages passed to SMPP submission.",
         s.parts_submitted,
-    );
-    o.one(
+    )?;
+    o.counter(
         "smsgw_handover_total",
-        "counter",
         "Messages handed to another shard that owns a bind of their link.",
-        g.handed_over,
-    );
-    o.one(
+        s.handed_over,
+    )?;
+    o.counter(
         "smsgw_handover_full_total",
-        "counter",
         "Hand-overs refused because the target shard's bounded queue was full.",
-        g.handover_full,
-    );
-    o.one(
+        s.handover_full,
+    )?;
+    o.counter(
         "smsgw_submit_retried_other_bind_total",
-        "counter",
         "Messages retried on a second bind after the first could not take them.",
-        g.retried_other_bind,
-    );
+        s.retried_other_bind,
+    )?;
+    o.counter(
+        "smsgw_submit_retried_other_member_total",
+        "Messages none of whose parts were written, retried once on another member of the pool.",
+        s.retried_other_member,
+    )?;
+
+    // ---- Stage latencies ----
     o.histogram(
         "smsgw_send_duration_seconds",
-        "Successful sends: parsed request to response built.",
+        "Successful sends: parsed request to response built (ingress to response).",
         &s.send_duration,
-    );
+    )?;
     o.histogram(
         "smsgw_smpp_submit_resp_seconds",
         "Per message: submit of its parts to the last submit_sm_resp.",
         &s.submit_resp,
-    );
+    )?;
     o.histogram(
         "smsgw_receipt_delay_seconds",
         "Acceptance of a message to the arrival of a delivery receipt that changed it.",
         &s.receipt_delay,
-    );
-    o.family(
-        "smsgw_receipts_total",
-        "counter",
-        "Delivery receipts received, by outcome (applied, duplicate, unmatched, unparsable).",
-    );
-    for (outcome, v) in [
-        ("applied", s.receipts_applied),
-        ("duplicate", s.receipts_duplicate),
-        ("unmatched", s.receipts_unmatched),
-        ("unparsable", s.receipts_unparsable),
-    ] {
-        o.sample("smsgw_receipts_total", &[("outcome", outcome)], v);
-    }
-    o.one(
-        "smsgw_receipts_not_acked_store_down_total",
-        "counter",
-        "Receipts left unacknowledged (SMSC will resend) because the state store was unavailable.",
-        g.receipts_not_acked_store_down,
-    );
+    )?;
 
-    type LinkField = fn(&super::LinkSnapshot) -> u64;
-    let link_families: [(&str, &str, &str, LinkField); 10] = [
+    // ---- Receipts ----
+    o.counters(
+        "smsgw_receipts_total",
+        "Delivery receipts received, by outcome (applied, duplicate, unmatched, unparsable).",
+        [
+            ("applied", s.receipts_applied),
+            ("duplicate", s.receipts_duplicate),
+            ("unmatched", s.receipts_unmatched),
+            ("unparsable", s.receipts_unparsable),
+        ]
+        .map(|(outcome, v)| ([("outcome", outcome)], v)),
+    )?;
+    o.counter(
+        "smsgw_receipts_not_acked_store_down_total",
+        "Receipts left unacknowledged (SMSC will resend) because the state store was unavailable.",
+        s.receipts_not_acked_store_down,
+    )?;
+
+    // ---- SMPP links ----
+    type LinkField = fn(&LinkSnapshot) -> u64;
+    let link_gauges: [(&str, &str, LinkField); 6] = [
         (
             "smsgw_link_up",
-            "gauge",
             "1 when at least one submit-capable bind of the link is bound.",
             |l| u64::from(l.binds_up > 0),
         ),
         (
             "smsgw_link_binds",
-            "gauge",
             "Configured submit-capable binds of the link (all shards).",
             |l| l.binds,
         ),
         (
             "smsgw_link_binds_up",
-            "gauge",
             "Submit-capable binds of the link that are bound now.",
             |l| l.binds_up,
         ),
         (
             "smsgw_link_window_outstanding",
-            "gauge",
             "submit_sm written and not yet answered on the link (window occupancy).",
             |l| l.outstanding,
         ),
         (
             "smsgw_link_window_capacity",
-            "gauge",
             "Sum of the window sizes of the link's bound binds.",
             |l| l.window,
         ),
         (
             "smsgw_link_queued",
-            "gauge",
             "submit_sm queued behind the window on the link.",
             |l| l.queued,
         ),
+    ];
+    for (name, help, f) in link_gauges {
+        o.gauges(
+            name,
+            help,
+            s.links.iter().map(|l| ([("link", l.id.to_string())], f(l))),
+        )?;
+    }
+    o.gauges(
+        "smsgw_link_connected",
+        "1 while routing considers the link connected (the health table the router reads).",
+        g.link_health
+            .iter()
+            .map(|&(id, up, _)| ([("link", id.to_string())], u64::from(up))),
+    )?;
+    o.counters(
+        "smsgw_link_transitions_total",
+        "Connected/disconnected changes of the link in the routing health table.",
+        g.link_health
+            .iter()
+            .map(|&(id, _, t)| ([("link", id.to_string())], t)),
+    )?;
+    let link_counters: [(&str, &str, LinkField); 5] = [
         (
             "smsgw_smpp_throttled_total",
-            "counter",
             "submit_sm_resp with ESME_RTHROTTLED received on the link.",
             |l| l.throttled,
         ),
         (
             "smsgw_smpp_submit_timeouts_total",
-            "counter",
             "submit_sm that got no response within resp_timeout on the link.",
             |l| l.submit_timeouts,
         ),
         (
             "smsgw_smpp_unmatched_responses_total",
-            "counter",
             "Responses that matched no request sent on the link.",
             |l| l.unmatched_responses,
         ),
         (
             "smsgw_smpp_reconnects_total",
-            "counter",
             "TCP connection attempts to the link beyond the first of each bind.",
             |l| l.reconnects,
         ),
-    ];
-    for (name, kind, help, f) in link_families {
-        o.family(name, kind, help);
-        for l in &s.links {
-            o.sample(name, &[("link", &l.id.to_string())], f(l));
-        }
-    }
-    o.family(
-        "smsgw_smpp_delivers_total",
-        "counter",
-        "deliver_sm received on the link (receipts and MO).",
-    );
-    for l in &s.links {
-        o.sample(
+        (
             "smsgw_smpp_delivers_total",
-            &[("link", &l.id.to_string())],
-            l.delivers,
-        );
+            "deliver_sm received on the link (receipts and MO).",
+            |l| l.delivers,
+        ),
+    ];
+    for (name, help, f) in link_counters {
+        o.counters(
+            name,
+            help,
+            s.links.iter().map(|l| ([("link", l.id.to_string())], f(l))),
+        )?;
     }
 
+    // ---- Dependencies: Redis (L2 limiter), contact policy ----
     if let Some(up) = g.redis_up {
-        o.one(
+        o.gauge(
             "smsgw_redis_up",
-            "gauge",
             "1 when the Redis (L2) rate limiter answers; absent when no Redis is configured.",
             u64::from(up),
-        );
-        o.one(
+        )?;
+        o.counter(
             "smsgw_redis_round_trips_total",
-            "counter",
             "Redis calls made by the L2 limiter (lease scripts and probes).",
             g.redis_round_trips,
-        );
-        o.one(
+        )?;
+        o.counter(
             "smsgw_redis_transitions_total",
-            "counter",
             "Redis up/down transitions (each down is a fallback per [limits] on_redis_down).",
             g.redis_transitions,
-        );
+        )?;
     }
+    if let Some(p) = g.policy_store {
+        o.gauge(
+            "smsgw_policy_store_up",
+            "1 when the contact-policy counter store (Redis) answered its last call.",
+            u64::from(p.up),
+        )?;
+        o.counter(
+            "smsgw_policy_store_errors_total",
+            "Contact-policy checks whose counter store (Redis) call failed.",
+            p.errors,
+        )?;
+    }
+    if let Some(r) = g.policy_remote {
+        o.counter(
+            "smsgw_policy_remote_errors_total",
+            "Checks against the remote contact-policy service that failed (connect, timeout, bad answer).",
+            r.errors,
+        )?;
+        o.counter(
+            "smsgw_policy_remote_fail_open_total",
+            "Messages passed unchecked because the remote policy service failed (fail_open).",
+            r.fail_open_passes,
+        )?;
+        o.counter(
+            "smsgw_policy_remote_fail_closed_total",
+            "Messages refused because the remote policy service failed (fail_closed).",
+            r.fail_closed_refusals,
+        )?;
+    }
+
+    // ---- State store ----
     if let Some(q) = g.state_queue_len {
-        o.one(
+        o.gauge(
             "smsgw_state_queue_len",
-            "gauge",
             "State store operations waiting for the writer (backlog).",
             q,
-        );
-        o.one(
+        )?;
+        o.counter(
             "smsgw_state_batches_total",
-            "counter",
             "Write batches committed by the state store.",
             g.state_batches,
-        );
-        o.one(
+        )?;
+        o.counter(
             "smsgw_state_batched_ops_total",
-            "counter",
             "Operations committed in state store batches.",
             g.state_batched_ops,
-        );
+        )?;
     }
-    o.one(
+    o.counter(
         "smsgw_state_write_failed_after_submit_total",
-        "counter",
         "Submitted messages whose outcome could not be written (their receipts will not correlate).",
-        g.state_write_failed_after_submit,
-    );
-    o.one(
+        s.state_write_failed_after_submit,
+    )?;
+    o.counter(
+        "smsgw_recovery_resubmitted_total",
+        "Messages of an earlier process resubmitted by crash recovery at start.",
+        m.recovered_resubmitted.get(),
+    )?;
+    o.counter(
+        "smsgw_recovery_unknown_total",
+        "Messages of an earlier process that crash recovery marked unknown (possibly sent).",
+        m.recovered_unknown.get(),
+    )?;
+
+    // ---- CDR ----
+    o.counter(
         "smsgw_cdr_records_total",
-        "counter",
         "CDRs handed to the CDR writer (one per finished message).",
         g.cdr_accepted,
-    );
-    o.one(
+    )?;
+    o.counter(
         "smsgw_cdr_refused_total",
-        "counter",
         "CDRs refused by the writer under backpressure (not exported).",
         g.cdr_refused,
-    );
-    o.family(
-        "smsgw_shard_driver",
-        "gauge",
-        "1 for the I/O driver each shard runs (io_uring or epoll).",
-    );
-    for (shard, driver) in &s.drivers {
-        if let Some(d) = driver {
-            o.sample(
-                "smsgw_shard_driver",
-                &[("shard", &shard.to_string()), ("driver", d)],
-                1,
-            );
-        }
+    )?;
+    o.counter(
+        "smsgw_cdr_batches_written_total",
+        "CDR batches placed in the sink (local file written or S3 upload answered 2xx).",
+        g.cdr_batches_written,
+    )?;
+    o.counter(
+        "smsgw_cdr_upload_failures_total",
+        "Failed CDR batch uploads to S3 (retried with back-off).",
+        g.cdr_upload_failures,
+    )?;
+    if let Some(b) = g.cdr_backlog {
+        o.gauge(
+            "smsgw_cdr_queue_len",
+            "CDRs queued for the CDR writer thread and not yet taken by it.",
+            b.queued_records,
+        )?;
+        o.gauge(
+            "smsgw_cdr_pending_batches",
+            "Closed CDR batches not yet in the sink (in memory or spooled).",
+            b.pending_batches,
+        )?;
+        o.gauge(
+            "smsgw_cdr_spool_files",
+            "CDR batch files in the S3 write-ahead spool directory.",
+            b.spool_files,
+        )?;
+        o.gauge(
+            "smsgw_cdr_spool_bytes",
+            "Bytes of the CDR batch files in the S3 spool directory.",
+            b.spool_bytes,
+        )?;
     }
-    o.0
+
+    // ---- Delivery-status callbacks ----
+    let cb = &m.callbacks;
+    o.counter(
+        "smsgw_callback_events_enqueued_total",
+        "Delivery-status events put into the callback outbox.",
+        cb.events_enqueued.get(),
+    )?;
+    o.counter(
+        "smsgw_callback_events_dropped_total",
+        "Delivery-status events refused because the callback outbox was full.",
+        cb.events_dropped.get(),
+    )?;
+    o.counter(
+        "smsgw_callback_posts_ok_total",
+        "Callback POSTs answered 2xx.",
+        cb.posts_ok.get(),
+    )?;
+    let failed = cb.posts_failed();
+    o.counters(
+        "smsgw_callback_posts_failed_total",
+        "Callback POSTs that failed, by reason (connect, timeout, http_4xx, http_5xx, other).",
+        CALLBACK_FAILURES
+            .iter()
+            .zip(failed)
+            .map(|(r, v)| ([("reason", *r)], v)),
+    )?;
+    o.counter(
+        "smsgw_callback_events_gave_up_total",
+        "Callback events abandoned after their last retry.",
+        cb.events_gave_up.get(),
+    )?;
+    o.gauge(
+        "smsgw_callback_outbox_backlog",
+        "Callback events in the outbox not yet delivered.",
+        cb.outbox_backlog.get(),
+    )?;
+
+    // ---- Runtime ----
+    o.gauges(
+        "smsgw_shard_driver",
+        "1 for the I/O driver each shard runs (io_uring or epoll).",
+        s.drivers.iter().filter_map(|(shard, d)| {
+            d.map(|d| ([("shard", shard.to_string()), ("driver", d.to_string())], 1))
+        }),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
     use std::time::Duration;
+
+    fn families(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or(""))
+            .collect()
+    }
 
     #[test]
     fn renders_families_once_with_cumulative_buckets() {
-        let m = Metrics::new(2, vec![3]);
+        let m = Arc::new(Metrics::new(2, vec![3]));
         m.shard(0).send_duration.observe(Duration::from_micros(50));
         m.shard(1).send_duration.observe(Duration::from_millis(2));
         m.shard(1).rejected("blacklist");
         m.shard(0).set_driver(crate::runtime::Driver::Epoll);
-        let text = render(&m.snapshot(), &Gauges::default());
+        m.shard(1).grpc_request("SendMessage", "RESOURCE_EXHAUSTED");
+        m.callbacks.post_failed("http_5xx");
+        let text = render(&m, &Gauges::default());
         assert!(text.contains("smsgw_send_duration_seconds_bucket{le=\"0.0001\"} 1\n"));
         assert!(text.contains("smsgw_send_duration_seconds_bucket{le=\"0.0025\"} 2\n"));
         assert!(text.contains("smsgw_send_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
@@ -375,15 +592,20 @@ mod tests {
         assert!(text.contains("smsgw_messages_rejected_total{reason=\"blacklist\"} 1\n"));
         assert!(text.contains("smsgw_shard_driver{shard=\"0\",driver=\"epoll\"} 1\n"));
         assert!(text.contains("smsgw_link_up{link=\"3\"} 0\n"));
+        assert!(text.contains(
+            "smsgw_grpc_requests_total{method=\"SendMessage\",code=\"RESOURCE_EXHAUSTED\"} 1\n"
+        ));
+        assert!(text.contains("smsgw_callback_posts_failed_total{reason=\"http_5xx\"} 1\n"));
+        assert!(text.contains("# TYPE smsgw_messages_accepted_total counter\n"));
         assert!(!text.contains("smsgw_redis_up"));
+        assert!(
+            !text.contains("smsgw_cdr_queue_len"),
+            "no probe: no backlog gauges"
+        );
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        let mut names: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .map(|l| l.split(' ').next().unwrap_or(""))
-            .collect();
+        let mut names = families(&text);
         let n = names.len();
         names.sort_unstable();
         names.dedup();
@@ -391,9 +613,56 @@ mod tests {
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        let mut s = String::new();
-        escape_into(&mut s, "a\"b\\c\nd");
-        assert_eq!(s, "a\\\"b\\\\c\\nd");
+    fn optional_families_appear_with_their_source() {
+        let m = Arc::new(Metrics::new(1, vec![]));
+        let g = Gauges {
+            redis_up: Some(false),
+            state_queue_len: Some(4),
+            cdr_backlog: Some(CdrBacklog {
+                queued_records: 7,
+                ..CdrBacklog::default()
+            }),
+            link_health: vec![(5, true, 2)],
+            policy_store: Some(PolicyStoreHealth {
+                up: true,
+                errors: 1,
+            }),
+            policy_remote: Some(PolicyRemoteHealth::default()),
+            ..Gauges::default()
+        };
+        let text = render(&m, &g);
+        for line in [
+            "smsgw_redis_up 0\n",
+            "smsgw_state_queue_len 4\n",
+            "smsgw_cdr_queue_len 7\n",
+            "smsgw_link_connected{link=\"5\"} 1\n",
+            "smsgw_link_transitions_total{link=\"5\"} 2\n",
+            "smsgw_policy_store_up 1\n",
+            "smsgw_policy_store_errors_total 1\n",
+            "smsgw_policy_remote_errors_total 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped_by_the_encoder() {
+        let m = Arc::new(Metrics::new(1, vec![]));
+        // Route/status/reason labels come from fixed sets; the encoder still escapes any
+        // value, which the link label (a number) never needs. Check the crate does it.
+        let mut registry = Registry::default();
+        #[derive(Debug)]
+        struct Odd;
+        impl Collector for Odd {
+            fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+                let mut m = e.encode_descriptor("odd", "h", None, MetricType::Gauge)?;
+                m.encode_family(&[("v", "a\"b\\c\nd")])?.encode_gauge(&1u64)
+            }
+        }
+        registry.register_collector(Box::new(Odd));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        assert!(out.contains("odd{v=\"a\\\"b\\\\c\\nd\"} 1\n"), "{out}");
+        drop(m);
     }
 }

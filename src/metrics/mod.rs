@@ -24,8 +24,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use exposition::CONTENT_TYPE;
-pub use exposition::{Gauges, render};
+pub use exposition::{
+    CONTENT_TYPE, Gauges, PolicyRemoteHealth, PolicyStoreHealth, SlotCollector, render,
+};
 pub use sample::{LinkSampler, scrape};
 
 /// A single-writer counter (see module docs for why `fetch_add` is uncontended).
@@ -461,6 +462,7 @@ impl Metrics {
         let mut s = Snapshot {
             http: vec![vec![0; STATUSES.len()]; ROUTES.len()],
             rejected: vec![0; REASON_COUNT],
+            grpc: vec![vec![0; GRPC_CODES.len()]; GRPC_METHODS.len()],
             links: self
                 .link_ids
                 .iter()
@@ -489,6 +491,19 @@ impl Metrics {
             s.receipts_duplicate += sh.receipts_duplicate.get();
             s.receipts_unmatched += sh.receipts_unmatched.get();
             s.receipts_unparsable += sh.receipts_unparsable.get();
+            s.receipts_not_acked_store_down += sh.receipts_not_acked_store_down.get();
+            s.submitted += sh.submitted.get();
+            s.failed += sh.failed.get();
+            s.handed_over += sh.handed_over.get();
+            s.handover_full += sh.handover_full.get();
+            s.retried_other_bind += sh.retried_other_bind.get();
+            s.retried_other_member += sh.retried_other_member.get();
+            s.state_write_failed_after_submit += sh.state_write_failed_after_submit.get();
+            for (acc, row) in s.grpc.iter_mut().zip(sh.grpc.iter()) {
+                for (a, c) in acc.iter_mut().zip(row) {
+                    *a += c.get();
+                }
+            }
             s.drivers.push((
                 i,
                 match sh.driver.get() {
@@ -545,6 +560,16 @@ pub struct Snapshot {
     pub receipts_duplicate: u64,
     pub receipts_unmatched: u64,
     pub receipts_unparsable: u64,
+    pub receipts_not_acked_store_down: u64,
+    pub submitted: u64,
+    pub failed: u64,
+    pub handed_over: u64,
+    pub handover_full: u64,
+    pub retried_other_bind: u64,
+    pub retried_other_member: u64,
+    pub state_write_failed_after_submit: u64,
+    /// `[method][code]`, indexed like `GRPC_METHODS` / `GRPC_CODES`.
+    pub grpc: Vec<Vec<u64>>,
     pub drivers: Vec<(usize, Option<&'static str>)>,
     pub links: Vec<LinkSnapshot>,
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Gauges, ShardMetrics};
+use super::{Gauges, PolicyRemoteHealth, PolicyStoreHealth, ShardMetrics};
 use crate::shard::pipeline::{LocalBind, Shared};
 use crate::smpp::io::BindState;
 use crate::smpp::session::SessionStats;
@@ -80,20 +80,35 @@ impl LinkSampler {
     }
 }
 
-/// The `/metrics` page: every shard's slots summed, plus process-wide gauges.
+/// The `/metrics` page: every shard's slots summed (by the collector, at encode time), plus
+/// the process-wide values read here.
 pub fn scrape(shared: &Shared) -> String {
+    super::render(&shared.metrics, &process_gauges(shared))
+}
+
+/// Reads the process-wide values: dependency health, backlogs, the routing health table.
+/// Atomics and probes only: no I/O, no lock held across anything slow.
+pub fn process_gauges(shared: &Shared) -> Gauges {
     use std::sync::atomic::Ordering::Relaxed;
-    let c = &shared.counters;
+    let cdr = shared.cdr.stats();
     let mut g = Gauges {
-        submitted: c.submitted.load(Relaxed),
-        failed: c.failed.load(Relaxed),
-        handed_over: c.handed_over.load(Relaxed),
-        handover_full: c.handover_full.load(Relaxed),
-        retried_other_bind: c.retried_other_bind.load(Relaxed),
-        state_write_failed_after_submit: c.state_write_failed_after_submit.load(Relaxed),
-        receipts_not_acked_store_down: c.receipts_not_acked_store_down.load(Relaxed),
-        cdr_accepted: shared.cdr.stats().records_accepted.load(Relaxed),
-        cdr_refused: shared.cdr.stats().records_rejected.load(Relaxed),
+        cdr_accepted: cdr.records_accepted.load(Relaxed),
+        cdr_refused: cdr.records_rejected.load(Relaxed),
+        cdr_batches_written: cdr.batches_written.load(Relaxed),
+        cdr_upload_failures: cdr.upload_failures.load(Relaxed),
+        cdr_backlog: shared.metrics.cdr_probe.get().map(|p| p()),
+        link_health: shared
+            .registry
+            .links()
+            .filter_map(|l| {
+                let h = shared.health.snapshot(l.id)?;
+                Some((
+                    l.id.0,
+                    h.state == crate::route::LinkState::Connected,
+                    h.transitions,
+                ))
+            })
+            .collect(),
         ..Gauges::default()
     };
     if let Some(h) = shared.limits.l2_health() {
@@ -107,7 +122,25 @@ pub fn scrape(shared: &Shared) -> String {
         g.state_batches = batches;
         g.state_batched_ops = ops;
     }
-    super::render(&shared.metrics.snapshot(), &g)
+    if shared.config.policy.remote.is_some() {
+        let r = crate::policy::remote::stats();
+        g.policy_remote = Some(PolicyRemoteHealth {
+            errors: r.errors.load(Relaxed),
+            fail_open_passes: r.fail_open_passes.load(Relaxed),
+            fail_closed_refusals: r.fail_closed_refusals.load(Relaxed),
+        });
+    } else if let Some(engine) = &shared.policy
+        && matches!(
+            engine.backend,
+            crate::policy::engine::CounterBackend::Redis(_)
+        )
+    {
+        g.policy_store = Some(PolicyStoreHealth {
+            up: !engine.metrics.store_down.load(Relaxed),
+            errors: engine.metrics.store_errors.load(Relaxed),
+        });
+    }
+    g
 }
 
 #[cfg(test)]

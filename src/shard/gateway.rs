@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::pipeline::{BindLoad, Counters, Shared};
+use super::pipeline::{BindLoad, Shared};
 use super::{ShardInit, run};
 use crate::config::{Config, FsyncPolicy as ConfigFsync, StateBackend};
 use crate::route::{HealthTable, Registry};
@@ -115,13 +115,13 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
             .upgrade()
             .map_or_else(crate::metrics::CdrBacklog::default, |w| {
                 let st = w.stats();
-                let closed = st.batches_closed.load(std::sync::atomic::Ordering::Relaxed);
-                let written = st.batches_written.load(std::sync::atomic::Ordering::Relaxed);
+                let closed = st.batches_closed.load(Ordering::Relaxed);
+                let written = st.batches_written.load(Ordering::Relaxed);
                 crate::metrics::CdrBacklog {
                     queued_records: w.queued_records() as u64,
                     pending_batches: closed.saturating_sub(written),
-                    spool_files: st.spool_files.load(std::sync::atomic::Ordering::Relaxed),
-                    spool_bytes: st.spool_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                    spool_files: st.spool_files.load(Ordering::Relaxed),
+                    spool_bytes: st.spool_bytes.load(Ordering::Relaxed),
                 }
             })
     }));
@@ -145,7 +145,6 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
         health,
         store,
         inboxes: inbox_tx,
-        counters: Counters::default(),
         metrics,
     });
 
@@ -262,13 +261,13 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     let deadline = Instant::now() + shutdown_timeout;
     let stopped = shards.join_until(deadline);
     side.shutdown_timeout(Duration::from_millis(200));
-    let c = &shared.counters;
+    let c = shared.metrics.snapshot();
     info!(
-        accepted = c.accepted.load(Ordering::Relaxed),
-        submitted = c.submitted.load(Ordering::Relaxed),
-        failed = c.failed.load(Ordering::Relaxed),
-        receipts = c.receipts_applied.load(Ordering::Relaxed),
-        receipts_unknown = c.receipts_unknown_id.load(Ordering::Relaxed),
+        accepted = c.accepted,
+        submitted = c.submitted,
+        failed = c.failed,
+        receipts = c.receipts_applied,
+        receipts_unknown = c.receipts_unmatched,
         "counters at shutdown"
     );
     if !stopped {

@@ -29,7 +29,7 @@ use crate::smpp::io::{self, BindConfig, BindEvents, BindState, Inbound};
 use crate::smpp::receipt::{self, ReceiptState};
 use crate::smpp::session::BindMode;
 use crate::state::{ReceiptInfo, ReceiptOutcome, Status};
-use pipeline::{Counters, Handover, LocalBind, Pipeline, Shared};
+use pipeline::{Handover, LocalBind, Pipeline, Shared};
 
 /// What a shard receives from the starting thread.
 pub struct ShardInit {
@@ -275,7 +275,6 @@ async fn handle_deliver(
     bind_index: u32,
     pdu: &crate::smpp::pdu::SubmitSm,
 ) -> Option<u32> {
-    let counters = &p.shared.counters;
     let receipt = match receipt::parse(pdu) {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -287,7 +286,6 @@ async fn handle_deliver(
         }
         Err(e) => {
             // Acknowledge: a receipt we cannot read will not become readable by resending it.
-            Counters::inc(&counters.receipts_unparsable);
             p.shared.metrics.shard(p.shard_id).receipts_unparsable.inc();
             warn!(link = link_id, bind = bind_index, error = %e, "unparsable receipt acknowledged");
             return Some(0);
@@ -344,7 +342,6 @@ async fn handle_deliver(
                         crate::state::unix_ms(),
                     );
                 }
-                Counters::inc(&counters.receipts_applied);
                 let m = p.shared.metrics.shard(p.shard_id);
                 m.receipts_applied.inc();
                 let delay_ms = info.received_at_ms.saturating_sub(record.created_at_ms);
@@ -358,7 +355,6 @@ async fn handle_deliver(
                     }
             }
             Ok(ReceiptOutcome::Duplicate) => {
-                Counters::inc(&counters.receipts_duplicate);
                 p.shared.metrics.shard(p.shard_id).receipts_duplicate.inc();
                 return Some(0);
             }
@@ -372,7 +368,6 @@ async fn handle_deliver(
                 if info.status.is_final() && p.shared.callbacks.is_enabled() {
                     renotify(p, link_id, &smsc_id, alt_id.as_deref()).await;
                 }
-                Counters::inc(&counters.receipts_unknown_id);
                 p.shared.metrics.shard(p.shard_id).receipts_unmatched.inc();
                 warn!(
                     link = link_id,
@@ -381,7 +376,11 @@ async fn handle_deliver(
                 return Some(0);
             }
             Err(e) if e.is_unavailable() => {
-                Counters::inc(&counters.receipts_not_acked_store_down);
+                p.shared
+                    .metrics
+                    .shard(p.shard_id)
+                    .receipts_not_acked_store_down
+                    .inc();
                 warn!(link = link_id, error = %e, "state store unavailable: receipt not acknowledged");
                 return None;
             }

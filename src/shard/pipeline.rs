@@ -39,7 +39,8 @@ use crate::state::{
     UpdateOutcome,
 };
 
-/// Process-wide, `Send + Sync` parts every shard reads. Immutable except counters.
+/// Process-wide, `Send + Sync` parts every shard reads. Immutable (counters live in the
+/// per-shard metric slots, `metrics`).
 pub struct Shared {
     pub config: Config,
     /// Apps, keys and the admin key (control plane); each shard builds its auth stage from it.
@@ -49,7 +50,6 @@ pub struct Shared {
     pub store: Arc<dyn StateStore>,
     /// Inbound hand-over channel of every shard, by shard id (bounded).
     pub inboxes: Vec<async_channel::Sender<Handover>>,
-    pub counters: Counters,
     /// Window occupancy of every bind, published by the owning shard's health loop (so any
     /// shard can answer `GET /api/v1/smpp/links`).
     pub bind_load: BindLoad,
@@ -101,32 +101,6 @@ impl BindLoad {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-/// Process-wide counters (exported by the metrics work later; logged at shutdown now).
-#[derive(Default, Debug)]
-pub struct Counters {
-    pub accepted: AtomicU64,
-    pub submitted: AtomicU64,
-    pub failed: AtomicU64,
-    pub handed_over: AtomicU64,
-    pub handover_full: AtomicU64,
-    pub retried_other_bind: AtomicU64,
-    /// Messages none of whose parts were written on the routed pool member, retried (once) on
-    /// another healthy member of the same pool.
-    pub retried_other_member: AtomicU64,
-    pub receipts_applied: AtomicU64,
-    pub receipts_duplicate: AtomicU64,
-    pub receipts_unknown_id: AtomicU64,
-    pub receipts_unparsable: AtomicU64,
-    pub receipts_not_acked_store_down: AtomicU64,
-    pub state_write_failed_after_submit: AtomicU64,
-}
-
-impl Counters {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -439,9 +413,9 @@ impl Pipeline {
             reply: reply_tx,
         };
         match self.shared.inboxes[pick].try_send(handover) {
-            Ok(()) => Counters::inc(&self.shared.counters.handed_over),
+            Ok(()) => self.shared.metrics.shard(self.shard_id).handed_over.inc(),
             Err(async_channel::TrySendError::Full(_)) => {
-                Counters::inc(&self.shared.counters.handover_full);
+                self.shared.metrics.shard(self.shard_id).handover_full.inc();
                 return Err(
                     ApiError::new(ErrorKind::Overloaded, "cross-shard queue full").retry_after(1),
                 );
@@ -531,7 +505,6 @@ impl Pipeline {
         if !job.resubmit {
             match self.shared.store.create(record).await {
                 Ok(CreateOutcome::Created(_)) => {
-                    Counters::inc(&self.shared.counters.accepted);
                     self.shared.metrics.shard(self.shard_id).accepted.inc();
                 }
                 Ok(CreateOutcome::Exists(existing)) => {
@@ -569,7 +542,11 @@ impl Pipeline {
             && let Some(other_cfg) = self.shared.registry.link(other)
             && let Ok(other_template) = submit_template(other_cfg, &job.source, &job.destination)
         {
-            Counters::inc(&self.shared.counters.retried_other_member);
+            self.shared
+                .metrics
+                .shard(self.shard_id)
+                .retried_other_member
+                .inc();
             let parts = spare_parts
                 .into_iter()
                 .map(|p| p.to_submit_sm(&other_template))
@@ -684,7 +661,11 @@ impl Pipeline {
                 // The record exists (create succeeded) but the submit outcome could not be
                 // written: receipts for it will not correlate. Count and log; the answer still
                 // tells the truth about the submission.
-                Counters::inc(&self.shared.counters.state_write_failed_after_submit);
+                self.shared
+                    .metrics
+                    .shard(self.shard_id)
+                    .state_write_failed_after_submit
+                    .inc();
                 tracing::error!(transaction_id = %job.key.transaction_id, "state write after submit failed");
                 if error.is_none() {
                     Status::Submitted
@@ -693,10 +674,11 @@ impl Pipeline {
                 }
             }
         };
+        let m = self.shared.metrics.shard(self.shard_id);
         if error.is_none() {
-            Counters::inc(&self.shared.counters.submitted);
+            m.submitted.inc();
         } else {
-            Counters::inc(&self.shared.counters.failed);
+            m.failed.inc();
         }
         Ok(SendAnswer {
             error,
@@ -869,7 +851,11 @@ impl Pipeline {
             Err(SubmitError::Invalid { .. }) => false,
         };
         if all_not_sent && let (Some(other), Some(parts)) = (second, spare) {
-            Counters::inc(&self.shared.counters.retried_other_bind);
+            self.shared
+                .metrics
+                .shard(self.shard_id)
+                .retried_other_bind
+                .inc();
             return submit_result(other.handle.submit(parts).await);
         }
         submit_result(result)
