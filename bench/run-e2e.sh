@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# One-command end-to-end REST benchmark (see PERF.md): builds the release binary, starts the SMSC
-# simulator, the gateway and the null-HTTP baseline on loopback, runs `smsgw bench` against the
-# null server and then the gateway at several open-loop rates and at max, each bounded in time,
-# and prints a summary with the gateway/null ratio measured in this one run.
+# One-command end-to-end benchmark (see PERF.md): builds the release binary, starts the SMSC
+# simulator, then per I/O driver the gateway and the null-HTTP baseline on loopback, and runs
+# `smsgw bench` against the null server (max) and the gateway (several open-loop rates, max,
+# half of that max, and batch submits), each bounded in time. Prints one summary table with
+# every run as a ratio to the null baseline measured with the same driver in this one run,
+# plus the gateway's idle RSS.
 #
-#   bench/run-e2e.sh                      # defaults below
-#   DURATION=5s RATES="2000 10000" bench/run-e2e.sh
+#   bench/run-e2e.sh                                    # defaults below
+#   DURATION=5s RATES="2000 10000" DRIVERS="io_uring epoll" bench/run-e2e.sh
 #
-# Knobs (environment): DURATION (per run, default 10s), RATES (open-loop rates, default
-# "1000 2000 5000 10000"), CONNECTIONS (64), PIPELINE (1), BENCH_THREADS (1), SHARDS (gateway
-# shards and null-server threads, so both servers get the same cores; default nproc, as the
-# gateway ships), ESME (500, the pool of the default rules), TEXT_MIX, DLR_PERCENT (100), NO_BUILD=1 (reuse target/release/smsgw),
-# OUT (result directory, default a new temp dir), SIM_PORT/HTTP_PORT/NULL_PORT/GRPC_PORT,
-# BENCH_BIN (binary for `bench`/`null-http`, default the same release binary),
-# STATE_FSYNC (state store fsync mode: batch (default, as shipped) or off).
+# Knobs (environment):
+#   DURATION (per run, default 10s); RATES (open-loop msg/s, default "1000 2000 5000 10000");
+#   HALF=1 (also run at half of the measured max, for "latency at half load"; 0 to skip);
+#   BATCH (batch sizes for `--batch` runs at max, default "100 1000"; "none" to skip);
+#   BATCH_CONNECTIONS (connections for batch runs, default 8);
+#   DRIVERS ("io_uring", "epoll" or both, default "io_uring": epoll = MONOIO_FORCE_LEGACY_DRIVER=1
+#   for the gateway and the null server; the bench client keeps its default driver);
+#   CONNECTIONS (64), PIPELINE (1), BENCH_THREADS (1), SHARDS (gateway shards = null-server
+#   threads, default nproc), ESME (500, the pool of the default rules), TEXT_MIX, DLR_PERCENT
+#   (100), NO_BUILD=1 (reuse target/release/smsgw), OUT (result directory, default a new temp
+#   dir), SIM_PORT/HTTP_PORT/NULL_PORT/GRPC_PORT, GW_BIN (binary for `serve`, default the
+#   release binary: set it to compare two builds), BENCH_BIN (binary for `bench`/`null-http`/
+#   `smsc-sim`, default the release binary), STATE_FSYNC (batch (default, as shipped) or off),
+#   PERF_RECORD=1 (perf-record the gateway during each max run; PERF_ARGS overrides the
+#   perf options).
 # Every process it starts is stopped by PID on exit, even on failure or Ctrl-C.
 set -euo pipefail
 
@@ -22,6 +32,11 @@ ROOT=$(pwd)
 
 DURATION=${DURATION:-10s}
 RATES=${RATES:-"1000 2000 5000 10000"}
+HALF=${HALF:-1}
+BATCH=${BATCH:-"100 1000"}
+[ "$BATCH" = none ] && BATCH=""
+BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-8}
+DRIVERS=${DRIVERS:-io_uring}
 CONNECTIONS=${CONNECTIONS:-64}
 PIPELINE=${PIPELINE:-1}
 BENCH_THREADS=${BENCH_THREADS:-1}
@@ -36,7 +51,7 @@ OUT=${OUT:-$(mktemp -d /tmp/smsgw-e2e.XXXXXX)}
 mkdir -p "$OUT"
 
 BIN="$ROOT/target/release/smsgw"
-# The binary that runs `bench` and `null-http` (same as BIN unless overridden).
+GW_BIN=${GW_BIN:-$BIN}
 BENCH_BIN=${BENCH_BIN:-$BIN}
 PIDS=()
 
@@ -74,11 +89,24 @@ wait_port() { # host port what
     exit 1
 }
 
+stop_pid() { # pid: TERM, bounded wait, KILL
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
 json_field() { # file field -> first numeric/string value of "field"
     sed -n "s/^  \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1" | head -n1
 }
 latency_field() { # file field (inside "latency")
     sed -n "s/^    \"$2\": \([^,]*\),\{0,1\}$/\1/p" "$1" | head -n1
+}
+rss_kib() { # pid -> VmRSS in KiB
+    sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB$/\1/p' "/proc/$1/status" 2>/dev/null || echo 0
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -87,16 +115,20 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     log "building release binary"
     cargo build --release --bin smsgw
 fi
-[ -x "$BIN" ] || { log "no binary at $BIN"; exit 1; }
+for b in "$BIN" "$GW_BIN" "$BENCH_BIN"; do
+    [ -x "$b" ] || { log "no binary at $b"; exit 1; }
+done
 
-# Bench copies of the default config: our ports, a private state dir, and link rates high enough
-# that the contracted esme_rate is not what the benchmark measures.
-sed -e "s|^http_addr = .*|http_addr = \"127.0.0.1:$HTTP_PORT\"|" \
-    -e "s|^shards = .*|shards = $SHARDS|" \
-    -e "s|^path = \"var/state\"|path = \"$OUT/state\"|" \
-    -e "s|^fsync = .*|fsync = \"${STATE_FSYNC:-batch}\"|" \
-    -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:${GRPC_PORT:-14044}\"|" \
-    config/smsgw.toml >"$OUT/smsgw.toml"
+# Bench copies of the default config: our ports, a private state dir per driver, and link
+# rates high enough that the contracted esme_rate is not what the benchmark measures.
+for d in $DRIVERS; do
+    sed -e "s|^http_addr = .*|http_addr = \"127.0.0.1:$HTTP_PORT\"|" \
+        -e "s|^shards = .*|shards = $SHARDS|" \
+        -e "s|^path = \"var/state\"|path = \"$OUT/state-$d\"|" \
+        -e "s|^fsync = .*|fsync = \"${STATE_FSYNC:-batch}\"|" \
+        -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:${GRPC_PORT:-14044}\"|" \
+        config/smsgw.toml >"$OUT/smsgw-$d.toml"
+done
 sed -e "s|^port = 2775|port = $SIM_PORT|" \
     -e "s|^esme_rate = .*|esme_rate = 100000|" \
     -e "s|^esme_rate_burst = .*|esme_rate_burst = 100000|" \
@@ -106,87 +138,129 @@ sed -e "s|^port = 2775|port = $SIM_PORT|" \
 # Authentication is on (as in production): the demo app, a throw-away server key, one token.
 cp config/apps.toml "$OUT/apps.toml"
 export SMSGW_JWT_SECRET="${SMSGW_JWT_SECRET:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}"
-TOKEN="$("$BIN" token --config "$OUT/smsgw.toml" --rules "$OUT/smpp_rules.toml" --app-id 1)"
-"$BIN" check-config --config "$OUT/smsgw.toml" --rules "$OUT/smpp_rules.toml" >"$OUT/check-config.txt" \
-    || { cat "$OUT/check-config.txt" >&2; exit 1; }
+first_driver=${DRIVERS%% *}
+TOKEN="$("$GW_BIN" token --config "$OUT/smsgw-$first_driver.toml" --rules "$OUT/smpp_rules.toml" --app-id 1)"
+"$GW_BIN" check-config --config "$OUT/smsgw-$first_driver.toml" --rules "$OUT/smpp_rules.toml" \
+    >"$OUT/check-config.txt" || { cat "$OUT/check-config.txt" >&2; exit 1; }
 
-log "starting smsc-sim on :$SIM_PORT, null-http on :$NULL_PORT, gateway on :$HTTP_PORT (results in $OUT)"
-"$BIN" smsc-sim --listen "127.0.0.1:$SIM_PORT" --dlr-percent "$DLR_PERCENT" >"$OUT/sim.log" 2>&1 &
-PIDS+=($!)
-"$BENCH_BIN" null-http --addr "127.0.0.1:$NULL_PORT" --threads "$SHARDS" >"$OUT/null.log" 2>&1 &
+log "starting smsc-sim on :$SIM_PORT (results in $OUT)"
+"$BENCH_BIN" smsc-sim --listen "127.0.0.1:$SIM_PORT" --dlr-percent "$DLR_PERCENT" >"$OUT/sim.log" 2>&1 &
 PIDS+=($!)
 wait_port 127.0.0.1 "$SIM_PORT" smsc-sim
-wait_port 127.0.0.1 "$NULL_PORT" null-http
-"$BIN" serve --config "$OUT/smsgw.toml" --rules "$OUT/smpp_rules.toml" >"$OUT/gateway.log" 2>&1 &
-GW_PID=$!
-PIDS+=($GW_PID)
-wait_port 127.0.0.1 "$HTTP_PORT" gateway
 
-COMMON=(--connections "$CONNECTIONS" --pipeline "$PIPELINE" --threads "$BENCH_THREADS"
-        --esme "$ESME" --text-mix "$TEXT_MIX" --duration "$DURATION" --quiet
-        --header "Authorization: Bearer $TOKEN" --header "X-App-ID: 1")
+AUTH=(--header "Authorization: Bearer $TOKEN" --header "X-App-ID: 1")
+COMMON=(--pipeline "$PIPELINE" --threads "$BENCH_THREADS" --esme "$ESME" --text-mix "$TEXT_MIX"
+        --duration "$DURATION" --quiet "${AUTH[@]}")
 
-run_bench() { # name url rate max_error_rate
-    local name=$1 url=$2 rate=$3 max_err=$4
-    log "bench $name: rate $rate for $DURATION"
-    # PERF_RECORD=1: sample the gateway (call graphs) during its max run, for `perf report`.
-    if [ "${PERF_RECORD:-0}" = 1 ] && [ "$name" = gw-max ]; then
-        perf record ${PERF_ARGS:--F 499 --call-graph dwarf,8192} -p "$GW_PID" -o "$OUT/perf.data" -- sleep "${DURATION%s}" \
-            >"$OUT/perf.log" 2>&1 &
+GW_PID=0
+run_bench() { # name url rate connections [extra bench args...]
+    local name=$1 url=$2 rate=$3 conns=$4
+    shift 4
+    log "bench $name: rate $rate, $conns connections $* for $DURATION"
+    # PERF_RECORD=1: sample the gateway (call graphs) during its max runs, for `perf report`.
+    local perf_pid=0
+    if [ "${PERF_RECORD:-0}" = 1 ] && [ "$rate" = max ] && [[ "$name" != *null* ]]; then
+        # shellcheck disable=SC2086
+        perf record ${PERF_ARGS:--F 499 --call-graph dwarf,8192} -p "$GW_PID" -o "$OUT/$name.perf.data" \
+            -- sleep "${DURATION%s}" >"$OUT/$name.perf.log" 2>&1 &
+        perf_pid=$!
     fi
     set +e
-    "$BENCH_BIN" bench --url "$url" --rate "$rate" "${COMMON[@]}" --max-error-rate "$max_err" \
-        --json "$OUT/$name.json" --hdr-out "$OUT/$name.hdr" >"$OUT/$name.txt" 2>&1
+    "$BENCH_BIN" bench --url "$url" --rate "$rate" --connections "$conns" "${COMMON[@]}" \
+        --max-error-rate 1 --json "$OUT/$name.json" --hdr-out "$OUT/$name.hdr" "$@" >"$OUT/$name.txt" 2>&1
     local rc=$?
     set -e
+    [ "$perf_pid" != 0 ] && wait "$perf_pid" 2>/dev/null || true
     cat "$OUT/$name.txt"
     echo "$rc" >"$OUT/$name.rc"
 }
 
-# Wait until the gateway routes (links bound): a short low-rate probe must succeed.
-ready=0
-for _ in $(seq 1 30); do
-    if "$BENCH_BIN" bench --url "http://127.0.0.1:$HTTP_PORT" --rate 20 --requests 10 --connections 1 \
-        --esme "$ESME" --quiet --max-error-rate 0 --header "Authorization: Bearer $TOKEN" --header "X-App-ID: 1" >"$OUT/probe.txt" 2>&1; then
-        ready=1
-        break
-    fi
+RUNS=()
+for d in $DRIVERS; do
+    case $d in
+        io_uring) DENV=() ;;
+        epoll) DENV=(MONOIO_FORCE_LEGACY_DRIVER=1) ;;
+        *) log "unknown driver $d (io_uring or epoll)"; exit 1 ;;
+    esac
+    log "[$d] starting null-http on :$NULL_PORT and the gateway on :$HTTP_PORT"
+    env "${DENV[@]}" "$BENCH_BIN" null-http --addr "127.0.0.1:$NULL_PORT" --threads "$SHARDS" >"$OUT/null-$d.log" 2>&1 &
+    NULL_PID=$!
+    PIDS+=($NULL_PID)
+    env "${DENV[@]}" "$GW_BIN" serve --config "$OUT/smsgw-$d.toml" --rules "$OUT/smpp_rules.toml" >"$OUT/gateway-$d.log" 2>&1 &
+    GW_PID=$!
+    PIDS+=($GW_PID)
+    wait_port 127.0.0.1 "$NULL_PORT" null-http
+    wait_port 127.0.0.1 "$HTTP_PORT" gateway
+
+    # Wait until the gateway routes (links bound): a short low-rate probe must succeed.
+    ready=0
+    for _ in $(seq 1 30); do
+        if "$BENCH_BIN" bench --url "http://127.0.0.1:$HTTP_PORT" --rate 20 --requests 10 --connections 1 \
+            --esme "$ESME" --quiet --max-error-rate 0 "${AUTH[@]}" >"$OUT/probe-$d.txt" 2>&1; then
+            ready=1
+            break
+        fi
+        sleep 1
+    done
+    [ "$ready" = 1 ] || { log "gateway never accepted the probe; last attempt:"; cat "$OUT/probe-$d.txt" >&2; exit 1; }
     sleep 1
-done
-[ "$ready" = 1 ] || { log "gateway never accepted the probe; last attempt:"; cat "$OUT/probe.txt" >&2; exit 1; }
+    rss_kib "$GW_PID" >"$OUT/idle-rss-$d.kib"
+    log "[$d] gateway idle RSS $(cat "$OUT/idle-rss-$d.kib") KiB"
 
-run_bench null-max "http://127.0.0.1:$NULL_PORT" max 1
-for rate in $RATES; do
-    run_bench "gw-$rate" "http://127.0.0.1:$HTTP_PORT" "$rate" 1
+    run_bench "$d-null-max" "http://127.0.0.1:$NULL_PORT" max "$CONNECTIONS"
+    RUNS+=("$d-null-max")
+    for rate in $RATES; do
+        run_bench "$d-gw-$rate" "http://127.0.0.1:$HTTP_PORT" "$rate" "$CONNECTIONS"
+        RUNS+=("$d-gw-$rate")
+    done
+    run_bench "$d-gw-max" "http://127.0.0.1:$HTTP_PORT" max "$CONNECTIONS"
+    RUNS+=("$d-gw-max")
+    if [ "$HALF" = 1 ]; then
+        max_rate=$(json_field "$OUT/$d-gw-max.json" accepted_per_s)
+        half=$(awk -v m="${max_rate:-0}" 'BEGIN { h = int(m / 2); print (h < 1 ? 1 : h) }')
+        run_bench "$d-gw-half" "http://127.0.0.1:$HTTP_PORT" "$half" "$CONNECTIONS"
+        RUNS+=("$d-gw-half")
+    fi
+    for b in $BATCH; do
+        run_bench "$d-batch-$b" "http://127.0.0.1:$HTTP_PORT" max "$BATCH_CONNECTIONS" --batch "$b"
+        RUNS+=("$d-batch-$b")
+    done
+    stop_pid "$GW_PID"
+    stop_pid "$NULL_PID"
+    GW_PID=0
 done
-run_bench gw-max "http://127.0.0.1:$HTTP_PORT" max 1
 
-null_rate=$(json_field "$OUT/null-max.json" accepted_per_s)
-gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT/gateway.log" | head -n1)
+gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT"/gateway-*.log | tr '\n' ' ')
 {
     echo
     echo "# smsgw end-to-end REST benchmark"
     echo "date        $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "revision    $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
-    echo "machine     nproc=$(nproc) kernel=$(uname -r) bench-driver=$(json_field "$OUT/null-max.json" driver) gateway-drivers=${gw_drivers:-unknown}"
+    echo "binaries    gateway $GW_BIN, bench/null/sim $BENCH_BIN"
+    echo "machine     nproc=$(nproc) kernel=$(uname -r) gateway-drivers=${gw_drivers:-unknown}"
     echo "load avg    at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box skews absolute figures)"
-    echo "command     DURATION=$DURATION RATES=\"$RATES\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS bench/run-e2e.sh"
-    echo "client      connections=$CONNECTIONS pipeline=$PIPELINE threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
+    echo "command     DURATION=$DURATION RATES=\"$RATES\" HALF=$HALF BATCH=\"$BATCH\" DRIVERS=\"$DRIVERS\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS STATE_FSYNC=${STATE_FSYNC:-batch} bench/run-e2e.sh"
+    echo "client      connections=$CONNECTIONS (batch runs: $BATCH_CONNECTIONS) pipeline=$PIPELINE threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
     echo "servers     gateway shards=$SHARDS state-fsync=${STATE_FSYNC:-batch}, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
+    for d in $DRIVERS; do
+        echo "idle RSS    $d: gateway $(awk '{ printf "%.1f MiB", $1 / 1024 }' "$OUT/idle-rss-$d.kib")"
+    done
     echo
-    printf '%-12s %10s %12s %10s %10s %10s %10s %10s %8s\n' run target accepted/s errors p50_us p99_us p99.9_us max_us vs_null
-    for name in null-max $(for r in $RATES; do echo "gw-$r"; done) gw-max; do
+    printf '%-22s %10s %12s %10s %10s %10s %10s %10s %8s\n' run target msg/s errors p50_us p99_us p99.9_us max_us vs_null
+    for name in "${RUNS[@]}"; do
         f="$OUT/$name.json"
-        [ -f "$f" ] || { printf '%-12s (no result, see %s)\n' "$name" "$OUT/$name.txt"; continue; }
+        [ -f "$f" ] || { printf '%-22s (no result, see %s)\n' "$name" "$OUT/$name.txt"; continue; }
+        null_rate=$(json_field "$OUT/${name%%-*}-null-max.json" accepted_per_s)
         acc=$(json_field "$f" accepted_per_s)
         target=$(json_field "$f" rate_per_s)
         [ "$target" = null ] && target=max
-        printf '%-12s %10s %12.0f %10s %10.0f %10.0f %10.0f %10.0f %8s\n' "$name" "$target" "$acc" \
+        printf '%-22s %10s %12.0f %10s %10.0f %10.0f %10.0f %10.0f %8s\n' "$name" "$target" "$acc" \
             "$(json_field "$f" errors_total)" "$(latency_field "$f" p50_us)" "$(latency_field "$f" p99_us)" \
             "$(latency_field "$f" p999_us)" "$(latency_field "$f" max_us)" \
-            "$(awk -v a="$acc" -v b="$null_rate" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "-" }')"
+            "$(awk -v a="$acc" -v b="${null_rate:-0}" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "-" }')"
     done
     echo
-    echo "Latency is measured from each request's scheduled send time (open loop); 'max' runs are"
-    echo "closed loop (latency from actual send). Raw JSON/HDR files: $OUT"
+    echo "msg/s = accepted messages per second. Latency is per request, from each request's"
+    echo "scheduled send time (open loop); 'max' runs are closed loop (latency from actual send);"
+    echo "batch runs: one request carries N messages. Raw JSON/HDR files: $OUT"
 } | tee "$OUT/summary.txt"
