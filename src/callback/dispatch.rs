@@ -9,7 +9,7 @@
 //! | 408, 429, 5xx, connect error, timeout, other transport error | retry after `backoff` (or `Retry-After`, capped), until `max_attempts` / `max_age_s`, then give up |
 //! | any other status (3xx, other 4xx) | give up at once: retrying cannot help and would only load the receiver |
 //!
-//! Giving up deletes the event, logs it (`event_id`, attempts, reason) and counts it
+//! Giving up deletes the event, logs it (one WARN line per POST, ids at DEBUG) and counts it
 //! (`smsgw_callback_events_gave_up_total`); the status itself stays readable through the API.
 
 use std::collections::{BTreeSet, HashMap};
@@ -266,9 +266,12 @@ impl Dispatcher {
             }
             Outcome::GiveUp { reason, status } => {
                 m.post_failed(reason);
-                for e in batch {
-                    self.give_up(e, reason, status).await;
+                let mut gave_up = Vec::with_capacity(batch.len());
+                for mut e in batch {
+                    e.attempts += 1;
+                    gave_up.push(e);
                 }
+                self.give_up(gave_up, reason, status).await;
             }
             Outcome::Retry {
                 reason,
@@ -277,12 +280,13 @@ impl Dispatcher {
                 m.post_failed(reason);
                 let now = unix_ms();
                 let max_age_ms = self.cfg.max_age_s.saturating_mul(1000);
+                let mut gave_up = Vec::new();
                 for mut e in batch {
                     e.attempts += 1;
                     if e.attempts >= self.cfg.max_attempts
                         || now.saturating_sub(e.created_ms) >= max_age_ms
                     {
-                        self.give_up(e, reason, None).await;
+                        gave_up.push(e);
                         continue;
                     }
                     let mut delay = backoff_ms(
@@ -300,21 +304,31 @@ impl Dispatcher {
                     let _ = self.ops.send(Op::Reschedule(e.clone())).await;
                     self.schedule(e);
                 }
+                self.give_up(gave_up, reason, None).await;
             }
         }
     }
 
-    async fn give_up(&mut self, e: Entry, reason: &'static str, status: Option<u16>) {
+    /// Drops events for good: one WARN line per POST (not per event, so a dead receiver with
+    /// a large backlog does not flood the log), every id at DEBUG, counted per event.
+    async fn give_up(&mut self, events: Vec<Entry>, reason: &'static str, status: Option<u16>) {
+        let Some(first) = events.first() else {
+            return;
+        };
         warn!(
-            event_id = %e.event_id,
-            app_id = e.app_id,
-            attempts = e.attempts.max(1),
+            events = events.len(),
+            first_event_id = %first.event_id,
+            app_id = first.app_id,
+            attempts = first.attempts,
             reason,
             status,
-            "callback given up"
+            "callbacks given up"
         );
-        self.metrics.callbacks.events_gave_up.inc();
-        self.remove(e.event_id).await;
+        for e in events {
+            debug!(event_id = %e.event_id, attempts = e.attempts, "callback given up");
+            self.metrics.callbacks.events_gave_up.inc();
+            self.remove(e.event_id).await;
+        }
     }
 
     async fn remove(&mut self, event_id: String) {
