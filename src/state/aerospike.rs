@@ -562,6 +562,40 @@ impl Drop for Inner {
     }
 }
 
+/// Creates the secondary index on the message set's `exp` bin (see the module docs). The
+/// server returns once it accepted the command; the index then builds in the background. Every
+/// replica asks at start; all but the first get "already exists".
+async fn create_exp_index(client: Arc<Client>, cfg: AerospikeConfig, bound: Duration) {
+    let admin = AdminPolicy {
+        timeout: u32::try_from(bound.as_millis()).unwrap_or(u32::MAX),
+    };
+    let (set, index) = (cfg.msg_set(), cfg.exp_index());
+    let create = client.create_index_on_bin(
+        &admin,
+        &cfg.namespace,
+        &set,
+        BIN_EXP,
+        &index,
+        IndexType::Numeric,
+        CollectionIndexType::Default,
+        None,
+    );
+    let why = match tokio::time::timeout(bound, create).await {
+        Ok(Ok(_)) => {
+            tracing::info!(%index, "aerospike: created the expiry index");
+            return;
+        }
+        Ok(Err(e)) if e.server_result_code() == Some(ResultCode::IndexFound) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {} ms", bound.as_millis()),
+    };
+    tracing::warn!(
+        %index,
+        error = %why,
+        "aerospike: cannot create the expiry index; the sweep scans the whole set until it exists"
+    );
+}
+
 /// The Aerospike [`StateStore`]. Cheap to share (`Arc`).
 pub struct AerospikeStore {
     inner: Arc<Inner>,
@@ -619,39 +653,21 @@ impl AerospikeStore {
         let client = Client::new(&policy, &cfg.hosts)
             .await
             .map_err(|e| StateError::Unavailable(format!("aerospike connect: {e}")))?;
+        let client = Arc::new(client);
         if cfg.create_exp_index {
-            let admin = AdminPolicy { timeout: t };
-            // Returns once the server accepted the command; the index builds in the background
-            // (the sweep falls back to a scan until it is readable). Every replica asks; all
-            // but the first get "already exists".
-            match client
-                .create_index_on_bin(
-                    &admin,
-                    &cfg.namespace,
-                    &cfg.msg_set(),
-                    BIN_EXP,
-                    &cfg.exp_index(),
-                    IndexType::Numeric,
-                    CollectionIndexType::Default,
-                    None,
-                )
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(index = %cfg.exp_index(), "aerospike: created the expiry index")
-                }
-                Err(e) if e.server_result_code() == Some(ResultCode::IndexFound) => {}
-                Err(e) => tracing::warn!(
-                    index = %cfg.exp_index(),
-                    error = %e,
-                    "aerospike: cannot create the expiry index; the sweep scans the whole set"
-                ),
-            }
+            // In the background: the store is usable at once (the sweep falls back to a scan
+            // until the index is readable), and a slow or refused index command must not fail
+            // or delay the start.
+            drop(rt.spawn(create_exp_index(
+                Arc::clone(&client),
+                cfg.clone(),
+                Duration::from_millis(cfg.connect_timeout_ms),
+            )));
         }
         let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
         Ok(Arc::new(AerospikeStore {
             inner: Arc::new(Inner {
-                client: Arc::new(client),
+                client,
                 rt,
                 msg_set: cfg.msg_set(),
                 rcpt_set: cfg.rcpt_set(),
