@@ -12,6 +12,8 @@
 //! [`null_server`] (the baseline).
 
 pub mod client;
+// gRPC load modes (tonic client on tokio), same schedule and report.
+pub mod grpc;
 pub mod http;
 pub mod null_server;
 pub mod pacer;
@@ -87,9 +89,9 @@ fn invalid(what: &'static str, why: impl Into<String>) -> LoadgenError {
 pub enum Protocol {
     /// REST `POST /api/v1/sms/send`, one message per request.
     Rest,
-    /// gRPC unary SendMessage (not yet implemented).
+    /// gRPC unary SendMessage (`--url` is the gRPC listener, e.g. http://127.0.0.1:44044).
     Grpc,
-    /// gRPC bidirectional streaming send (not yet implemented).
+    /// gRPC bidirectional SendMessageStream, one stream per connection.
     GrpcStream,
 }
 
@@ -207,6 +209,7 @@ pub struct NullServerArgs {
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub target: SocketAddr,
+    pub protocol: Protocol,
     pub host: String,
     pub path: String,
     pub pace: Pace,
@@ -287,14 +290,11 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), LoadgenError> {
 impl BenchConfig {
     /// Validate command-line arguments into a run.
     pub fn from_args(args: &BenchArgs) -> Result<Self, LoadgenError> {
-        match args.protocol {
-            Protocol::Rest => {}
-            Protocol::Grpc | Protocol::GrpcStream => {
-                return Err(LoadgenError::Unsupported(
-                    "gRPC load modes are not implemented yet (they arrive with the gRPC API, \
-                     issue 6); use --protocol rest",
-                ));
-            }
+        if args.protocol != Protocol::Rest && args.batch > 0 {
+            return Err(invalid(
+                "--batch",
+                "batch requests are REST only; use --protocol grpc-stream for bulk gRPC",
+            ));
         }
         let (target, host, prefix) = parse_url(&args.url)?;
         if !args.path.starts_with('/') || args.path.bytes().any(|b| b.is_ascii_whitespace()) {
@@ -392,6 +392,7 @@ impl BenchConfig {
         }
         Ok(Self {
             target,
+            protocol: args.protocol,
             host,
             path: if args.batch > 0 && args.path == SEND_PATH {
                 format!("{prefix}{BATCH_PATH}")
@@ -423,6 +424,9 @@ impl BenchConfig {
 /// Run a bench to completion and return its report. Blocks the calling thread, which prints
 /// the progress line (when enabled) while the generator threads work.
 pub fn run_bench(config: &BenchConfig) -> Result<Report, LoadgenError> {
+    if config.protocol != Protocol::Rest {
+        return grpc::run_bench(config);
+    }
     let run_id = format!(
         "b{:x}",
         SystemTime::now()
@@ -737,7 +741,8 @@ mod tests {
             let err = config(argv).expect_err(&format!("{argv:?} accepted"));
             assert!(!err.to_string().is_empty());
         }
-        let err = config(&["--protocol", "grpc"]).unwrap_err();
+        // gRPC modes exist; only REST has batch requests.
+        let err = config(&["--protocol", "grpc", "--batch", "10"]).unwrap_err();
         assert!(err.to_string().contains("gRPC"), "{err}");
         let c = config(&[
             "--spawn-sim",
