@@ -7,9 +7,16 @@
 //! Every id is scoped by a random run prefix, so runs against one persistent server do not
 //! interfere; the sets used are `smsgw_test_msg` / `smsgw_test_rcpt`.
 
+mod common;
+
 use std::collections::HashSet;
 use std::future::Future;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{GatewayOptions, LinkSpec, Sim, http, wait_until};
 
 use smsgw::state::aerospike::{AerospikeConfig, AerospikeStore};
 use smsgw::state::suite::{self, SuiteHarness};
@@ -357,4 +364,140 @@ fn an_unreachable_cluster_fails_within_the_connect_bound() {
         r.err()
     );
     assert!(t.elapsed() < std::time::Duration::from_secs(3));
+}
+
+/// The test configs of `tests/common` switched to the Aerospike backend at `hosts`.
+fn aerospike_configs(dir: &Path, o: &GatewayOptions, hosts: &str) -> (PathBuf, PathBuf) {
+    let (a, b) = common::write_configs(dir, o);
+    let text = std::fs::read_to_string(&a).unwrap();
+    assert!(text.contains("[state]\n"), "{text}");
+    let ns = std::env::var("AEROSPIKE_NAMESPACE").unwrap_or_else(|_| "test".into());
+    let text = text.replacen("[state]\n", "[state]\nbackend = \"aerospike\"\n", 1)
+        + &format!(
+            "\n[state.aerospike]\nhosts = \"{hosts}\"\nnamespace = \"{ns}\"\nset_prefix = \"{SET_PREFIX}\"\nconnect_timeout_ms = 2000\n"
+        );
+    std::fs::write(&a, text).unwrap();
+    (a, b)
+}
+
+fn serve_args(a: &Path, b: &Path) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--config".into(),
+        a.display().to_string(),
+        "--rules".into(),
+        b.display().to_string(),
+    ]
+}
+
+#[test]
+fn serve_refuses_to_start_without_its_cluster() {
+    // Needs no server: nothing listens on port 1, so `serve` must exit with an error naming
+    // the store (not hang, not fall back to an untracked mode). Runs always.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = aerospike_configs(dir.path(), &GatewayOptions::default(), "127.0.0.1:1");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(serve_args(&a, &b))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn smsgw");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve kept running without its Aerospike cluster");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "exit {status:?}; stderr: {err}");
+    assert!(
+        err.contains("state store") && err.contains("aerospike"),
+        "stderr does not name the store: {err}"
+    );
+}
+
+#[test]
+fn two_gateways_share_state_on_aerospike() {
+    let Some(hosts) = hosts("two_gateways_share_state_on_aerospike") else {
+        return;
+    };
+    let sim = Sim::start(&[]);
+    let o = GatewayOptions {
+        links: vec![LinkSpec::new(100, sim.smpp_port)],
+        ..GatewayOptions::default()
+    };
+    let start = |dir: &Path| {
+        let (a, b) = aerospike_configs(dir, &o, &hosts);
+        let (proc, line) = common::spawn(
+            "gw",
+            &serve_args(&a, &b),
+            &[],
+            "smsgw listening",
+            Duration::from_secs(30),
+        );
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .expect("http addr")
+            .to_string();
+        (proc, format!("http://{addr}"))
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_ga, url_a) = start(da.path());
+    let (_gb, url_b) = start(db.path());
+    let links_up = |url: &str| {
+        wait_until(Duration::from_secs(20), || {
+            let (st, v) = http(url, "GET", "/api/v1/smpp/links", "");
+            st == 200
+                && v["links"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l["id"] == 100 && l["state"] == "connected")
+        })
+    };
+    assert!(links_up(&url_a) && links_up(&url_b), "links not up");
+    let tx = run_prefix();
+    let body = serde_json::json!({
+        "esme": 100, "source": "Test", "destination": "+4512345678",
+        "message": "shared state", "transaction_id": tx,
+    })
+    .to_string();
+    let (st, v) = http(&url_a, "POST", "/api/v1/sms/send", &body);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["duplicate"], false, "{v}");
+    // The same id on the other replica: the stored outcome, never a second send.
+    let (st, v) = http(&url_b, "POST", "/api/v1/sms/send", &body);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["duplicate"], true, "{v}");
+    // The receipt reaches whichever bind the simulator picks; both replicas see the result.
+    for url in [&url_a, &url_b] {
+        let ok = wait_until(Duration::from_secs(20), || {
+            http(url, "GET", &format!("/api/v1/sms/{tx}"), "").1["status"] == "delivered"
+        });
+        assert!(
+            ok,
+            "{url}: {}",
+            http(url, "GET", &format!("/api/v1/sms/{tx}"), "").1
+        );
+    }
+    let sent = sim
+        .messages(100_000)
+        .iter()
+        .filter(|m| m.to_string().contains("shared state"))
+        .count();
+    assert_eq!(sent, 1, "sent {sent} times");
 }

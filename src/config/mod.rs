@@ -162,7 +162,13 @@ fn render_report(result: Result<Config, ConfigErrors>) -> (String, bool) {
                     ShardCount::Fixed(n) => n.to_string(),
                 },
                 config.state.backend.as_str(),
-                config.state.path.display(),
+                match config.state.backend {
+                    StateBackend::Embedded => config.state.path.display().to_string(),
+                    StateBackend::Aerospike => format!(
+                        "{} namespace {}",
+                        config.state.aerospike.hosts, config.state.aerospike.namespace
+                    ),
+                },
             );
             (out, true)
         }

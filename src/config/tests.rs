@@ -341,7 +341,12 @@ cross_shard_capacity = -1
         "[state]\nbackend = \"aerospike\"\n[state.aerospike]\nop_timeout_ms = 0\nhosts = \"nohost\"\n",
         LINK,
     );
-    assert_error(&errs, "smsgw.toml", "state.aerospike.op_timeout_ms", "10..=60000");
+    assert_error(
+        &errs,
+        "smsgw.toml",
+        "state.aerospike.op_timeout_ms",
+        "10..=60000",
+    );
     assert_error(&errs, "smsgw.toml", "state.aerospike.hosts", "host:port");
     assert!(
         errs.for_key("state.aerospike.op_timeout_ms")

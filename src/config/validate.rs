@@ -268,10 +268,7 @@ impl Check<'_, '_, '_> {
             .map(Duration::from_secs);
         // Checked whatever the backend, so a mistake shows before someone switches to it. The
         // message TTL is `[state] ttl_s` (its documented default if that key is itself wrong).
-        let aerospike = match f
-            .aerospike
-            .validate(ttl.map_or(86_400, |t| t.as_secs()))
-        {
+        let aerospike = match f.aerospike.validate(ttl.map_or(86_400, |t| t.as_secs())) {
             Ok(a) => Some(a),
             Err(problems) => {
                 for (key, reason) in problems {

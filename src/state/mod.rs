@@ -25,11 +25,11 @@
 //! runtime (no tokio timer or reactor inside), so monoio shard threads and the tokio side
 //! runtime can both await it. The embedded backend completes them from its own threads.
 
+/// Aerospike backend (shared by every replica).
+pub mod aerospike;
 /// Binary encoding of the embedded backend (public for `perf/benches/state.rs`; not an API).
 #[doc(hidden)]
 pub mod codec;
-/// Aerospike backend (shared by every replica).
-pub mod aerospike;
 pub mod embedded;
 pub mod model;
 pub mod suite;
