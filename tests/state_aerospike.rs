@@ -5,7 +5,9 @@
 //! a `SKIPPED:` line to stderr and passes. How to start a server for it:
 //! `docs/operations.md#aerospike`. `AEROSPIKE_NAMESPACE` (default `test`) picks the namespace.
 //! Every id is scoped by a random run prefix, so runs against one persistent server do not
-//! interfere; the sets used are `smsgw_test_msg` / `smsgw_test_rcpt`.
+//! interfere; each test has its own sets (`smsgw_t_<test>_msg` / `smsgw_t_<test>_rcpt`) so that
+//! one test's expiry sweep cannot take another's records (tests run in parallel). Do not run
+//! two test processes against one server at the same time.
 
 mod common;
 
@@ -25,7 +27,11 @@ use smsgw::state::{
     StateError, StateStore, Status, UpdateOutcome, unix_ms,
 };
 
-const SET_PREFIX: &str = "smsgw_test_";
+/// Every test has its own sets (`smsgw_t_<test>_msg` / `_rcpt`): tests of one binary run in
+/// parallel, and an expiry sweep in one must not take another's records.
+fn set_prefix(test: &str) -> String {
+    format!("smsgw_t_{test}_")
+}
 
 /// The seed hosts, or `None` after printing the skip notice.
 fn hosts(test: &str) -> Option<String> {
@@ -47,10 +53,11 @@ fn hosts(test: &str) -> Option<String> {
 struct Harness {
     rt: tokio::runtime::Runtime,
     hosts: String,
+    prefix: String,
 }
 
 impl Harness {
-    fn new(hosts: String) -> Harness {
+    fn new(hosts: String, test: &str) -> Harness {
         Harness {
             // The client's side runtime, like `smsgw serve`'s.
             rt: tokio::runtime::Builder::new_multi_thread()
@@ -59,6 +66,7 @@ impl Harness {
                 .build()
                 .expect("tokio runtime"),
             hosts,
+            prefix: set_prefix(test),
         }
     }
 
@@ -66,7 +74,7 @@ impl Harness {
         AerospikeConfig {
             hosts: self.hosts.clone(),
             namespace: std::env::var("AEROSPIKE_NAMESPACE").unwrap_or_else(|_| "test".into()),
-            set_prefix: SET_PREFIX.into(),
+            set_prefix: self.prefix.clone(),
             ttl_secs,
             ..AerospikeConfig::default()
         }
@@ -126,7 +134,7 @@ fn conformance_suite() {
     let Some(h) = hosts("conformance_suite") else {
         return;
     };
-    let h = Harness::new(h);
+    let h = Harness::new(h, "suite");
     monoio_block_on(suite::run_all(&h));
 }
 
@@ -135,7 +143,7 @@ fn a_receipt_on_another_replica_finds_its_message() {
     let Some(h) = hosts("a_receipt_on_another_replica_finds_its_message") else {
         return;
     };
-    let h = Harness::new(h);
+    let h = Harness::new(h, "replica");
     let (a, b) = (h.open(3600), h.open(3600));
     let p = run_prefix();
     let app = fastrand::u64(1 << 40..1 << 50);
@@ -205,7 +213,7 @@ fn concurrent_creates_on_two_replicas_create_once() {
     let Some(h) = hosts("concurrent_creates_on_two_replicas_create_once") else {
         return;
     };
-    let h = Harness::new(h);
+    let h = Harness::new(h, "create");
     let (a, b) = (h.open(3600), h.open(3600));
     let p = run_prefix();
     let app = fastrand::u64(1 << 40..1 << 50);
@@ -233,7 +241,7 @@ fn expire_due_on_two_replicas_returns_each_record_once() {
     let Some(h) = hosts("expire_due_on_two_replicas_returns_each_record_once") else {
         return;
     };
-    let h = Harness::new(h);
+    let h = Harness::new(h, "expire");
     let (a, b) = (h.open(3600), h.open(3600));
     let p = run_prefix();
     let app = fastrand::u64(1 << 40..1 << 50);
@@ -311,7 +319,7 @@ fn beyond_max_in_flight_ops_are_refused_at_once() {
     let Some(h) = hosts("beyond_max_in_flight_ops_are_refused_at_once") else {
         return;
     };
-    let h = Harness::new(h);
+    let h = Harness::new(h, "inflight");
     let s = h.store(AerospikeConfig {
         max_in_flight: 2,
         ..h.config(3600)
@@ -349,7 +357,7 @@ fn beyond_max_in_flight_ops_are_refused_at_once() {
 #[test]
 fn an_unreachable_cluster_fails_within_the_connect_bound() {
     // Needs no server: nothing listens on port 1. Runs always.
-    let h = Harness::new("127.0.0.1:1".into());
+    let h = Harness::new("127.0.0.1:1".into(), "none");
     let t = std::time::Instant::now();
     let r = AerospikeStore::connect_blocking(
         AerospikeConfig {
@@ -367,14 +375,19 @@ fn an_unreachable_cluster_fails_within_the_connect_bound() {
 }
 
 /// The test configs of `tests/common` switched to the Aerospike backend at `hosts`.
-fn aerospike_configs(dir: &Path, o: &GatewayOptions, hosts: &str) -> (PathBuf, PathBuf) {
+fn aerospike_configs(
+    dir: &Path,
+    o: &GatewayOptions,
+    hosts: &str,
+    prefix: &str,
+) -> (PathBuf, PathBuf) {
     let (a, b) = common::write_configs(dir, o);
     let text = std::fs::read_to_string(&a).unwrap();
     assert!(text.contains("[state]\n"), "{text}");
     let ns = std::env::var("AEROSPIKE_NAMESPACE").unwrap_or_else(|_| "test".into());
     let text = text.replacen("[state]\n", "[state]\nbackend = \"aerospike\"\n", 1)
         + &format!(
-            "\n[state.aerospike]\nhosts = \"{hosts}\"\nnamespace = \"{ns}\"\nset_prefix = \"{SET_PREFIX}\"\nconnect_timeout_ms = 2000\n"
+            "\n[state.aerospike]\nhosts = \"{hosts}\"\nnamespace = \"{ns}\"\nset_prefix = \"{prefix}\"\nconnect_timeout_ms = 2000\n"
         );
     std::fs::write(&a, text).unwrap();
     (a, b)
@@ -395,7 +408,12 @@ fn serve_refuses_to_start_without_its_cluster() {
     // Needs no server: nothing listens on port 1, so `serve` must exit with an error naming
     // the store (not hang, not fall back to an untracked mode). Runs always.
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = aerospike_configs(dir.path(), &GatewayOptions::default(), "127.0.0.1:1");
+    let (a, b) = aerospike_configs(
+        dir.path(),
+        &GatewayOptions::default(),
+        "127.0.0.1:1",
+        &set_prefix("none"),
+    );
     let mut child = std::process::Command::new(common::BIN)
         .args(serve_args(&a, &b))
         .stdin(std::process::Stdio::null())
@@ -440,7 +458,7 @@ fn two_gateways_share_state_on_aerospike() {
         ..GatewayOptions::default()
     };
     let start = |dir: &Path| {
-        let (a, b) = aerospike_configs(dir, &o, &hosts);
+        let (a, b) = aerospike_configs(dir, &o, &hosts, &set_prefix("gw"));
         let (proc, line) = common::spawn(
             "gw",
             &serve_args(&a, &b),
