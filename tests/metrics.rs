@@ -3,6 +3,7 @@
 //! follows the SMSC, and every metric emitted is documented in docs/metrics.md.
 
 mod common;
+mod redis_server;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -380,6 +381,83 @@ fn window_occupancy_and_throttles_under_load() {
         ) == Some(0.0)
     });
     assert!(idle, "window occupancy stuck above 0 when idle");
+}
+
+/// With Redis configured for L2 limits and the contact-policy counters, both health gauges
+/// are 1 while it answers and drop to 0 (with errors and transitions counted) once it is
+/// killed. Needs `redis-server` (CI installs it; `SMSGW_SKIP_REDIS_TESTS=1` skips).
+#[test]
+fn redis_and_policy_store_health_follow_redis() {
+    let Some(mut redis) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let sim = Sim::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let o = GatewayOptions {
+        links: vec![LinkSpec::new(100, sim.smpp_port)],
+        ..Default::default()
+    };
+    let (a, b) = common::write_configs(dir.path(), &o);
+    let mut text = std::fs::read_to_string(&a).unwrap();
+    text.push_str(&format!(
+        "\n[limits]\napp_rate_per_s = 1000\non_redis_down = \"fail_open\"\n\n\
+         [redis]\nurl = \"{}\"\nkey_prefix = \"m\"\ntimeout_ms = 100\n\
+         reconnect_min_ms = 50\nreconnect_max_ms = 300\n\n\
+         [policy]\ndefault_strategy = \"cp2\"\n",
+        redis.url()
+    ));
+    std::fs::write(&a, text).unwrap();
+    let args: Vec<String> = ["serve", "--config", &a.display().to_string()]
+        .into_iter()
+        .map(String::from)
+        .chain(["--rules".to_string(), b.display().to_string()])
+        .collect();
+    let (proc, line) = common::spawn("gw", &args, &[], "smsgw listening", UP);
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("http addr")
+        .to_string();
+    let gw = Gateway {
+        proc,
+        url: format!("http://{addr}"),
+        dir,
+    };
+    gw.wait_links(&[100], true, UP);
+
+    // E.164 destinations: the policy stage skips numbers it cannot normalise.
+    for i in 0..3 {
+        let (st, v) = gw.send(100, &format!("+49153{i:06}"), "redis");
+        assert_eq!(st, 200, "{v}");
+    }
+    let (s, _) = scrape(&gw);
+    assert_eq!(value(&s, "smsgw_redis_up", &[]), Some(1.0));
+    assert_eq!(value(&s, "smsgw_policy_store_up", &[]), Some(1.0));
+    assert_eq!(value(&s, "smsgw_policy_store_errors_total", &[]), Some(0.0));
+    assert!(value(&s, "smsgw_redis_round_trips_total", &[]).unwrap() >= 1.0);
+    assert!(
+        value(&s, "smsgw_policy_remote_errors_total", &[]).is_none(),
+        "no remote MCP configured"
+    );
+    let transitions_before = value(&s, "smsgw_redis_transitions_total", &[]).unwrap();
+
+    redis.kill();
+    // Fail-open on both: messages keep flowing while Redis is down.
+    let down = wait_until(UP, || {
+        let _ = gw.send(100, "+49153999999", "redis down");
+        let s = scrape(&gw).0;
+        value(&s, "smsgw_redis_up", &[]) == Some(0.0)
+            && value(&s, "smsgw_policy_store_up", &[]) == Some(0.0)
+    });
+    let (s, _) = scrape(&gw);
+    assert!(
+        down,
+        "redis_up {:?} policy_store_up {:?}",
+        value(&s, "smsgw_redis_up", &[]),
+        value(&s, "smsgw_policy_store_up", &[])
+    );
+    assert!(value(&s, "smsgw_policy_store_errors_total", &[]).unwrap() >= 1.0);
+    assert!(value(&s, "smsgw_redis_transitions_total", &[]).unwrap() > transitions_before);
 }
 
 /// Families present only when their source is configured (Redis for limits, the policy
