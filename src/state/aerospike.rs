@@ -653,6 +653,19 @@ impl AerospikeStore {
         let client = Client::new(&policy, &cfg.hosts)
             .await
             .map_err(|e| StateError::Unavailable(format!("aerospike connect: {e}")))?;
+        // Only a warning: the map may simply not be complete yet; every op on an unknown
+        // namespace then fails with `Unavailable` naming it.
+        match client.is_strong_consistency(&cfg.namespace) {
+            Some(sc) => tracing::info!(
+                namespace = %cfg.namespace,
+                mode = if sc { "strong consistency" } else { "AP" },
+                "aerospike: connected"
+            ),
+            None => tracing::warn!(
+                namespace = %cfg.namespace,
+                "aerospike: namespace not in the cluster's partition map (misspelt, or not yet known)"
+            ),
+        }
         let client = Arc::new(client);
         if cfg.create_exp_index {
             // In the background: the store is usable at once (the sweep falls back to a scan
@@ -1318,7 +1331,8 @@ impl StateStore for AerospikeStore {
     fn flush(&self) -> StoreFuture<()> {
         // Every write is acknowledged by the cluster (master and replicas, COMMIT_ALL) before
         // its future resolves, so "durable" = "no op still in flight": wait until every
-        // permit is free (bounded by the op timeout like any op).
+        // permit is free (bounded by the op timeout like any op). The semaphore is fair, so
+        // while a flush waits new ops are refused (`Overloaded`): flush is for shutdown.
         let (tx, rx) = oneshot::channel();
         let permits = Arc::clone(&self.inner.permits);
         let n = u32::try_from(self.inner.cfg.max_in_flight).unwrap_or(u32::MAX);
