@@ -131,8 +131,10 @@ impl HistogramSnapshot {
 }
 
 /// Routes of the REST API, as the `route` label (a fixed set: no label cardinality from paths).
+/// gRPC calls have their own family (`smsgw_grpc_requests_total`).
 pub const ROUTES: [&str; 11] = [
     "send",
+    "send_batch",
     "check_text_len",
     "status",
     "links",
@@ -141,7 +143,6 @@ pub const ROUTES: [&str; 11] = [
     "healthy",
     "openapi",
     "metrics",
-    "grpc",
     "other",
 ];
 
@@ -149,6 +150,7 @@ pub const ROUTES: [&str; 11] = [
 pub fn route_index(path: &str) -> usize {
     let name = match path {
         "/api/v1/sms/send" => "send",
+        crate::api::rest::BATCH_PATH => "send_batch",
         "/api/v1/sms/check-text-len" => "check_text_len",
         "/api/v1/smpp/links" => "links",
         "/api/v1/user/login" => "login",
@@ -631,6 +633,8 @@ mod tests {
     #[test]
     fn unknown_labels_fall_into_other() {
         assert_eq!(ROUTES[route_index("/nope")], "other");
+        assert_eq!(ROUTES[route_index("/api/v1/sms/send-batch")], "send_batch");
+        assert_eq!(ROUTES[route_index("/api/v1/sms/abc-123")], "status");
         assert_eq!(STATUSES[status_index(299)], 0);
         assert_eq!(reason_label(reason_index("brand_new_code")), "other");
         let m = Metrics::new(2, vec![]);
