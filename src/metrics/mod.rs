@@ -1,14 +1,14 @@
-//! Prometheus metrics: per-shard counter/histogram slots, summed at scrape time, and the text
-//! exposition (format 0.0.4). Only this module knows the exposition format.
+//! Prometheus metrics: per-shard counter/histogram slots, summed at scrape time, and the
+//! exposition. Only this module knows the exposition format.
 //!
-//! # Why a hand-written exposition instead of `prometheus-client`
-//! The crate's collectors own their values (one atomic per metric, shared by every writer), or
-//! require a custom `Collector` that re-implements the summing anyway. Our design wants each
-//! shard to write only its own slots (no cache line written by two cores on the hot path) and
-//! the scrape to sum them; with that, the remaining work is formatting ~40 lines of text, which
-//! is simpler here than adapting a collector API. The format rules followed: one `# HELP` and
-//! one `# TYPE` line per family, label values escaped (`\\`, `"`, `\n`), histograms as
-//! cumulative `_bucket{le=..}` plus `_sum` and `_count`, counters ending in `_total`.
+//! # Slots, and `prometheus-client` only at the edge
+//! The hot path writes plain per-shard slots: each shard owns one [`ShardMetrics`] and is its
+//! only writer, so no cache line is written by two cores for metrics. The crate's own metric
+//! types (`Counter`, `Family`, ...) each own one atomic shared by every writer (and `Family`
+//! hashes labels behind a lock), which is exactly the cross-core traffic the slots avoid. The
+//! crate is used where it pays: [`SlotCollector`] implements its `Collector`, sums the slots
+//! when the registry encodes it (at scrape time), and the crate's Prometheus text encoder
+//! writes the page (HELP/TYPE, `_total`, label escaping, cumulative buckets).
 //!
 //! # Hot path cost
 //! `ShardMetrics` is 128-byte aligned and written only by its own shard thread, with `Relaxed`
@@ -16,6 +16,10 @@
 //! (any shard's HTTP handler) reads all slots with `Relaxed` loads; totals may be off by the
 //! few increments racing with it, which Prometheus tolerates (counters stay monotonic because
 //! every slot only grows).
+//!
+//! Process-wide counters of work that runs off the shards (delivery callbacks, crash
+//! recovery; on the tokio side runtime) use the same [`Counter`] type with several writers:
+//! `fetch_add` keeps them exact, and they are not on the message path.
 
 mod exposition;
 pub mod sample;
@@ -29,7 +33,8 @@ pub use exposition::{
 };
 pub use sample::{LinkSampler, scrape};
 
-/// A single-writer counter (see module docs for why `fetch_add` is uncontended).
+/// A counter: single-writer in the shard slots (see module docs for why `fetch_add` is then
+/// uncontended); multi-writer only for the process-wide, off-path counters.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
