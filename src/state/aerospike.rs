@@ -535,19 +535,112 @@ impl Cursors {
     }
 }
 
+/// Runs ops as tasks on the side runtime, bounded in count (`max` permits) and time, and
+/// answers through a oneshot so that any runtime can await the result. Knows nothing of
+/// Aerospike (unit-tested without a server).
+struct Runner {
+    rt: Handle,
+    max: usize,
+    permits: Arc<Semaphore>,
+    /// False after an op failed for a store reason, true after one succeeded.
+    healthy: Arc<AtomicBool>,
+    ops: AtomicU64,
+}
+
+impl Runner {
+    fn new(rt: Handle, max: usize) -> Runner {
+        Runner {
+            rt,
+            max,
+            permits: Arc::new(Semaphore::new(max)),
+            healthy: Arc::new(AtomicBool::new(true)),
+            ops: AtomicU64::new(0),
+        }
+    }
+
+    /// Ops in flight now.
+    fn in_flight(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Runs `op`: `Overloaded` at once without a free permit, `Unavailable` after
+    /// `timeout_ms`, and `Unavailable` (never a hang) when the runtime is gone.
+    fn run<T, Fut>(&self, timeout_ms: u64, op: Fut) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, StateError>> + Send + 'static,
+    {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return ready(Err(StateError::Overloaded));
+        };
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let healthy = Arc::clone(&self.healthy);
+        // If the runtime is shut down the task is dropped unrun: `tx` goes with it and the
+        // receiver below answers Unavailable, so no future hangs.
+        drop(self.rt.spawn(async move {
+            let limit = Duration::from_millis(timeout_ms);
+            let r = match tokio::time::timeout(limit, op).await {
+                Ok(r) => r,
+                Err(_) => Err(StateError::Unavailable(format!(
+                    "aerospike: op timed out after {timeout_ms} ms"
+                ))),
+            };
+            match &r {
+                Ok(_) => healthy.store(true, Ordering::Relaxed),
+                Err(e) if e.is_unavailable() => healthy.store(false, Ordering::Relaxed),
+                Err(_) => {}
+            }
+            // Released before the answer, so a caller that saw every answer sees every permit
+            // back (`flush`, `op_stats`).
+            drop(permit);
+            let _ = tx.send(r);
+        }));
+        answer(rx)
+    }
+
+    /// Resolves once no op is in flight (all permits free), within `timeout_ms`. The
+    /// semaphore is fair, so while a flush waits new ops are refused (`Overloaded`): flush is
+    /// for shutdown.
+    fn flush(&self, timeout_ms: u64) -> StoreFuture<()> {
+        let (tx, rx) = oneshot::channel();
+        let permits = Arc::clone(&self.permits);
+        let n = u32::try_from(self.max).unwrap_or(u32::MAX);
+        let limit = Duration::from_millis(timeout_ms);
+        drop(self.rt.spawn(async move {
+            let r = match tokio::time::timeout(limit, permits.acquire_many(n)).await {
+                Ok(Ok(_all)) => Ok(()),
+                Ok(Err(_)) => Err(StateError::Unavailable("aerospike store closed".into())),
+                Err(_) => Err(StateError::Unavailable(
+                    "aerospike: in-flight ops did not finish within the op timeout".into(),
+                )),
+            };
+            let _ = tx.send(r);
+        }));
+        answer(rx)
+    }
+}
+
+/// The caller's side of a task's oneshot; a dropped task (runtime shut down) is `Unavailable`.
+fn answer<T: Send + 'static>(rx: oneshot::Receiver<Result<T, StateError>>) -> StoreFuture<T> {
+    Box::pin(async move {
+        rx.await.unwrap_or_else(|_| {
+            Err(StateError::Unavailable(
+                "aerospike: runtime shut down".into(),
+            ))
+        })
+    })
+}
+
 struct Inner {
     client: Arc<Client>,
-    rt: Handle,
+    runner: Runner,
     cfg: AerospikeConfig,
     msg_set: String,
     rcpt_set: String,
-    permits: Arc<Semaphore>,
-    /// False after an op failed for a store reason, true after one succeeded.
-    healthy: AtomicBool,
     cursors: Mutex<Cursors>,
     /// Tags this store's cursors so that another instance's cursor is refused, not misread.
     instance: u64,
-    ops: AtomicU64,
     /// Unix ms before which the sweep does not try the `exp` index (it was missing).
     exp_index_retry_at_ms: AtomicU64,
 }
@@ -556,7 +649,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Stops the client's tend task and closes its pools; nothing waits for it.
         let client = Arc::clone(&self.client);
-        drop(self.rt.spawn(async move {
+        drop(self.runner.rt.spawn(async move {
             let _ = client.close().await;
         }));
     }
@@ -677,19 +770,16 @@ impl AerospikeStore {
                 Duration::from_millis(cfg.connect_timeout_ms),
             )));
         }
-        let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
+        let runner = Runner::new(rt, cfg.max_in_flight);
         Ok(Arc::new(AerospikeStore {
             inner: Arc::new(Inner {
                 client,
-                rt,
+                runner,
                 msg_set: cfg.msg_set(),
                 rcpt_set: cfg.rcpt_set(),
                 cfg,
-                permits,
-                healthy: AtomicBool::new(true),
                 cursors: Mutex::new(Cursors::default()),
                 instance: fastrand::u64(..),
-                ops: AtomicU64::new(0),
                 exp_index_retry_at_ms: AtomicU64::new(0),
             }),
         }))
@@ -697,53 +787,21 @@ impl AerospikeStore {
 
     /// Ops started so far and ops in flight now (for metrics and tests).
     pub fn op_stats(&self) -> (u64, usize) {
-        let i = &self.inner;
-        (
-            i.ops.load(Ordering::Relaxed),
-            i.cfg.max_in_flight - i.permits.available_permits(),
-        )
+        let r = &self.inner.runner;
+        (r.ops.load(Ordering::Relaxed), r.in_flight())
     }
 
     /// Runs `op` as a task on the side runtime, bounded in count and time.
     fn spawn<T, F, Fut>(&self, timeout_ms: u64, op: F) -> StoreFuture<T>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut,
         Fut: Future<Output = Result<T, StateError>> + Send + 'static,
     {
-        let Ok(permit) = Arc::clone(&self.inner.permits).try_acquire_owned() else {
-            return ready(Err(StateError::Overloaded));
-        };
-        self.inner.ops.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let inner = Arc::clone(&self.inner);
-        // If the runtime is shut down the task is dropped unrun: `tx` goes with it and the
-        // receiver below answers Unavailable, so no future hangs.
-        drop(self.inner.rt.spawn(async move {
-            let limit = Duration::from_millis(timeout_ms);
-            let r = match tokio::time::timeout(limit, op(Arc::clone(&inner))).await {
-                Ok(r) => r,
-                Err(_) => Err(StateError::Unavailable(format!(
-                    "aerospike: op timed out after {timeout_ms} ms"
-                ))),
-            };
-            match &r {
-                Ok(_) => inner.healthy.store(true, Ordering::Relaxed),
-                Err(e) if e.is_unavailable() => inner.healthy.store(false, Ordering::Relaxed),
-                Err(_) => {}
-            }
-            // Released before the answer, so a caller that saw every answer sees every permit
-            // back (`flush`, `op_stats`).
-            drop(permit);
-            let _ = tx.send(r);
-        }));
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(StateError::Unavailable(
-                    "aerospike: runtime shut down".into(),
-                ))
-            })
-        })
+        // Creating the future does no work (async fns are lazy); the runner polls it.
+        self.inner
+            .runner
+            .run(timeout_ms, op(Arc::clone(&self.inner)))
     }
 }
 
@@ -1330,34 +1388,12 @@ impl StateStore for AerospikeStore {
 
     fn flush(&self) -> StoreFuture<()> {
         // Every write is acknowledged by the cluster (master and replicas, COMMIT_ALL) before
-        // its future resolves, so "durable" = "no op still in flight": wait until every
-        // permit is free (bounded by the op timeout like any op). The semaphore is fair, so
-        // while a flush waits new ops are refused (`Overloaded`): flush is for shutdown.
-        let (tx, rx) = oneshot::channel();
-        let permits = Arc::clone(&self.inner.permits);
-        let n = u32::try_from(self.inner.cfg.max_in_flight).unwrap_or(u32::MAX);
-        let limit = Duration::from_millis(self.inner.cfg.op_timeout_ms);
-        drop(self.inner.rt.spawn(async move {
-            let r = match tokio::time::timeout(limit, permits.acquire_many(n)).await {
-                Ok(Ok(_all)) => Ok(()),
-                Ok(Err(_)) => Err(StateError::Unavailable("aerospike store closed".into())),
-                Err(_) => Err(StateError::Unavailable(
-                    "aerospike: in-flight ops did not finish within the op timeout".into(),
-                )),
-            };
-            let _ = tx.send(r);
-        }));
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(StateError::Unavailable(
-                    "aerospike: runtime shut down".into(),
-                ))
-            })
-        })
+        // its future resolves, so "durable" = "no op still in flight".
+        self.inner.runner.flush(self.inner.cfg.op_timeout_ms)
     }
 
     fn is_available(&self) -> bool {
-        self.inner.healthy.load(Ordering::Relaxed) && self.inner.client.is_connected()
+        self.inner.runner.healthy.load(Ordering::Relaxed) && self.inner.client.is_connected()
     }
 }
 
@@ -1609,6 +1645,130 @@ mod tests {
         let last = c.next_id;
         assert!(c.take(last).is_some());
         assert!(c.take(last).is_none(), "single use");
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Awaits on a thread with no tokio context (like a monoio shard), bounded so that a
+    /// future that never resolves fails the test instead of hanging it.
+    fn await_bounded<T: Send + 'static>(
+        f: StoreFuture<T>,
+        bound: Duration,
+    ) -> Result<T, StateError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(futures::executor::block_on(f));
+        });
+        rx.recv_timeout(bound)
+            .expect("store future did not resolve in time")
+    }
+
+    async fn sleeper(ms: u64) -> Result<u64, StateError> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+
+    #[test]
+    fn runner_refuses_beyond_max_in_flight_and_gives_permits_back() {
+        let rt = runtime();
+        let r = Runner::new(rt.handle().clone(), 2);
+        let a = r.run(5_000, sleeper(300));
+        let b = r.run(5_000, sleeper(300));
+        assert_eq!(r.in_flight(), 2);
+        // The third is refused at once, without waiting for a permit.
+        let t = std::time::Instant::now();
+        let c = await_bounded(r.run(5_000, sleeper(1)), Duration::from_secs(1));
+        assert_eq!(c, Err(StateError::Overloaded));
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(await_bounded(a, Duration::from_secs(5)), Ok(300));
+        assert_eq!(await_bounded(b, Duration::from_secs(5)), Ok(300));
+        assert_eq!(r.in_flight(), 0, "permits back once the answers are out");
+        assert_eq!(
+            await_bounded(r.run(5_000, sleeper(1)), Duration::from_secs(5)),
+            Ok(1)
+        );
+        assert_eq!(
+            r.ops.load(Ordering::Relaxed),
+            3,
+            "refused ops are not counted as run"
+        );
+    }
+
+    #[test]
+    fn runner_times_out_a_stuck_op_and_marks_the_store_down() {
+        let rt = runtime();
+        let r = Runner::new(rt.handle().clone(), 4);
+        let t = std::time::Instant::now();
+        let res = await_bounded(r.run(100, sleeper(60_000)), Duration::from_secs(5));
+        assert!(
+            matches!(&res, Err(StateError::Unavailable(m)) if m.contains("timed out")),
+            "{res:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(!r.healthy.load(Ordering::Relaxed));
+        assert_eq!(r.in_flight(), 0, "a timed-out op frees its permit");
+        // A success marks it up again; a request error (Invalid) does not count as down.
+        assert_eq!(
+            await_bounded(r.run(1_000, sleeper(1)), Duration::from_secs(5)),
+            Ok(1)
+        );
+        assert!(r.healthy.load(Ordering::Relaxed));
+        let invalid = r.run(1_000, async {
+            Err::<(), _>(StateError::Invalid("x".into()))
+        });
+        assert!(matches!(
+            await_bounded(invalid, Duration::from_secs(5)),
+            Err(StateError::Invalid(_))
+        ));
+        assert!(r.healthy.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn runner_answers_unavailable_when_its_runtime_is_gone() {
+        let rt = runtime();
+        let r = Runner::new(rt.handle().clone(), 4);
+        // In flight when the runtime goes: dropped with it, answered, not hung.
+        let pending = r.run(60_000, sleeper(60_000));
+        rt.shutdown_background();
+        let res = await_bounded(pending, Duration::from_secs(5));
+        assert!(matches!(res, Err(StateError::Unavailable(_))), "{res:?}");
+        // Started after: the spawn is refused by the dead runtime, answered the same way.
+        let res = await_bounded(r.run(1_000, sleeper(1)), Duration::from_secs(5));
+        assert!(matches!(res, Err(StateError::Unavailable(_))), "{res:?}");
+        let res = await_bounded(r.flush(1_000), Duration::from_secs(5));
+        assert!(matches!(res, Err(StateError::Unavailable(_))), "{res:?}");
+    }
+
+    #[test]
+    fn flush_waits_for_ops_in_flight_within_its_bound() {
+        let rt = runtime();
+        let r = Runner::new(rt.handle().clone(), 8);
+        let op = r.run(5_000, sleeper(300));
+        let t = std::time::Instant::now();
+        assert_eq!(
+            await_bounded(r.flush(5_000), Duration::from_secs(5)),
+            Ok(())
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(await_bounded(op, Duration::from_secs(5)), Ok(300));
+        // An op that outlives the bound: flush gives up with Unavailable instead of waiting.
+        let _stuck = r.run(60_000, sleeper(60_000));
+        let res = await_bounded(r.flush(100), Duration::from_secs(5));
+        assert!(matches!(res, Err(StateError::Unavailable(_))), "{res:?}");
     }
 
     #[test]
