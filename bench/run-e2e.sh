@@ -14,6 +14,9 @@
 #   HALF=1 (also run at half of the measured max, for "latency at half load"; 0 to skip);
 #   BATCH (batch sizes for `--batch` runs at max, default "100 1000"; "none" to skip);
 #   BATCH_CONNECTIONS (connections for batch runs, default 8);
+#   GRPC=1 (gRPC unary and streaming runs at max against grpc_addr; 0 to skip), GRPC_CONNECTIONS
+#   (default 8) x GRPC_PIPELINE (calls in flight per connection, default 8): as many
+#   requests in flight as the REST runs' 64 connections;
 #   DRIVERS ("io_uring", "epoll" or both, default "io_uring": epoll = MONOIO_FORCE_LEGACY_DRIVER=1
 #   for the gateway and the null server; the bench client keeps its default driver);
 #   CONNECTIONS (64), PIPELINE (1), BENCH_THREADS (1), SHARDS (gateway shards = null-server
@@ -21,7 +24,9 @@
 #   (100), NO_BUILD=1 (reuse target/release/smsgw), OUT (result directory, default a new temp
 #   dir), SIM_PORT/HTTP_PORT/NULL_PORT/GRPC_PORT, GW_BIN (binary for `serve`, default the
 #   release binary: set it to compare two builds), BENCH_BIN (binary for `bench`/`null-http`/
-#   `smsc-sim`, default the release binary), STATE_FSYNC (batch (default, as shipped) or off),
+#   `smsc-sim`, default the release binary), GW_CONFIG / GW_RULES (the config files the bench
+#   copies are made from, default config/smsgw.toml and config/smpp_rules.toml: an older
+#   GW_BIN needs the config of its own revision), STATE_FSYNC (batch (default, as shipped) or off),
 #   PERF_RECORD=1 (perf-record the gateway during each max run; PERF_ARGS overrides the
 #   perf options).
 # Every process it starts is stopped by PID on exit, even on failure or Ctrl-C.
@@ -36,6 +41,10 @@ HALF=${HALF:-1}
 BATCH=${BATCH:-"100 1000"}
 [ "$BATCH" = none ] && BATCH=""
 BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-8}
+GRPC=${GRPC:-1}
+GRPC_CONNECTIONS=${GRPC_CONNECTIONS:-8}
+GRPC_PIPELINE=${GRPC_PIPELINE:-8}
+GRPC_PORT=${GRPC_PORT:-14044}
 DRIVERS=${DRIVERS:-io_uring}
 CONNECTIONS=${CONNECTIONS:-64}
 PIPELINE=${PIPELINE:-1}
@@ -53,6 +62,8 @@ mkdir -p "$OUT"
 BIN="$ROOT/target/release/smsgw"
 GW_BIN=${GW_BIN:-$BIN}
 BENCH_BIN=${BENCH_BIN:-$BIN}
+GW_CONFIG=${GW_CONFIG:-config/smsgw.toml}
+GW_RULES=${GW_RULES:-config/smpp_rules.toml}
 PIDS=()
 
 cleanup() {
@@ -126,15 +137,15 @@ for d in $DRIVERS; do
         -e "s|^shards = .*|shards = $SHARDS|" \
         -e "s|^path = \"var/state\"|path = \"$OUT/state-$d\"|" \
         -e "s|^fsync = .*|fsync = \"${STATE_FSYNC:-batch}\"|" \
-        -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:${GRPC_PORT:-14044}\"|" \
-        config/smsgw.toml >"$OUT/smsgw-$d.toml"
+        -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:$GRPC_PORT\"|" \
+        "$GW_CONFIG" >"$OUT/smsgw-$d.toml"
 done
 sed -e "s|^port = 2775|port = $SIM_PORT|" \
     -e "s|^esme_rate = .*|esme_rate = 100000|" \
     -e "s|^esme_rate_burst = .*|esme_rate_burst = 100000|" \
     -e "s|^window = .*|window = 200|" \
     -e "s|^max_pending = .*|max_pending = 100000|" \
-    config/smpp_rules.toml >"$OUT/smpp_rules.toml"
+    "$GW_RULES" >"$OUT/smpp_rules.toml"
 # Authentication is on (as in production): the demo app, a throw-away server key, one token.
 cp config/apps.toml "$OUT/apps.toml"
 export SMSGW_JWT_SECRET="${SMSGW_JWT_SECRET:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}"
@@ -149,14 +160,14 @@ PIDS+=($!)
 wait_port 127.0.0.1 "$SIM_PORT" smsc-sim
 
 AUTH=(--header "Authorization: Bearer $TOKEN" --header "X-App-ID: 1")
-COMMON=(--pipeline "$PIPELINE" --threads "$BENCH_THREADS" --esme "$ESME" --text-mix "$TEXT_MIX"
+COMMON=(--threads "$BENCH_THREADS" --esme "$ESME" --text-mix "$TEXT_MIX"
         --duration "$DURATION" --quiet "${AUTH[@]}")
 
 GW_PID=0
-run_bench() { # name url rate connections [extra bench args...]
-    local name=$1 url=$2 rate=$3 conns=$4
-    shift 4
-    log "bench $name: rate $rate, $conns connections $* for $DURATION"
+run_bench() { # name url rate connections pipeline [extra bench args...]
+    local name=$1 url=$2 rate=$3 conns=$4 pipe=$5
+    shift 5
+    log "bench $name: rate $rate, $conns connections x $pipe $* for $DURATION"
     # PERF_RECORD=1: sample the gateway (call graphs) during its max runs, for `perf report`.
     local perf_pid=0
     if [ "${PERF_RECORD:-0}" = 1 ] && [ "$rate" = max ] && [[ "$name" != *null* ]]; then
@@ -166,7 +177,7 @@ run_bench() { # name url rate connections [extra bench args...]
         perf_pid=$!
     fi
     set +e
-    "$BENCH_BIN" bench --url "$url" --rate "$rate" --connections "$conns" "${COMMON[@]}" \
+    "$BENCH_BIN" bench --url "$url" --rate "$rate" --connections "$conns" --pipeline "$pipe" "${COMMON[@]}" \
         --max-error-rate 1 --json "$OUT/$name.json" --hdr-out "$OUT/$name.hdr" "$@" >"$OUT/$name.txt" 2>&1
     local rc=$?
     set -e
@@ -207,24 +218,30 @@ for d in $DRIVERS; do
     rss_kib "$GW_PID" >"$OUT/idle-rss-$d.kib"
     log "[$d] gateway idle RSS $(cat "$OUT/idle-rss-$d.kib") KiB"
 
-    run_bench "$d-null-max" "http://127.0.0.1:$NULL_PORT" max "$CONNECTIONS"
+    run_bench "$d-null-max" "http://127.0.0.1:$NULL_PORT" max "$CONNECTIONS" "$PIPELINE"
     RUNS+=("$d-null-max")
     for rate in $RATES; do
-        run_bench "$d-gw-$rate" "http://127.0.0.1:$HTTP_PORT" "$rate" "$CONNECTIONS"
+        run_bench "$d-gw-$rate" "http://127.0.0.1:$HTTP_PORT" "$rate" "$CONNECTIONS" "$PIPELINE"
         RUNS+=("$d-gw-$rate")
     done
-    run_bench "$d-gw-max" "http://127.0.0.1:$HTTP_PORT" max "$CONNECTIONS"
+    run_bench "$d-gw-max" "http://127.0.0.1:$HTTP_PORT" max "$CONNECTIONS" "$PIPELINE"
     RUNS+=("$d-gw-max")
     if [ "$HALF" = 1 ]; then
         max_rate=$(json_field "$OUT/$d-gw-max.json" accepted_per_s)
         half=$(awk -v m="${max_rate:-0}" 'BEGIN { h = int(m / 2); print (h < 1 ? 1 : h) }')
-        run_bench "$d-gw-half" "http://127.0.0.1:$HTTP_PORT" "$half" "$CONNECTIONS"
+        run_bench "$d-gw-half" "http://127.0.0.1:$HTTP_PORT" "$half" "$CONNECTIONS" "$PIPELINE"
         RUNS+=("$d-gw-half")
     fi
     for b in $BATCH; do
-        run_bench "$d-batch-$b" "http://127.0.0.1:$HTTP_PORT" max "$BATCH_CONNECTIONS" --batch "$b"
+        run_bench "$d-batch-$b" "http://127.0.0.1:$HTTP_PORT" max "$BATCH_CONNECTIONS" 1 --batch "$b"
         RUNS+=("$d-batch-$b")
     done
+    if [ "$GRPC" = 1 ]; then
+        run_bench "$d-grpc-max" "http://127.0.0.1:$GRPC_PORT" max "$GRPC_CONNECTIONS" "$GRPC_PIPELINE" --protocol grpc
+        RUNS+=("$d-grpc-max")
+        run_bench "$d-grpc-stream-max" "http://127.0.0.1:$GRPC_PORT" max "$GRPC_CONNECTIONS" "$GRPC_PIPELINE" --protocol grpc-stream
+        RUNS+=("$d-grpc-stream-max")
+    fi
     stop_pid "$GW_PID"
     stop_pid "$NULL_PID"
     GW_PID=0
@@ -239,8 +256,8 @@ gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT"/
     echo "binaries    gateway $GW_BIN, bench/null/sim $BENCH_BIN"
     echo "machine     nproc=$(nproc) kernel=$(uname -r) gateway-drivers=${gw_drivers:-unknown}"
     echo "load avg    at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box skews absolute figures)"
-    echo "command     DURATION=$DURATION RATES=\"$RATES\" HALF=$HALF BATCH=\"$BATCH\" DRIVERS=\"$DRIVERS\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS STATE_FSYNC=${STATE_FSYNC:-batch} bench/run-e2e.sh"
-    echo "client      connections=$CONNECTIONS (batch runs: $BATCH_CONNECTIONS) pipeline=$PIPELINE threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
+    echo "command     DURATION=$DURATION RATES=\"$RATES\" HALF=$HALF BATCH=\"$BATCH\" GRPC=$GRPC DRIVERS=\"$DRIVERS\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS STATE_FSYNC=${STATE_FSYNC:-batch} bench/run-e2e.sh"
+    echo "client      connections=$CONNECTIONS pipeline=$PIPELINE (batch runs: $BATCH_CONNECTIONS x 1; gRPC runs: $GRPC_CONNECTIONS x $GRPC_PIPELINE) threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
     echo "servers     gateway shards=$SHARDS state-fsync=${STATE_FSYNC:-batch}, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
     for d in $DRIVERS; do
         echo "idle RSS    $d: gateway $(awk '{ printf "%.1f MiB", $1 / 1024 }' "$OUT/idle-rss-$d.kib")"
