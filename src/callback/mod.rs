@@ -352,6 +352,12 @@ impl Callbacks {
         self.auth.apps().get(r.app_id)?.callback_url.clone()
     }
 
+    /// Whether status changes of `r` produce events (callbacks on and a URL for it). Cheap
+    /// when nothing asks for callbacks; lets a caller prepare an event only when one is due.
+    pub fn wants(&self, r: &MessageRecord) -> bool {
+        self.outbox.is_some() && self.url_for(r).is_some()
+    }
+
     /// Records the event "`r` is now in `r.status`" in the outbox. `None`: nothing to do (no
     /// URL, callbacks off, or `accepted`, which the synchronous answer already tells). `Some`:
     /// await it before acknowledging the change outward; it resolves `true` once the event is

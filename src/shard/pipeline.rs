@@ -501,6 +501,10 @@ impl Pipeline {
         );
         record.link_id = Some(job.link.0);
         record.callback_url = job.callback_url;
+        // The submit outcome's callback event is written from this copy BEFORE the outcome
+        // itself (see below); only a message with a callback URL pays for the copy.
+        let mut event_base = (!job.resubmit && self.shared.callbacks.wants(&record))
+            .then(|| record.clone());
         // A resubmission's record is stored already (by the process that crashed).
         if !job.resubmit {
             match self.shared.store.create(record).await {
@@ -634,10 +638,22 @@ impl Pipeline {
                 error = Some(e);
             }
         }
+        let update_ms = state::unix_ms();
+        // Callback event first, durable before the state records the outcome: a crash between
+        // the two writes then repeats or precedes an event, never loses it.
+        let mut notified = false;
+        if let Some(mut expected) = event_base.take() {
+            for u in &updates {
+                expected.apply(u, update_ms);
+            }
+            if let Some(durable) = self.shared.callbacks.notify(&expected) {
+                notified = crate::callback::wait_on_shard(durable).await;
+            }
+        }
         let stored = self
             .shared
             .store
-            .update(job.key.clone(), updates, state::unix_ms())
+            .update(job.key.clone(), updates, update_ms)
             .await;
         let status = match stored {
             Ok(UpdateOutcome::Updated { record, changed }) => {
@@ -650,9 +666,12 @@ impl Pipeline {
                         state::unix_ms(),
                     );
                 }
-                // Durable in the callback outbox before the client hears the outcome (only
-                // messages with a callback URL await anything here).
-                if changed && let Some(durable) = self.shared.callbacks.notify(&record) {
+                // Not written above (a resubmission, or the early write was refused): now,
+                // still before the client hears the outcome. No URL: nothing awaited.
+                if changed
+                    && !notified
+                    && let Some(durable) = self.shared.callbacks.notify(&record)
+                {
                     crate::callback::wait_on_shard(durable).await;
                 }
                 record.status
