@@ -54,8 +54,13 @@
 //! `max_in_flight` ops run at once (a semaphore; beyond it an op fails at once with
 //! `Overloaded`), and each is bounded by `op_timeout_ms` (scans by `scan_timeout_ms`) →
 //! `Unavailable`. Many ops in flight share the client's per-node connection pools, so writes
-//! are pipelined across connections; the API has no cross-op batching to do here because each
-//! op depends on its own read.
+//! are pipelined across connections. Batching across ops does not fit: each op's write depends
+//! on its own read (generation check). Within an op, several receipt index entries (a
+//! multipart update) go in one batch write; an expiry sweep writes its records concurrently,
+//! at most 64 at a time.
+//!
+//! Needs Aerospike server 6.0 or later (batch writes, partition-aware secondary-index queries,
+//! filter expressions).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -64,11 +69,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aerospike::expressions::{and, eq, gt, int_bin, int_val, le, or};
+use aerospike::operations::{self, Operation};
 use aerospike::query::Filter;
 use aerospike::{
-    AdminPolicy, AuthMode, Bin, Bins, Client, ClientPolicy, CollectionIndexType, Expiration,
-    GenerationPolicy, IndexType, Key, PartitionFilter, QueryPolicy, ReadPolicy, Record,
-    RecordExistsAction, ResultCode, Statement, Value, WritePolicy,
+    AdminPolicy, AuthMode, BatchOperation, BatchPolicy, BatchWritePolicy, Bin, Bins, Client,
+    ClientPolicy, CollectionIndexType, Expiration, GenerationPolicy, IndexType, Key,
+    PartitionFilter, QueryPolicy, ReadPolicy, Record, RecordExistsAction, ResultCode, Statement,
+    Value, WritePolicy,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -880,29 +887,59 @@ impl Inner {
             .map_err(|e| fail(&e))
     }
 
-    /// Writes the receipt index entries (concurrently; they are independent records).
+    /// Writes the receipt index entries: one put for one entry (the usual case: one part per
+    /// update), one batch write (a round trip per node, not per entry, and not a connection per
+    /// entry) for several.
     async fn write_index(
         &self,
         key: &MessageKey,
         expires_at_ms: u64,
         entries: &[(u32, String, u16)],
     ) -> Result<(), StateError> {
-        let now = unix_ms();
-        let p = self.write_policy(
-            RecordExistsAction::Replace,
-            None,
-            self.cfg.index_ttl(expires_at_ms, now),
-        );
-        let mut writes = Vec::with_capacity(entries.len());
-        for (link, smsc, part) in entries {
+        let expiration = self.cfg.index_ttl(expires_at_ms, unix_ms());
+        if let [(link, smsc, part)] = entries {
+            let p = self.write_policy(RecordExistsAction::Replace, None, expiration);
             let k = self.rcpt_key(*link, smsc)?;
-            let bins = rcpt_bins(key, *part, expires_at_ms);
-            let p = &p;
-            let client = &self.client;
-            writes.push(async move { client.put(p, &k, &bins).await });
+            return self
+                .client
+                .put(&p, &k, &rcpt_bins(key, *part, expires_at_ms))
+                .await
+                .map_err(|e| unexpected(fail(&e), "receipt index write"));
         }
-        for r in futures::future::join_all(writes).await {
-            r.map_err(|e| unexpected(fail(&e), "receipt index write"))?;
+        let row_policy = BatchWritePolicy {
+            record_exists_action: RecordExistsAction::Replace,
+            expiration,
+            ..BatchWritePolicy::default()
+        };
+        let mut rows = Vec::with_capacity(entries.len());
+        for (link, smsc, part) in entries {
+            let puts: Vec<Operation> = rcpt_bins(key, *part, expires_at_ms)
+                .iter()
+                .map(operations::put)
+                .collect();
+            rows.push(BatchOperation::write(
+                &row_policy,
+                self.rcpt_key(*link, smsc)?,
+                puts,
+            ));
+        }
+        let mut policy = BatchPolicy::write_default();
+        policy.base_policy.total_timeout = self.op_ms();
+        policy.base_policy.socket_timeout = self.op_ms();
+        self.client
+            .batch(&policy, &mut rows)
+            .await
+            .map_err(|e| unexpected(fail(&e), "receipt index batch write"))?;
+        // Per-row outcomes are not errors of the call: every row must have been written.
+        for row in &rows {
+            match row.result_code() {
+                Some(ResultCode::Ok) => {}
+                other => {
+                    return Err(StateError::Unavailable(format!(
+                        "aerospike receipt index batch write: a row answered {other:?}"
+                    )));
+                }
+            }
         }
         Ok(())
     }
