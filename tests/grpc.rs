@@ -1,7 +1,7 @@
 //! The gRPC API against the real binary on loopback, exercised by a client we did not write:
 //! Python `grpcio`, with stubs generated from `proto/` at run time by `grpcio-tools`
 //! (tests/py/grpc_client.py). The gateway runs with authentication on and two links on one
-//! `smsgw smsc-sim`: 100 (1000 msg/s) and 101 (1 msg/s, to provoke RESOURCE_EXHAUSTED).
+//! `smsgw smsc-sim`: 100 (10000 msg/s) and 101 (1 msg/s, to provoke RESOURCE_EXHAUSTED).
 //!
 //! Needs `python3 -m pip install grpcio grpcio-tools` (done by `.ci/run`).
 
@@ -20,7 +20,7 @@ const SECRET: &str = "grpc-s3cret";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(150);
 
 struct Gw {
-    _proc: Proc,
+    proc: Proc,
     grpc: String,
     _dir: tempfile::TempDir,
 }
@@ -47,7 +47,7 @@ fn start_gateway(sim: &Sim) -> Gw {
             port = sim.smpp_port
         )
     };
-    let rules = link(100, "esme_rate = 1000") + &link(101, "esme_rate = 1\nesme_rate_burst = 1");
+    let rules = link(100, "esme_rate = 10000") + &link(101, "esme_rate = 1\nesme_rate_burst = 1");
     // App 1 may use both links; app 2 only link 100 (for PERMISSION_DENIED).
     let apps = format!(
         "[apps.1]\nname = \"one\"\nsecret_hash = \"{h}\"\nallowed_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n\
@@ -80,7 +80,7 @@ fn start_gateway(sim: &Sim) -> Gw {
         .to_string();
     assert_ne!(grpc, "off", "gRPC listener is off: {line}");
     Gw {
-        _proc: proc,
+        proc,
         grpc,
         _dir: dir,
     }
@@ -122,6 +122,13 @@ fn run_client(gw: &Gw, extra: &[&str]) -> String {
     out
 }
 
+/// submit_sm PDUs the simulator received (its counter, not the bounded message ring).
+fn submits(sim: &Sim) -> u64 {
+    sim.stats()["submits_received"]
+        .as_u64()
+        .expect("submits_received")
+}
+
 fn result_json(out: &str) -> serde_json::Value {
     let line = out
         .lines()
@@ -138,6 +145,13 @@ fn grpc_api_cases_with_grpcio() {
     let gw = start_gateway(&sim);
     let out = run_client(&gw, &["--case", "api"]);
     assert_eq!(result_json(&out)["ok"], true);
+    // The gRPC listener stops with the rest on SIGTERM (graceful, bounded).
+    let mut gw = gw;
+    let status = gw.proc.terminate(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "gateway exit after SIGTERM: {status:?}"
+    );
     // Each case printed its PASS line (a silently skipped case would be missing).
     for case in [
         "login",
@@ -166,7 +180,7 @@ fn grpc_api_cases_with_grpcio() {
 #[test]
 fn grpc_stream_500_each_exactly_once() {
     const N: usize = 500;
-    let sim = Sim::start(&["--dlr-percent", "0"]);
+    let sim = Sim::start(&["--dlr-percent", "0", "--messages-capacity", "10000"]);
     let gw = start_gateway(&sim);
     let out = run_client(&gw, &["--case", "stream", "--n", &N.to_string()]);
     let result = result_json(&out);
@@ -193,4 +207,129 @@ fn grpc_stream_500_each_exactly_once() {
         "stream of {N}: {:.3} s",
         result["elapsed_s"].as_f64().unwrap_or(0.0)
     );
+}
+
+/// A stream client that sends fast and does not read its answers is held back by HTTP/2 flow
+/// control: the gateway processes a bounded number of its requests (in flight, queued answers
+/// and the client's receive window) and the client cannot hand all of them to the transport;
+/// once it reads, every request is answered and reaches the SMSC exactly once.
+/// (Our tonic client here: the property under test is the server's bound, and the client's
+/// receive window must be set small, which grpcio does not expose per channel.)
+#[test]
+fn grpc_stream_is_flow_controlled() {
+    use smsgw::api::grpc::pb::auth::{LoginRequest, auth_client::AuthClient};
+    use smsgw::api::grpc::pb::sms::v1::{
+        CheckEsmeRequest, SmsRequest, sms_service_client::SmsServiceClient,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_stream::StreamExt;
+
+    const N: usize = 4000;
+    let sim = Sim::start(&["--dlr-percent", "0", "--messages-capacity", "10000"]);
+    let gw = start_gateway(&sim);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = submits(&sim);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let mut inbound = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.grpc))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            // ~180 answers fit into what the client accepts without reading.
+            .initial_stream_window_size(16 * 1024)
+            .connect()
+            .await
+            .expect("connect");
+        let token = AuthClient::new(channel.clone())
+            .login(LoginRequest {
+                app_id: 1,
+                secret: SECRET.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("login")
+            .into_inner()
+            .token;
+        // Wait until link 100 is bound and healthy.
+        let mut sms = SmsServiceClient::new(channel.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut q = tonic::Request::new(CheckEsmeRequest { esme: 100 });
+            q.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            q.metadata_mut().insert("app_id", "1".parse().unwrap());
+            let up = sms
+                .check_esme(q)
+                .await
+                .is_ok_and(|r| r.get_ref().links.iter().all(|l| l.state == "connected"));
+            if up {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "link 100 not up in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let counter = Arc::clone(&pulled);
+        let requests = tokio_stream::iter(0..N).map(move |i| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            SmsRequest {
+                task_id: i as i64,
+                esme: 100,
+                saddr: "Test".into(),
+                daddr: format!("+49153{i:08}"),
+                message: format!("flow {i}"),
+                ..Default::default()
+            }
+        });
+        let mut req = tonic::Request::new(requests);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req.metadata_mut().insert("app_id", "1".parse().unwrap());
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            SmsServiceClient::new(channel).send_message_stream(req),
+        )
+        .await
+        .expect("stream opens")
+        .expect("stream accepted")
+        .into_inner()
+    });
+    // Not reading: give the gateway ample time to process everything it would take.
+    std::thread::sleep(Duration::from_secs(2));
+    let processed = submits(&sim) - before;
+    let handed = pulled.load(Ordering::Relaxed);
+    eprintln!(
+        "while not reading: {handed} of {N} requests left the client, {processed} reached the SMSC"
+    );
+    assert!(
+        processed < 2000,
+        "{processed} of {N} processed without the client reading: no flow control"
+    );
+    assert!(
+        handed < 3500,
+        "the client handed over {handed} of {N} requests"
+    );
+    // Now read everything: every request answered and accepted.
+    let answered = rt.block_on(async {
+        let mut ok = 0;
+        let mut seen = std::collections::HashSet::new();
+        while let Some(r) = tokio::time::timeout(Duration::from_secs(20), inbound.message())
+            .await
+            .expect("answers keep coming")
+            .expect("stream healthy")
+        {
+            assert!(r.success, "{r:?}");
+            assert!(seen.insert(r.task_id), "two answers for task {}", r.task_id);
+            ok += 1;
+        }
+        ok
+    });
+    assert_eq!(answered, N);
+    assert_eq!(submits(&sim) - before, N as u64);
 }

@@ -42,8 +42,8 @@ use pb::auth::{LoginRequest, LoginResponse};
 use pb::sms::v1 as sms;
 use sms::sms_service_server::{SmsService, SmsServiceServer};
 
-/// Largest request message the server decodes (a send is well under 1 KiB; a bigger message is
-/// refused with RESOURCE_EXHAUSTED before it is buffered further).
+/// Largest request message the server decodes (a send is well under 1 KiB; tonic's decoder
+/// refuses a bigger one with OUT_OF_RANGE from its length prefix, before buffering it).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Concurrent HTTP/2 streams (calls) per client connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -52,6 +52,12 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// (equally bounded) outgoing queue, so a client that sends faster than the gateway answers,
 /// or reads answers slowly, is held back by HTTP/2 flow control, not by our buffers.
 pub const STREAM_IN_FLIGHT: usize = 128;
+/// HTTP/2 receive window per stream: what one client may have sent that the server has not
+/// read yet (about a thousand send requests). hyper's default (1 MiB) would let a stream client
+/// park ~16k requests in our buffers while the handler is at `STREAM_IN_FLIGHT`.
+pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+/// HTTP/2 receive window per connection (all its streams together).
+pub const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 
 /// The `tonic::Status` of an error: code from the shared mapping, code name in the message.
 pub fn status(e: &ApiError) -> Status {
@@ -439,6 +445,7 @@ impl SmsService for Arc<SmsApi> {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(s) => {
+                        tracing::debug!(status = %s, "gRPC send stream broken");
                         // Broken request stream (bad frame, over-size message): end with it.
                         let _ = out_tx.send(Err(s)).await;
                         break;
@@ -609,6 +616,8 @@ pub fn start(
     let auth_svc = AuthServer::new(AuthApi { api }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .timeout(cfg.request_timeout)
         // Bounds what a client that resets streams in a loop can make us hold.
         .http2_max_pending_accept_reset_streams(Some(64))
