@@ -452,20 +452,43 @@ impl StateStore for NotifyingStore {
         self.inner.create(record)
     }
 
+    /// For a record with a callback URL, the event is made durable BEFORE the update (from
+    /// the record read first, with `updates` applied), so a crash between the two writes
+    /// cannot lose it; the update's own result is notified only if it differs from that
+    /// prediction (a concurrent change) or the read failed.
     fn update(
         &self,
         key: MessageKey,
         updates: Vec<PartUpdate>,
         now_ms: u64,
     ) -> StoreFuture<UpdateOutcome> {
-        let fut = self.inner.update(key, updates, now_ms);
+        let inner = Arc::clone(&self.inner);
         let cb = Arc::clone(&self.callbacks);
         Box::pin(async move {
-            let out = fut.await?;
+            let mut before: Option<Status> = None;
+            let mut sent: Option<Status> = None;
+            if cb.is_enabled()
+                && let Ok(Some(mut r)) = inner.get(key.clone()).await
+                && cb.wants(&r)
+            {
+                before = Some(r.status);
+                for u in &updates {
+                    r.apply(u, now_ms);
+                }
+                if Some(r.status) != before
+                    && let Some(durable) = cb.notify(&r)
+                    && durable.await
+                {
+                    sent = Some(r.status);
+                }
+            }
+            let out = inner.update(key, updates, now_ms).await?;
             if let UpdateOutcome::Updated {
                 record,
                 changed: true,
             } = &out
+                && Some(record.status) != sent
+                && Some(record.status) != before
             {
                 cb.notify_and_wait(record).await;
             }
