@@ -21,15 +21,21 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(150);
 
 struct Gw {
     proc: Proc,
+    http: String,
     grpc: String,
     _dir: tempfile::TempDir,
 }
 
 fn start_gateway(sim: &Sim) -> Gw {
+    start_gateway_with(sim, "")
+}
+
+/// As `start_gateway`, with `server_extra` lines added to `[server]`.
+fn start_gateway_with(sim: &Sim, server_extra: &str) -> Gw {
     let dir = tempfile::tempdir().unwrap();
     let smsgw = format!(
         "[server]\nhttp_addr = \"127.0.0.1:0\"\ngrpc_addr = \"127.0.0.1:0\"\nshards = 2\n\
-         shutdown_timeout_ms = 5000\ninstance_id = \"grpc\"\n\n\
+         shutdown_timeout_ms = 5000\ninstance_id = \"grpc\"\n{server_extra}\n\n\
          [state]\npath = \"{state}\"\nfsync = \"off\"\nbatch_delay_us = 0\n\n\
          [health]\ncheck_interval_s = 1\n\n\
          [security]\napps_file = \"apps.toml\"\n\n\
@@ -78,8 +84,13 @@ fn start_gateway(sim: &Sim) -> Gw {
         .find_map(|w| w.strip_prefix("grpc="))
         .expect("grpc= in the listening line")
         .to_string();
-    assert_ne!(grpc, "off", "gRPC listener is off: {line}");
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("http= in the listening line")
+        .to_string();
     Gw {
+        http,
         proc,
         grpc,
         _dir: dir,
@@ -143,6 +154,7 @@ fn result_json(out: &str) -> serde_json::Value {
 fn grpc_api_cases_with_grpcio() {
     let sim = Sim::start(&[]);
     let gw = start_gateway(&sim);
+    assert_ne!(gw.grpc, "off");
     let out = run_client(&gw, &["--case", "api"]);
     assert_eq!(result_json(&out)["ok"], true);
     // The gRPC listener stops with the rest on SIGTERM (graceful, bounded).
@@ -332,4 +344,14 @@ fn grpc_stream_is_flow_controlled() {
     });
     assert_eq!(answered, N);
     assert_eq!(submits(&sim) - before, N as u64);
+}
+
+/// `grpc_enabled = false`: no gRPC listener (`grpc=off` in the start line), REST unaffected.
+#[test]
+fn grpc_can_be_turned_off() {
+    let sim = Sim::start(&[]);
+    let gw = start_gateway_with(&sim, "grpc_enabled = false");
+    assert_eq!(gw.grpc, "off");
+    let (status, body) = common::http(&format!("http://{}", gw.http), "GET", "/healthy", "");
+    assert_eq!(status, 200, "{body}");
 }
