@@ -685,3 +685,56 @@ fn client_errors_give_up_without_retrying() {
     );
     drop(gw);
 }
+
+#[test]
+fn a_message_in_flight_at_sigkill_gets_its_unknown_event_from_crash_recovery() {
+    // The SMSC answers after 1.5 s (below the link's 2 s response timeout, so the session
+    // stays healthy): the send below is on the wire when the gateway is killed.
+    let sim = Sim::start(&["--latency-ms", "1500"]);
+    let rx = Receiver::start(0, &[], 200);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_setup(dir.path(), &sim, &rx.url("/unused"), FAST);
+    let mut gw = start_gw(&a, &b);
+    let url = rx.url("/recovered");
+    let headers = (gw.url.clone(), gw.tokens[&1].clone());
+    let sender = std::thread::spawn(move || {
+        let body = serde_json::json!({
+            "esme": 100, "source": "Test", "destination": "4915100000001",
+            "message": "in flight", "transaction_id": "c-1", "callback_url": url,
+        });
+        // The connection dies with the gateway; the answer does not matter.
+        let _ = smsgw::api::client::request(
+            &headers.0,
+            "POST",
+            "/api/v1/sms/send",
+            &[
+                ("Authorization", format!("Bearer {}", headers.1)),
+                ("X-App-ID", "1".into()),
+            ],
+            body.to_string().as_bytes(),
+            Duration::from_secs(20),
+        );
+    });
+    let on_wire = wait_until(WAIT, || !sim.messages(10).is_empty());
+    assert!(on_wire, "the submit_sm never reached the simulator");
+    gw.proc.kill();
+    sender.join().unwrap();
+    let gw = start_gw(&a, &b);
+    gw.wait_status(1, "c-1", "unknown");
+    wait_events(&rx, &["1:c-1:unknown".into()]);
+    let events = rx.events();
+    let (_, e) = events
+        .iter()
+        .find(|(_, e)| e["event_id"] == "1:c-1:unknown")
+        .unwrap();
+    assert_eq!(e["final"], true);
+    assert_eq!(e["parts"][0]["status"], "unknown");
+    assert!(
+        !rx.event_ids().contains("1:c-1:submitted"),
+        "the outcome was never known: no submitted event"
+    );
+    for r in rx.reqs() {
+        assert!(signature_ok(SECRET_1, &r));
+    }
+    drop(gw);
+}
