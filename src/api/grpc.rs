@@ -195,19 +195,27 @@ pub fn send_response(a: &SendAnswer, task_id: i64, sent_at: i64) -> sms::SmsResp
 }
 
 /// A stream item refused before the pipeline produced an answer.
-fn error_response(e: &ApiError, req: &sms::SmsRequest) -> sms::SmsResponse {
+fn error_response(e: &ApiError, echo: &Echo) -> sms::SmsResponse {
     sms::SmsResponse {
         success: false,
         error: e.message.to_string(),
         code: e.kind.code().to_string(),
-        esme: req.esme,
-        transaction_id: req.transaction_id.clone(),
-        task_id: req.task_id,
+        esme: echo.esme,
+        transaction_id: echo.transaction_id.clone(),
+        task_id: echo.task_id,
         grpc_code: e.kind.grpc_code(),
-        sent_at: req.sent_at,
+        sent_at: echo.sent_at,
         retry_after_s: e.retry_after_s.unwrap_or(0),
         ..Default::default()
     }
+}
+
+/// What a stream item's answer repeats from its request, kept before the request is consumed.
+struct Echo {
+    esme: i64,
+    transaction_id: String,
+    task_id: i64,
+    sent_at: i64,
 }
 
 fn status_view(r: &MessageRecord) -> sms::MessageStatus {
@@ -362,29 +370,30 @@ impl SmsApi {
         answer(rx).await
     }
 
-    async fn send_one(
-        &self,
-        req: sms::SmsRequest,
-        meta: &CallMeta,
-        stream: bool,
-    ) -> sms::SmsResponse {
-        let (task_id, sent_at) = (req.task_id, req.sent_at);
+    /// One `SendMessageStream` item: always an answer, failures included.
+    async fn send_stream_item(&self, req: sms::SmsRequest, meta: &CallMeta) -> sms::SmsResponse {
+        let echo = Echo {
+            esme: req.esme,
+            transaction_id: req.transaction_id.clone(),
+            task_id: req.task_id,
+            sent_at: req.sent_at,
+        };
         let mut meta = meta.clone();
-        let input = match send_input(req.clone(), &mut meta) {
+        let input = match send_input(req, &mut meta) {
             Ok(i) => i,
-            Err(e) => return error_response(&e, &req),
+            Err(e) => return error_response(&e, &echo),
         };
         match self
             .call(|reply| GrpcCall::Send {
                 input,
                 meta,
-                stream,
+                stream: true,
                 reply,
             })
             .await
         {
-            Ok(a) => send_response(&a, task_id, sent_at),
-            Err(e) => error_response(&e, &req),
+            Ok(a) => send_response(&a, echo.task_id, echo.sent_at),
+            Err(e) => error_response(&e, &echo),
         }
     }
 }
@@ -455,7 +464,7 @@ impl SmsService for Arc<SmsApi> {
                 let meta = meta.clone();
                 let out = out_tx.clone();
                 tokio::spawn(async move {
-                    let resp = api.send_one(req, &meta, true).await;
+                    let resp = api.send_stream_item(req, &meta).await;
                     let _ = out.send(Ok(resp)).await;
                     drop(permit);
                 });
