@@ -86,6 +86,8 @@ pub enum CreateOutcome {
 
 /// Result of [`StateStore::update`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+// The record is moved out once per op; boxing it would add an allocation per state write.
+#[allow(clippy::large_enum_variant)]
 pub enum UpdateOutcome {
     /// The record after the updates; `changed` is false when every update was a no-op.
     Updated {
@@ -100,6 +102,8 @@ pub enum UpdateOutcome {
 
 /// Result of [`StateStore::apply_receipt`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+// The record is moved out once per op; boxing it would add an allocation per state write.
+#[allow(clippy::large_enum_variant)]
 pub enum ReceiptOutcome {
     /// The receipt changed the part (and maybe the message); the record as now stored.
     Applied(MessageRecord),
