@@ -736,6 +736,10 @@ fn every_key_is_documented() {
             accepted_keys::<crate::policy::PolicyFile>(),
         ),
         ("### `[cdr]`", accepted_keys::<crate::cdr::CdrConfig>()),
+        (
+            "### `[callbacks]`",
+            accepted_keys::<crate::callback::CallbackConfig>(),
+        ),
         ("### `[links.<id>]`", accepted_keys::<LinkFile>()),
         ("### `[pools.<id>]`", accepted_keys::<PoolFile>()),
         (
@@ -757,10 +761,6 @@ fn every_key_is_documented() {
         }
     }
 }
-        (
-            "### `[callbacks]`",
-            accepted_keys::<crate::callback::CallbackConfig>(),
-        ),
 
 mod never_panics {
     use super::*;

@@ -334,13 +334,13 @@ async fn handle_deliver(
                     p.shared.cdr.emit(
                         &record,
                         &p.shared.config.server.instance_id,
+                        crate::state::unix_ms(),
+                    );
                     // The callback event is durable before deliver_sm_resp: a crash before
                     // this point makes the SMSC resend, which the `Duplicate` arm re-notifies.
                     if let Some(durable) = p.shared.callbacks.notify(&record) {
                         crate::callback::wait_on_shard(durable).await;
                     }
-                        crate::state::unix_ms(),
-                    );
                 }
                 let m = p.shared.metrics.shard(p.shard_id);
                 m.receipts_applied.inc();
@@ -348,13 +348,14 @@ async fn handle_deliver(
                 m.receipt_delay
                     .observe(std::time::Duration::from_millis(delay_ms));
                 return Some(0);
-                    // The callback event is durable before deliver_sm_resp: a crash before
-                    // this point makes the SMSC resend, which the `Duplicate` arm re-notifies.
-                    if let Some(durable) = p.shared.callbacks.notify(&record) {
-                        durable.await;
-                    }
             }
             Ok(ReceiptOutcome::Duplicate) => {
+                // A final receipt sent again may mean we crashed after storing it and before
+                // its callback event was durable: notify again (the outbox ignores an event id
+                // it still holds; one already delivered is sent once more — receivers dedupe).
+                if info.status.is_final() && p.shared.callbacks.is_enabled() {
+                    renotify(p, link_id, &smsc_id, alt_id.as_deref()).await;
+                }
                 p.shared.metrics.shard(p.shard_id).receipts_duplicate.inc();
                 return Some(0);
             }
@@ -362,12 +363,6 @@ async fn handle_deliver(
                 monoio::time::sleep(RECEIPT_RETRY_DELAY).await;
             }
             Ok(ReceiptOutcome::NotFound) => {
-                // A final receipt sent again may mean we crashed after storing it and before
-                // its callback event was durable: notify again (the outbox ignores an event id
-                // it still holds; one already delivered is sent once more — receivers dedupe).
-                if info.status.is_final() && p.shared.callbacks.is_enabled() {
-                    renotify(p, link_id, &smsc_id, alt_id.as_deref()).await;
-                }
                 p.shared.metrics.shard(p.shard_id).receipts_unmatched.inc();
                 warn!(
                     link = link_id,
@@ -393,14 +388,6 @@ async fn handle_deliver(
     Some(0)
 }
 
-/// A receipt's state as a part status. Intermediate states map to `Submitted` (no change).
-pub fn receipt_status(s: ReceiptState) -> Status {
-    match s {
-        ReceiptState::Delivered => Status::Delivered,
-        ReceiptState::Expired => Status::Expired,
-        ReceiptState::Undeliverable | ReceiptState::Deleted => Status::Undeliverable,
-        ReceiptState::Rejected => Status::Rejected,
-        ReceiptState::Enroute | ReceiptState::Accepted | ReceiptState::Unknown => Status::Submitted,
 /// Looks up the message a repeated final receipt belongs to and notifies its callback again
 /// if it is final (see `handle_deliver`). Two reads; only for repeats of final receipts.
 async fn renotify(p: &Pipeline, link_id: u32, smsc_id: &str, alt_id: Option<&str>) {
@@ -418,6 +405,14 @@ async fn renotify(p: &Pipeline, link_id: u32, smsc_id: &str, alt_id: Option<&str
     }
 }
 
+/// A receipt's state as a part status. Intermediate states map to `Submitted` (no change).
+pub fn receipt_status(s: ReceiptState) -> Status {
+    match s {
+        ReceiptState::Delivered => Status::Delivered,
+        ReceiptState::Expired => Status::Expired,
+        ReceiptState::Undeliverable | ReceiptState::Deleted => Status::Undeliverable,
+        ReceiptState::Rejected => Status::Rejected,
+        ReceiptState::Enroute | ReceiptState::Accepted | ReceiptState::Unknown => Status::Submitted,
     }
 }
 
