@@ -132,7 +132,9 @@ impl PolicyStage {
 }
 
 fn answer(engine: &PolicyEngine, state: State) -> Result<(), ApiError> {
-    engine.metrics.record(state);
+    // No `engine.metrics.record` here: on the shards that would be one atomic shared by every
+    // core per message, and `serve` never exports those answers (its refusals are counted
+    // per shard by reason in `smsgw_messages_rejected_total`). `smsgw mcp` counts in `check`.
     match state_error(state, engine) {
         None => Ok(()),
         Some(e) => Err(e),
