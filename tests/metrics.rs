@@ -383,6 +383,128 @@ fn window_occupancy_and_throttles_under_load() {
     assert!(idle, "window occupancy stuck above 0 when idle");
 }
 
+/// Starts `smsgw serve` with one link on `sim` and `extra` appended to smsgw.toml; returns the
+/// gateway and its gRPC address.
+fn start_gateway_with(sim: &Sim, extra: &str) -> (Gateway, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let o = GatewayOptions {
+        links: vec![LinkSpec::new(100, sim.smpp_port)],
+        ..Default::default()
+    };
+    let (a, b) = common::write_configs(dir.path(), &o);
+    let mut text = std::fs::read_to_string(&a).unwrap();
+    text.push_str(extra);
+    std::fs::write(&a, text).unwrap();
+    let args: Vec<String> = [
+        "serve".to_string(),
+        "--config".to_string(),
+        a.display().to_string(),
+        "--rules".to_string(),
+        b.display().to_string(),
+    ]
+    .to_vec();
+    let (proc, line) = common::spawn("gw", &args, &[], "smsgw listening", UP);
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+            .to_string()
+    };
+    let gw = Gateway {
+        proc,
+        url: format!("http://{}", field("http")),
+        dir,
+    };
+    (gw, field("grpc"))
+}
+
+/// gRPC calls are counted per method and status code, and a gRPC send goes through the same
+/// stage accounting as REST (accepted, rejected by reason, send latency). The client is
+/// tonic's generated one (the same proto; the interop test with a foreign client is
+/// tests/grpc.rs).
+#[test]
+fn grpc_calls_are_counted_by_method_and_code() {
+    use smsgw::api::grpc::pb::sms::v1::sms_service_client::SmsServiceClient;
+    use smsgw::api::grpc::pb::sms::v1::{CheckTextLenRequest, GetStatusRequest, SmsRequest};
+
+    let sim = Sim::start(&[]);
+    let (gw, grpc) = start_gateway_with(&sim, "");
+    gw.wait_links(&[100], true, UP);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = tokio::time::timeout(UP, SmsServiceClient::connect(format!("http://{grpc}")))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let send = |i: u32, daddr: &str| SmsRequest {
+            transaction_id: format!("grpc-metrics-{i}"),
+            esme: 100,
+            saddr: "smsgw".into(),
+            daddr: daddr.into(),
+            message: "grpc metrics".into(),
+            ..Default::default()
+        };
+        for i in 0..3 {
+            let r = c
+                .send_message(send(i, &format!("49154{i:06}")))
+                .await
+                .expect("send");
+            assert!(r.get_ref().success, "{:?}", r.get_ref());
+        }
+        // No destination: INVALID_ARGUMENT, however the server carries it (status or body).
+        let _ = c.send_message(send(9, "")).await;
+        let e = c
+            .get_status(GetStatusRequest {
+                transaction_id: "no-such-message".into(),
+            })
+            .await
+            .expect_err("unknown transaction");
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        c.check_text_len(CheckTextLenRequest {
+            message: "hello".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("check_text_len");
+    });
+
+    let (s, _) = scrape(&gw);
+    let grpc_calls = |method: &str, code: &str| {
+        value(
+            &s,
+            "smsgw_grpc_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    assert_eq!(grpc_calls("SendMessage", "OK"), Some(3.0));
+    assert_eq!(grpc_calls("SendMessage", "INVALID_ARGUMENT"), Some(1.0));
+    assert_eq!(grpc_calls("GetStatus", "NOT_FOUND"), Some(1.0));
+    assert_eq!(grpc_calls("CheckTextLen", "OK"), Some(1.0));
+    assert_eq!(value(&s, "smsgw_messages_accepted_total", &[]), Some(3.0));
+    assert_eq!(
+        value(&s, "smsgw_send_duration_seconds_count", &[]),
+        Some(3.0)
+    );
+    let rejected: f64 = s
+        .iter()
+        .filter(|x| x.name == "smsgw_messages_rejected_total")
+        .map(|x| x.value)
+        .sum();
+    assert_eq!(rejected, 1.0, "the invalid send is one rejection");
+    // gRPC does not show up as REST traffic.
+    assert!(
+        value(
+            &s,
+            "smsgw_http_requests_total",
+            &[("route", "send"), ("status", "200")]
+        )
+        .is_none()
+    );
+}
+
 /// With Redis configured for L2 limits and the contact-policy counters, both health gauges
 /// are 1 while it answers and drop to 0 (with errors and transitions counted) once it is
 /// killed. Needs `redis-server` (CI installs it; `SMSGW_SKIP_REDIS_TESTS=1` skips).
@@ -392,37 +514,16 @@ fn redis_and_policy_store_health_follow_redis() {
         return;
     };
     let sim = Sim::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let o = GatewayOptions {
-        links: vec![LinkSpec::new(100, sim.smpp_port)],
-        ..Default::default()
-    };
-    let (a, b) = common::write_configs(dir.path(), &o);
-    let mut text = std::fs::read_to_string(&a).unwrap();
-    text.push_str(&format!(
-        "\n[limits]\napp_rate_per_s = 1000\non_redis_down = \"fail_open\"\n\n\
+    let (gw, _) = start_gateway_with(
+        &sim,
+        &format!(
+            "\n[limits]\napp_rate_per_s = 1000\non_redis_down = \"fail_open\"\n\n\
          [redis]\nurl = \"{}\"\nkey_prefix = \"m\"\ntimeout_ms = 100\n\
          reconnect_min_ms = 50\nreconnect_max_ms = 300\n\n\
          [policy]\ndefault_strategy = \"cp2\"\n",
-        redis.url()
-    ));
-    std::fs::write(&a, text).unwrap();
-    let args: Vec<String> = ["serve", "--config", &a.display().to_string()]
-        .into_iter()
-        .map(String::from)
-        .chain(["--rules".to_string(), b.display().to_string()])
-        .collect();
-    let (proc, line) = common::spawn("gw", &args, &[], "smsgw listening", UP);
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("http addr")
-        .to_string();
-    let gw = Gateway {
-        proc,
-        url: format!("http://{addr}"),
-        dir,
-    };
+            redis.url()
+        ),
+    );
     gw.wait_links(&[100], true, UP);
 
     // E.164 destinations: the policy stage skips numbers it cannot normalise.
