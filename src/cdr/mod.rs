@@ -224,6 +224,9 @@ pub struct CdrWriter {
     backpressure: Arc<AtomicBool>,
     stats: Arc<CdrStats>,
     thread: Option<JoinHandle<()>>,
+    /// Refused CDRs held for retry, and the thread that offers them again (see `emit`).
+    overflow: Arc<emit::Overflow>,
+    overflow_thread: Option<JoinHandle<()>>,
 }
 
 /// First retry delay after a failed upload/write; doubles up to `retry_max_ms`.
@@ -297,12 +300,23 @@ impl CdrWriter {
                 path: PathBuf::from("<cdr thread>"),
                 source: e,
             })?;
+        let (overflow, overflow_thread) = emit::Overflow::start(
+            rec_tx.clone(),
+            Arc::clone(&backpressure),
+            Arc::clone(&stats),
+        )
+        .map_err(|e| CdrError::Io {
+            path: PathBuf::from("<cdr retry thread>"),
+            source: e,
+        })?;
         Ok(CdrWriter {
             rec_tx,
             ctl_tx,
             backpressure,
             stats,
             thread: Some(thread),
+            overflow,
+            overflow_thread: Some(overflow_thread),
         })
     }
 
@@ -358,11 +372,21 @@ impl CdrWriter {
         let Some(t) = self.thread.take() else {
             return Err(CdrError::Stopped);
         };
+        // Refused CDRs still held go to the writer before its final flush.
+        let held_lost = self.overflow.drain_for_shutdown(
+            self.overflow_thread.take(),
+            &self.rec_tx,
+            &self.backpressure,
+            &self.stats,
+        );
         let r = self.control(Ctl::Shutdown);
         if r.is_ok() {
             let _ = t.join();
         }
-        r
+        r.map(|mut report| {
+            report.records_lost += held_lost;
+            report
+        })
     }
 
     fn control(
