@@ -372,3 +372,71 @@ fn grpc_can_be_turned_off() {
     let (status, body) = common::http(&format!("http://{}", gw.http), "GET", "/healthy", "");
     assert_eq!(status, 200, "{body}");
 }
+
+/// The gRPC listener holds at most `max_connections_per_shard × shards` connections: one more
+/// is closed at once (its call fails), and a closed connection frees its place.
+#[test]
+fn grpc_connections_are_bounded() {
+    use smsgw::api::grpc::pb::sms::v1::{
+        CheckTextLenRequest, sms_service_client::SmsServiceClient,
+    };
+    use tonic::transport::{Channel, Endpoint};
+
+    let sim = Sim::start(&[]);
+    // 2 shards × 2 = 4 gRPC connections.
+    let gw = start_gateway_with(&sim, "max_connections_per_shard = 2");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("http://{}", gw.grpc);
+    // One call on a connection of its own; UNAUTHENTICATED (no token) proves the gateway
+    // answered, anything else is a transport failure.
+    let call = |ch: Channel| async move {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            SmsServiceClient::new(ch).check_text_len(CheckTextLenRequest {
+                message: "x".into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        matches!(r, Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated)
+    };
+    rt.block_on(async {
+        let connect = || async {
+            Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+        };
+        let mut open = Vec::new();
+        for i in 0..4 {
+            let ch = connect().await.expect("connect");
+            assert!(
+                call(ch.clone()).await,
+                "connection {i} within the bound answered"
+            );
+            open.push(ch);
+        }
+        let answered = match connect().await {
+            Ok(ch) => call(ch).await,
+            Err(_) => false,
+        };
+        assert!(!answered, "a fifth connection was served");
+        // Closing one frees a place (the server notices the close asynchronously).
+        drop(open.pop());
+        let mut served = false;
+        for _ in 0..50 {
+            if let Ok(ch) = connect().await
+                && call(ch).await
+            {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "no place freed after closing a connection");
+    });
+}

@@ -595,6 +595,122 @@ impl Auth for AuthApi {
 pub struct GrpcServerConfig {
     /// Longest a unary call (or a stream's setup) may take before DEADLINE_EXCEEDED.
     pub request_timeout: Duration,
+    /// Client connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+/// How long accepting pauses after an accept error (e.g. out of file descriptors), instead
+/// of retrying in a busy loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The listener as tonic's connection stream, with a bound on open connections: each accepted
+/// connection holds a permit until it is closed; without a free permit it is closed at once
+/// (each connection may hold up to `CONNECTION_WINDOW_BYTES` of unread requests, so their
+/// number must be bounded too).
+struct LimitedIncoming {
+    listener: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stream for LimitedIncoming {
+    type Item = std::io::Result<LimitedConn>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Some(pause) = &mut this.pause {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.pause = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((io, peer))) => {
+                    let Ok(permit) = Arc::clone(&this.permits).try_acquire_owned() else {
+                        tracing::debug!(%peer, "gRPC connection refused: at the connection bound");
+                        drop(io);
+                        continue;
+                    };
+                    // Small frames: latency matters more than packet count.
+                    let _ = io.set_nodelay(true);
+                    return Poll::Ready(Some(Ok(LimitedConn {
+                        io,
+                        _permit: permit,
+                    })));
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(error = %e, "gRPC accept failed; pausing accept");
+                    this.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_PAUSE)));
+                }
+            }
+        }
+    }
+}
+
+/// An accepted connection and its permit (released when tonic drops the connection).
+struct LimitedConn {
+    io: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for LimitedConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for LimitedConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// A running gRPC server.
@@ -617,7 +733,11 @@ pub fn start(
     let local_addr = std_listener.local_addr()?;
     let _guard = handle.enter();
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = LimitedIncoming {
+        listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1))),
+        pause: None,
+    };
     let api = Arc::new(SmsApi { bridge });
     let sms_svc = SmsServiceServer::new(Arc::clone(&api))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

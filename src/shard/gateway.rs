@@ -198,6 +198,9 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
             Arc::clone(&grpc_bridge),
             crate::api::grpc::GrpcServerConfig {
                 request_timeout: shared.config.server.request_timeout,
+                // The REST bound for the whole process: every shard accepts that many.
+                max_connections: shared.config.server.max_connections_per_shard.get() as usize
+                    * shard_count.get(),
             },
             async move { stop.wait().await },
         )
