@@ -68,7 +68,11 @@ impl Outbox {
             CallbackError::Outbox(format!("{what} {}: {e}", path.display()))
         };
         std::fs::create_dir_all(path).map_err(|e| fail("create", &e))?;
+        // A small, write-mostly database: a modest block cache and one background worker
+        // (the state store is the one that needs the machine's I/O).
         let db = Database::builder(path)
+            .cache_size(8 * 1024 * 1024)
+            .worker_threads(1)
             .open()
             .map_err(|e| fail("open", &e))?;
         let ks = db
