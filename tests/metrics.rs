@@ -181,6 +181,7 @@ fn counters_histograms_and_link_state() {
     for h in [
         "smsgw_send_duration_seconds",
         "smsgw_smpp_submit_resp_seconds",
+        "smsgw_ingress_to_submit_resp_seconds",
     ] {
         assert_eq!(
             value(&samples, &format!("{h}_count"), &[]),
@@ -358,6 +359,22 @@ fn window_occupancy_and_throttles_under_load() {
         value(&s, "smsgw_smpp_submit_resp_seconds_count", &[]),
         Some(accepted)
     );
+    // Stages nest: each ingress → submit_sm_resp observation contains its bind →
+    // submit_sm_resp one (same messages); the response comes after both, but the send
+    // histogram has successful sends only, so that comparison needs every message submitted
+    // (a throttle-exhausted message is possible: 50% throttles, 5 retries).
+    let ingress_sum = value(&s, "smsgw_ingress_to_submit_resp_seconds_sum", &[]).unwrap();
+    let send_sum = value(&s, "smsgw_send_duration_seconds_sum", &[]).unwrap();
+    assert!(
+        resp_sum <= ingress_sum,
+        "bind {resp_sum} <= ingress {ingress_sum}"
+    );
+    if failed == 0.0 {
+        assert!(
+            ingress_sum <= send_sum,
+            "ingress {ingress_sum} <= response {send_sum}"
+        );
+    }
     // The throttle counter is sampled on the health tick.
     let throttles = wait_until(Duration::from_secs(5), || {
         value(

@@ -276,6 +276,11 @@ fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Re
         &s.submit_resp,
     )?;
     o.histogram(
+        "smsgw_ingress_to_submit_resp_seconds",
+        "Per message: request taken by the pipeline to the last submit_sm_resp (ingress to SMSC answer).",
+        &s.ingress_to_submit_resp,
+    )?;
+    o.histogram(
         "smsgw_receipt_delay_seconds",
         "Acceptance of a message to the arrival of a delivery receipt that changed it.",
         &s.receipt_delay,

@@ -332,6 +332,9 @@ pub struct ShardMetrics {
     rejected: [Counter; REASON_COUNT],
     pub send_duration: Histogram,
     pub submit_resp: Histogram,
+    /// Per message: `Pipeline::send` took it → its last submit_sm_resp (not for crash
+    /// resubmissions).
+    pub ingress_to_submit_resp: Histogram,
     pub receipt_delay: Histogram,
     pub receipts_applied: Counter,
     pub receipts_duplicate: Counter,
@@ -365,6 +368,7 @@ impl ShardMetrics {
             rejected: std::array::from_fn(|_| Counter::default()),
             send_duration: Histogram::default(),
             submit_resp: Histogram::default(),
+            ingress_to_submit_resp: Histogram::default(),
             receipt_delay: Histogram::default(),
             receipts_applied: Counter::default(),
             receipts_duplicate: Counter::default(),
@@ -493,6 +497,7 @@ impl Metrics {
             s.parts_submitted += sh.parts_submitted.get();
             s.send_duration.add(&sh.send_duration);
             s.submit_resp.add(&sh.submit_resp);
+            s.ingress_to_submit_resp.add(&sh.ingress_to_submit_resp);
             s.receipt_delay.add(&sh.receipt_delay);
             s.receipts_applied += sh.receipts_applied.get();
             s.receipts_duplicate += sh.receipts_duplicate.get();
@@ -562,6 +567,7 @@ pub struct Snapshot {
     pub parts_submitted: u64,
     pub send_duration: HistogramSnapshot,
     pub submit_resp: HistogramSnapshot,
+    pub ingress_to_submit_resp: HistogramSnapshot,
     pub receipt_delay: HistogramSnapshot,
     pub receipts_applied: u64,
     pub receipts_duplicate: u64,

@@ -151,6 +151,10 @@ pub struct Job {
     /// hand-over mark instead (`changed == true` of `PartUpdate::Handed`), so one record is
     /// sent at most once however often it is offered.
     pub resubmit: bool,
+    /// When `Pipeline::send` took the request (ingress, after decoding), for the ingress →
+    /// submit_sm_resp latency histogram; `None` for a crash resubmission (its ingress was in
+    /// an earlier process).
+    pub received: Option<Instant>,
 }
 
 /// A job plus where to send its answer (a one-shot, bounded channel).
@@ -278,6 +282,7 @@ impl Pipeline {
         input: SendInput,
         meta: &RequestMeta<'_>,
     ) -> Result<SendAnswer, ApiError> {
+        let received = Instant::now();
         // 1. validate
         validate_address(&input.destination, "destination", false)?;
         validate_address(&input.source, "source", true)?;
@@ -351,6 +356,7 @@ impl Pipeline {
             encoding: input.encoding,
             callback_url: input.callback_url,
             resubmit: false,
+            received: Some(received),
         };
         if self.has_submit_bind(link) {
             return self.execute(job).await;
@@ -563,6 +569,9 @@ impl Pipeline {
         m.parts_submitted.add(part_count as u64);
         if outcome.is_ok() {
             m.submit_resp.observe(submit_started.elapsed());
+            if let Some(t) = job.received {
+                m.ingress_to_submit_resp.observe(t.elapsed());
+            }
         }
         let formats = receipt::IdFormats {
             submit_resp: receipt_id_format(link_cfg.resp_id_format),

@@ -356,6 +356,7 @@ impl Resubmitter {
             }),
             callback_url: r.callback_url.clone(),
             resubmit: true,
+            received: None,
         };
         Ok((job, inbox))
     }
