@@ -11,7 +11,9 @@
 //! no coordinated omission) or from the actual send (`--rate max`). Rejections are counted by
 //! gRPC code and the gateway's machine-readable code (the prefix of the status message); a
 //! status without that prefix (no answer from the gateway: connect refused, reset) is a
-//! transport error. Runs on a tokio runtime with `--threads` workers (tonic needs tokio).
+//! transport error. Runs on a tokio runtime with `--threads` workers (tonic needs tokio), so
+//! due times use tokio's 1 ms timer (`--timer` and `--pin` apply to REST only); the send lag
+//! in the report shows how late requests went out.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
