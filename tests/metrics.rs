@@ -578,14 +578,97 @@ fn redis_and_policy_store_health_follow_redis() {
     assert!(value(&s, "smsgw_redis_transitions_total", &[]).unwrap() > transitions_before);
 }
 
+/// Starts `smsgw mcp` listening on `listen` with an empty blacklist; returns it and its URL.
+fn start_mcp(dir: &std::path::Path, listen: &str) -> (common::Proc, String) {
+    std::fs::create_dir_all(dir.join("lists")).unwrap();
+    std::fs::write(dir.join("lists").join("l.csv"), "phone\n").unwrap();
+    let (a, b) = common::write_configs(dir, &GatewayOptions::default());
+    let mut text = std::fs::read_to_string(&a).unwrap();
+    text.push_str("\n[policy]\nblacklist_dir = \"lists\"\n");
+    std::fs::write(&a, text).unwrap();
+    let args: Vec<String> = ["mcp", "--config"]
+        .into_iter()
+        .map(String::from)
+        .chain([a.display().to_string(), "--rules".into()])
+        .chain([b.display().to_string(), "--listen".into(), listen.into()])
+        .collect();
+    let (proc, line) = common::spawn("mcp", &args, &[], "smsgw mcp listening", UP);
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .expect("mcp addr")
+        .to_string();
+    (proc, format!("http://{addr}"))
+}
+
+/// With `[policy] remote_url`, the remote service's health is visible: up while it answers,
+/// down (with errors and fail-open passes counted) once it is killed, up again after it is
+/// back on the same port and each shard's probe succeeded.
+#[test]
+fn remote_policy_health_follows_the_mcp_service() {
+    let mcp_dir = tempfile::tempdir().unwrap();
+    let (mut mcp, base) = start_mcp(mcp_dir.path(), "127.0.0.1:0");
+    let listen = base.trim_start_matches("http://").to_string();
+    let sim = Sim::start(&[]);
+    let (gw, _) = start_gateway_with(
+        &sim,
+        &format!(
+            "\n[policy]\ndefault_strategy = \"blacklist\"\nremote_url = \"{base}\"\n\
+             remote_timeout_ms = 1000\nremote_on_error = \"fail_open\"\n"
+        ),
+    );
+    gw.wait_links(&[100], true, UP);
+    let send = |i: u32| gw.send(100, &format!("+49155{i:06}"), "remote").0;
+    for i in 0..4 {
+        assert_eq!(send(i), 200);
+    }
+    let (s, _) = scrape(&gw);
+    assert_eq!(value(&s, "smsgw_policy_remote_up", &[]), Some(1.0));
+    assert_eq!(
+        value(&s, "smsgw_policy_remote_errors_total", &[]),
+        Some(0.0)
+    );
+    assert!(
+        value(&s, "smsgw_policy_store_up", &[]).is_none(),
+        "the remote service holds the counters, not this gateway"
+    );
+
+    mcp.kill();
+    // Fail-open: sends keep succeeding; each shard notices the outage on its own.
+    let mut i = 100;
+    let down = wait_until(UP, || {
+        i += 1;
+        assert_eq!(send(i), 200, "fail_open must pass the message");
+        value(&scrape(&gw).0, "smsgw_policy_remote_up", &[]) == Some(0.0)
+    });
+    assert!(down, "remote_up never dropped after the service was killed");
+    let (s, _) = scrape(&gw);
+    assert!(value(&s, "smsgw_policy_remote_errors_total", &[]).unwrap() >= 1.0);
+    assert!(value(&s, "smsgw_policy_remote_fail_open_total", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        value(&s, "smsgw_policy_remote_fail_closed_total", &[]),
+        Some(0.0)
+    );
+
+    // Back on the same port: every shard's next probe (one message per second) recovers it.
+    let (_mcp, _) = start_mcp(mcp_dir.path(), &listen);
+    let up = wait_until(UP, || {
+        i += 1;
+        let _ = send(i);
+        value(&scrape(&gw).0, "smsgw_policy_remote_up", &[]) == Some(1.0)
+    });
+    assert!(up, "remote_up never recovered after the service came back");
+}
+
 /// Families present only when their source is configured (Redis for limits, the policy
 /// engine's Redis store or a remote MCP); documented like the rest.
-const CONDITIONAL: [&str; 8] = [
+const CONDITIONAL: [&str; 9] = [
     "smsgw_redis_up",
     "smsgw_redis_round_trips_total",
     "smsgw_redis_transitions_total",
     "smsgw_policy_store_up",
     "smsgw_policy_store_errors_total",
+    "smsgw_policy_remote_up",
     "smsgw_policy_remote_errors_total",
     "smsgw_policy_remote_fail_open_total",
     "smsgw_policy_remote_fail_closed_total",

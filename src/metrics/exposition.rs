@@ -64,6 +64,8 @@ pub struct PolicyStoreHealth {
 /// Counters of the remote MCP client (process-wide).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PolicyRemoteHealth {
+    /// Shards that consider the service down now.
+    pub shards_down: u64,
     pub errors: u64,
     pub fail_open_passes: u64,
     pub fail_closed_refusals: u64,
@@ -425,6 +427,11 @@ fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Re
         )?;
     }
     if let Some(r) = g.policy_remote {
+        o.gauge(
+            "smsgw_policy_remote_up",
+            "1 while no shard considers the remote contact-policy service down.",
+            u64::from(r.shards_down == 0),
+        )?;
         o.counter(
             "smsgw_policy_remote_errors_total",
             "Checks against the remote contact-policy service that failed (connect, timeout, bad answer).",

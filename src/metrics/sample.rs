@@ -125,6 +125,7 @@ pub fn process_gauges(shared: &Shared) -> Gauges {
     if shared.config.policy.remote.is_some() {
         let r = crate::policy::remote::stats();
         g.policy_remote = Some(PolicyRemoteHealth {
+            shards_down: r.shards_down.load(Relaxed),
             errors: r.errors.load(Relaxed),
             fail_open_passes: r.fail_open_passes.load(Relaxed),
             fail_closed_refusals: r.fail_closed_refusals.load(Relaxed),

@@ -78,6 +78,9 @@ pub struct RemoteStats {
     pub fail_open_passes: AtomicU64,
     /// Messages refused because the service was failing (`fail_closed`).
     pub fail_closed_refusals: AtomicU64,
+    /// Shards whose stage considers the service down now (changed on transitions only, so
+    /// never per message); `/metrics` shows the service up while it is 0.
+    pub shards_down: AtomicU64,
 }
 
 /// Process-wide counters (read by tests and, later, `/metrics`).
@@ -222,6 +225,7 @@ impl RemoteStage {
         self.addr.set(None);
         self.idle.borrow_mut().clear();
         if !self.down.replace(true) {
+            stats().shards_down.fetch_add(1, Ordering::Relaxed);
             warn!(
                 error = %e,
                 url = %self.cfg.authority,
@@ -233,6 +237,7 @@ impl RemoteStage {
 
     fn mark_up(&self) {
         if self.down.replace(false) {
+            stats().shards_down.fetch_sub(1, Ordering::Relaxed);
             info!(url = %self.cfg.authority, "policy: remote service recovered");
         }
     }
