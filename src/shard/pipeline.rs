@@ -507,6 +507,13 @@ impl Pipeline {
         );
         record.link_id = Some(job.link.0);
         record.callback_url = job.callback_url;
+        // With resubmission off (`[state] resubmit_max_age_s = 0`) the mark would buy nothing:
+        // the record is created marked (a crash leaves it `unknown`, as before the mark
+        // existed) and the extra awaited write is skipped.
+        let mark_separately = !self.shared.config.state.resubmit_max_age.is_zero();
+        if !mark_separately {
+            record.handed_at_ms = Some(now);
+        }
         // The submit outcome's callback event is written from this copy BEFORE the outcome
         // itself (see below); only a message with a callback URL pays for the copy.
         let mut event_base = (!job.resubmit && self.shared.callbacks.wants(&record))
@@ -534,8 +541,11 @@ impl Pipeline {
             .collect();
         let part_count = parts.len();
 
-        // Durable before any part can reach a session: see `mark_handed`.
-        if let Some(answer) = self.mark_handed(&job.key, job.resubmit, part_count).await? {
+        // Durable before any part can reach a session: see `mark_handed`. A resubmission
+        // always claims its record with it, whatever the setting.
+        if (mark_separately || job.resubmit)
+            && let Some(answer) = self.mark_handed(&job.key, job.resubmit, part_count).await?
+        {
             return Ok(answer);
         }
 
