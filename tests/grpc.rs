@@ -185,6 +185,7 @@ fn grpc_api_cases_with_grpcio() {
         "send_message_ok",
         "get_status_delivered",
         "missing_token",
+        "auth_before_input",
         "invalid_token",
         "wrong_app_metadata",
         "esme_not_allowed",

@@ -379,10 +379,7 @@ impl SmsApi {
             sent_at: req.sent_at,
         };
         let mut meta = meta.clone();
-        let input = match send_input(req, &mut meta) {
-            Ok(i) => i,
-            Err(e) => return error_response(&e, &echo),
-        };
+        let input = send_input(req, &mut meta);
         match self
             .call(|reply| GrpcCall::Send {
                 input,
@@ -409,7 +406,8 @@ impl SmsService for Arc<SmsApi> {
         let mut meta = call_meta(&request);
         let req = request.into_inner();
         let (task_id, sent_at) = (req.task_id, req.sent_at);
-        let input = send_input(req, &mut meta).map_err(|e| status(&e))?;
+        // A conversion error is answered by the shard too (after authentication; counted).
+        let input = send_input(req, &mut meta);
         let a = self
             .call(|reply| GrpcCall::Send {
                 input,

@@ -69,7 +69,10 @@ impl CallMeta {
 pub enum GrpcCall {
     /// `SendMessage` and each item of `SendMessageStream` (`stream` tells which, for metrics).
     Send {
-        input: SendInput,
+        /// The request as pipeline input, or why it could not be read: a malformed request is
+        /// still answered (after authentication, as REST reads no body before it) and counted
+        /// here, on the shard.
+        input: Result<SendInput, ApiError>,
         meta: CallMeta,
         stream: bool,
         reply: oneshot::Sender<Result<SendAnswer, ApiError>>,
@@ -213,9 +216,9 @@ async fn execute(p: &Pipeline, call: GrpcCall) {
             // Authenticated before the message is looked at, as REST does for /api/v1/sms/*:
             // an unauthenticated caller learns nothing about its input (the token check is
             // cached, so `send` verifying again is cheap).
-            let r = match p.authenticate(&m).await {
-                Ok(_) => p.send(input, &m).await,
-                Err(e) => Err(e),
+            let r = match (p.authenticate(&m).await, input) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(_), Ok(input)) => p.send(input, &m).await,
             };
             // Same accounting as REST: an accepted-then-failed message is a rejection too.
             let code = match &r {

@@ -163,6 +163,10 @@ def run_api(a, sms, sms_pb2, auth, auth_pb2, md):
     # Authentication failures.
     expect_error("missing_token", SC.UNAUTHENTICATED, "missing_authorization",
                  lambda: sms.SendMessage(req(), metadata=[("app_id", str(a.app))], timeout=T))
+    # Authentication comes before the input is looked at (as REST reads no body before it).
+    expect_error("auth_before_input", SC.UNAUTHENTICATED, "missing_authorization",
+                 lambda: sms.SendMessage(req(esme=0, dton=999), metadata=[("app_id", "1")],
+                                         timeout=T))
     expect_error("invalid_token", SC.UNAUTHENTICATED, "invalid_token",
                  lambda: sms.SendMessage(req(), metadata=[("authorization", "Bearer x.y.z"),
                                                           ("app_id", str(a.app))], timeout=T))
