@@ -487,6 +487,42 @@ fn never_handed_messages_are_resubmitted_exactly_once() {
     assert_eq!(sim.submits_total(), 1 + NEVER as u64);
 }
 
+/// `[state] resubmit_max_age_s = 0` turns resubmission off: never-handed leftovers are recorded
+/// `failed` and not sent, handed ones `unknown`; new messages (created already marked, without
+/// the separate mark write) are sent normally.
+#[test]
+fn resubmission_off_fails_never_handed_leftovers() {
+    let sim = Sim::start(&["--messages-capacity", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = configs_with(dir.path(), &sim, "resubmit_max_age_s = 0\n");
+    let (mut gw, url) = start_gw(&a, &b);
+    wait_link_up(&url);
+    let (st, v) = http(&url, "POST", "/api/v1/sms/send", &send_body("pre"));
+    assert_eq!(st, 200, "{v}");
+    gw.kill();
+    write_crash_leftovers(&dir.path().join("state"), 3, 1);
+    let (_gw2, url) = start_gw(&a, &b);
+    wait_link_up(&url);
+    let status = |t: &str| http(&url, "GET", &format!("/api/v1/sms/{t}"), "").1["status"].clone();
+    let settled = wait_until(Duration::from_secs(20), || {
+        ["never-0", "never-1", "never-2", "handed-0"]
+            .iter()
+            .all(|t| status(t) != "accepted")
+    });
+    assert!(settled, "records still `accepted` after recovery");
+    for t in ["never-0", "never-1", "never-2", "stale"] {
+        assert_eq!(status(t), "failed", "{t}");
+    }
+    assert_eq!(status("handed-0"), "unknown");
+    let (st, v) = http(&url, "POST", "/api/v1/sms/send", &send_body("post"));
+    assert_eq!(st, 200, "{v}");
+    std::thread::sleep(Duration::from_millis(300));
+    let received = received_counts(&sim);
+    assert_eq!(received.get("pre"), Some(&1));
+    assert_eq!(received.get("post"), Some(&1));
+    assert_eq!(sim.submits_total(), 2, "a leftover was sent: {received:?}");
+}
+
 /// A real SIGKILL while many messages sit between `create` and the hand-over mark: the state
 /// writer lingers 100 ms per batch (`batch_delay_us`), so every state write waits up to
 /// 100 ms, the SMSC answers after 0–40 ms, and each of the 32 clients thinks 0–300 ms between
