@@ -479,14 +479,13 @@ impl SmsService for Arc<SmsApi> {
     ) -> Result<Response<sms::CheckTextLenResponse>, Status> {
         let meta = call_meta(&request);
         let req = request.into_inner();
-        let encoding = parse_encoding(&req.encoding).map_err(|e| status(&e))?;
-        let esme = esme_id(req.esme, true).map_err(|e| status(&e))?;
+        let options = parse_encoding(&req.encoding)
+            .and_then(|enc| esme_id(req.esme, true).map(|esme| (enc, esme)));
         let characters = req.message.chars().count();
         let info = self
             .call(|reply| GrpcCall::CheckTextLen {
                 message: req.message,
-                encoding,
-                esme,
+                options,
                 meta,
                 reply,
             })
@@ -512,11 +511,13 @@ impl SmsService for Arc<SmsApi> {
         request: Request<sms::CheckEsmeRequest>,
     ) -> Result<Response<sms::CheckEsmeResponse>, Status> {
         let meta = call_meta(&request);
-        let esme = esme_id(request.get_ref().esme, true).map_err(|e| status(&e))?;
+        let esme = esme_id(request.get_ref().esme, true);
+        // Authenticated (on the shard) before `esme` is looked at.
         let report = self
             .call(|reply| GrpcCall::Links { meta, reply })
             .await
             .map_err(|e| status(&e))?;
+        let esme = esme.map_err(|e| status(&e))?;
         esme_view(&report, esme)
             .map(Response::new)
             .map_err(|e| status(&e))

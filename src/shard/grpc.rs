@@ -84,8 +84,9 @@ pub enum GrpcCall {
     },
     CheckTextLen {
         message: String,
-        encoding: Option<Encoding>,
-        esme: Option<u32>,
+        /// `(encoding, esme)` as read from the request, or why they could not be (answered
+        /// after authentication).
+        options: Result<(Option<Encoding>, Option<u32>), ApiError>,
         meta: CallMeta,
         reply: oneshot::Sender<Result<TextInfo, ApiError>>,
     },
@@ -251,14 +252,18 @@ async fn execute(p: &Pipeline, call: GrpcCall) {
                 client_ip: meta.peer,
                 header: &lookup,
             };
-            let r = p.status(&transaction_id, &m).await;
+            // Authenticated before the id is validated (`status` validates first: REST has
+            // authenticated at routing already).
+            let r = match p.authenticate(&m).await {
+                Ok(_) => p.status(&transaction_id, &m).await,
+                Err(e) => Err(e),
+            };
             metrics.grpc_request("GetStatus", code_name(&r));
             let _ = reply.send(r);
         }
         GrpcCall::CheckTextLen {
             message,
-            encoding,
-            esme,
+            options,
             meta,
             reply,
         } => {
@@ -268,9 +273,9 @@ async fn execute(p: &Pipeline, call: GrpcCall) {
                 header: &lookup,
             };
             // Authenticated like REST's /api/v1/sms/* before the text is looked at.
-            let r = match p.authenticate(&m).await {
-                Ok(_) => p.check_text_len(&message, encoding, esme),
-                Err(e) => Err(e),
+            let r = match (p.authenticate(&m).await, options) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(_), Ok((encoding, esme))) => p.check_text_len(&message, encoding, esme),
             };
             metrics.grpc_request("CheckTextLen", code_name(&r));
             let _ = reply.send(r);

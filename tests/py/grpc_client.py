@@ -237,7 +237,14 @@ def run_api(a, sms, sms_pb2, auth, auth_pb2, md):
                  lambda: sms.CheckTextLen(sms_pb2.CheckTextLenRequest(message="x", encoding="x"),
                                           metadata=md, timeout=T))
     expect_error("text_len_unauthenticated", SC.UNAUTHENTICATED, "missing_authorization",
-                 lambda: sms.CheckTextLen(sms_pb2.CheckTextLenRequest(message="x"), timeout=T))
+                 lambda: sms.CheckTextLen(sms_pb2.CheckTextLenRequest(message="x", encoding="x"),
+                                          timeout=T))
+    expect_error("get_status_empty_id", SC.INVALID_ARGUMENT, "invalid_field",
+                 lambda: sms.GetStatus(sms_pb2.GetStatusRequest(), metadata=md, timeout=T))
+    expect_error("get_status_unauthenticated", SC.UNAUTHENTICATED, "missing_authorization",
+                 lambda: sms.GetStatus(sms_pb2.GetStatusRequest(), timeout=T))
+    expect_error("check_esme_unauthenticated", SC.UNAUTHENTICATED, "missing_authorization",
+                 lambda: sms.CheckESME(sms_pb2.CheckESMERequest(esme=-1), timeout=T))
 
     # CheckESME for one link, and an unknown id.
     e = sms.CheckESME(sms_pb2.CheckESMERequest(esme=100), metadata=md, timeout=T)
