@@ -400,6 +400,24 @@ fn sigterm_exits_zero(legacy: bool) {
     assert_eq!(sim.messages(10).len(), 1);
 }
 
+/// An SMSC may send the receipt before the submit_sm_resp (here: receipts 50 ms after the
+/// submit, resps after 700 ms). The receipt must wait for the resp's write instead of being
+/// acknowledged as unknown and lost.
+fn receipt_before_submit_resp_is_applied(legacy: bool) {
+    let sim = Sim::start(&["--latency-ms", "700"]);
+    let gw = one_link_gateway(&sim, legacy);
+    let mut txids = Vec::new();
+    for i in 0..3 {
+        let (st, v) = gw.send(100, &format!("+49151000000{i}"), "early receipt");
+        assert_eq!(st, 200, "{v}");
+        txids.push(v["transaction_id"].as_str().unwrap().to_string());
+    }
+    for txid in &txids {
+        let rec = gw.wait_status(txid, "delivered", Duration::from_secs(10));
+        assert_eq!(rec["parts"][0]["receipt"]["stat"], "DELIVRD", "{rec}");
+    }
+}
+
 /// Both drivers for every scenario.
 macro_rules! on_both_drivers {
     ($($name:ident),* $(,)?) => {
@@ -419,4 +437,5 @@ on_both_drivers!(
     failover_and_recovery,
     bad_inputs,
     sigterm_exits_zero,
+    receipt_before_submit_resp_is_applied,
 );

@@ -44,10 +44,16 @@ const INBOUND_CAPACITY: usize = 4096;
 /// How often bind health is re-evaluated from the binds' enquire_link results. This reads local
 /// state only (no I/O); the enquire_link itself is sent by each bind every `enquire_interval`.
 const HEALTH_TICK: Duration = Duration::from_millis(250);
-/// A receipt whose id is not found yet may have overtaken the write of its submit_sm_resp:
-/// look again this many times, this far apart, before acknowledging it as unknown.
-const RECEIPT_RETRIES: u32 = 3;
-const RECEIPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// A receipt whose id is not found yet may have overtaken its submit_sm_resp (an SMSC may send
+/// the receipt before the resp, and the resp may take up to the link's `resp_timeout`) or the
+/// write that records it: look again with doubling delays from this one, for as long as the
+/// resp could still come (`resp_timeout` + [`RECEIPT_WAIT_SLACK`]), at most this many times,
+/// before acknowledging it as unknown. Waiting holds one of the bind's bounded unanswered
+/// delivers, which is the flow control we want: the SMSC slows down instead of us dropping.
+const RECEIPT_RETRIES: u32 = 12;
+const RECEIPT_RETRY_DELAY: Duration = Duration::from_millis(25);
+const RECEIPT_RETRY_MAX_DELAY: Duration = Duration::from_millis(1000);
+const RECEIPT_WAIT_SLACK: Duration = Duration::from_millis(500);
 
 /// The shard's whole life: start binds and tasks, serve REST until shutdown, then drain.
 pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
@@ -313,6 +319,8 @@ async fn handle_deliver(
         done_at_ms: None,
         received_at_ms: crate::state::unix_ms(),
     };
+    let wait_until = std::time::Instant::now() + link.resp_timeout + RECEIPT_WAIT_SLACK;
+    let mut delay = RECEIPT_RETRY_DELAY;
     for attempt in 0..=RECEIPT_RETRIES {
         let mut result = p
             .shared
@@ -359,8 +367,11 @@ async fn handle_deliver(
                 p.shared.metrics.shard(p.shard_id).receipts_duplicate.inc();
                 return Some(0);
             }
-            Ok(ReceiptOutcome::NotFound) if attempt < RECEIPT_RETRIES => {
-                monoio::time::sleep(RECEIPT_RETRY_DELAY).await;
+            Ok(ReceiptOutcome::NotFound)
+                if attempt < RECEIPT_RETRIES && std::time::Instant::now() < wait_until =>
+            {
+                monoio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECEIPT_RETRY_MAX_DELAY);
             }
             Ok(ReceiptOutcome::NotFound) => {
                 p.shared.metrics.shard(p.shard_id).receipts_unmatched.inc();
