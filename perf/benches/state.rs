@@ -258,8 +258,11 @@ fn main() {
     println!(
         "state bench: {n} messages x (create + handed + submitted + receipt), {clients} client threads x {inflight} in flight"
     );
-    bench_codec();
-    bench_reads();
+    // `STATE_BENCH_SKIP_MICRO=1`: only the store runs (clean per-message instruction counts).
+    if std::env::var_os("STATE_BENCH_SKIP_MICRO").is_none() {
+        bench_codec();
+        bench_reads();
+    }
     // The writer's record cache on (default) and off, alternating, so the ratio is measured
     // in one run on the same machine state. `STATE_BENCH_CACHE=N` runs only that cache size,
     // `STATE_BENCH_FSYNC=none|batch` only that policy (one configuration per process, e.g.

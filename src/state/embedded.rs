@@ -1048,7 +1048,14 @@ impl Writer {
         sh.batched_ops
             .fetch_add(ops.len() as u64, Ordering::Relaxed);
         let now = unix_ms();
-        let mut ov = Overlay::default();
+        // Sized for the batch up front: growing these maps rehashed every key (SipHash) several
+        // times per batch, ~4% of the writer's instructions in callgrind.
+        let mut ov = Overlay {
+            msgs: HashMap::with_capacity(ops.len()),
+            dirty: Vec::with_capacity(ops.len()),
+            smsc: HashMap::with_capacity(ops.len()),
+            open: HashMap::with_capacity(ops.len()),
+        };
         let mut done = Vec::with_capacity(ops.len());
         let mut want_sync = false;
         for op in ops.drain(..) {
