@@ -45,7 +45,10 @@ pub use outbox::Entry;
 pub struct CallbackConfig {
     /// Off: no outbox is opened and no callback is sent (`callback_url` is still stored).
     pub enabled: bool,
-    /// Directory of the outbox database (relative to the working directory).
+    /// Directory of the outbox database (relative to the working directory). Empty (the
+    /// default): beside the state store, `<state.path>-callbacks` (see [`outbox_dir`]), so a
+    /// process that has its own state directory also has its own outbox (each is locked by
+    /// one process at a time).
     pub path: PathBuf,
     /// POSTs per event before it is given up (the first try counts).
     pub max_attempts: u32,
@@ -79,7 +82,7 @@ impl Default for CallbackConfig {
     fn default() -> Self {
         CallbackConfig {
             enabled: true,
-            path: PathBuf::from("var/callbacks"),
+            path: PathBuf::new(),
             max_attempts: 10,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 300_000,
@@ -97,13 +100,24 @@ impl Default for CallbackConfig {
     }
 }
 
+/// The outbox directory: `path` if set, else `<state_path>-callbacks` (a sibling of the state
+/// store's directory, e.g. `var/state` → `var/state-callbacks`).
+pub fn outbox_dir(path: &std::path::Path, state_path: &std::path::Path) -> PathBuf {
+    if !path.as_os_str().is_empty() {
+        return path.to_path_buf();
+    }
+    let mut name = state_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "state".into());
+    name.push("-callbacks");
+    state_path.with_file_name(name)
+}
+
 impl CallbackConfig {
     /// Range checks; every problem in one message.
     pub fn validate(&self) -> Result<(), CallbackError> {
         let mut bad = Vec::new();
-        if self.enabled && self.path.as_os_str().is_empty() {
-            bad.push("path must not be empty");
-        }
         if !(1..=1000).contains(&self.max_attempts) {
             bad.push("max_attempts must be in 1..=1000");
         }
@@ -555,6 +569,20 @@ impl StateStore for NotifyingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbox_dir_defaults_beside_the_state_store() {
+        use std::path::Path;
+        let d = |p: &str, s: &str| outbox_dir(Path::new(p), Path::new(s));
+        assert_eq!(d("", "var/state"), PathBuf::from("var/state-callbacks"));
+        assert_eq!(
+            d("", "/tmp/x/state"),
+            PathBuf::from("/tmp/x/state-callbacks")
+        );
+        // Two gateways with their own state directories get their own outboxes.
+        assert_ne!(d("", "/tmp/a/state"), d("", "/tmp/b/state"));
+        assert_eq!(d("/srv/cb", "var/state"), PathBuf::from("/srv/cb"));
+    }
 
     #[test]
     fn urls() {

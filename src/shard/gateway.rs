@@ -127,8 +127,10 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     }));
     // Outbox writer thread + dispatcher on the side runtime; events an earlier process left
     // are rescheduled at once.
+    let mut callback_config = config.callbacks.clone();
+    callback_config.path = crate::callback::outbox_dir(&callback_config.path, &config.state.path);
     let callbacks = crate::callback::Callbacks::start(
-        config.callbacks.clone(),
+        callback_config,
         Arc::clone(&auth),
         Arc::clone(&metrics),
         side.handle(),
