@@ -341,9 +341,7 @@ fn parse_app(id: u64, key: &str, a: AppToml, path: &Path, errors: &mut Vec<Strin
     };
     if callback_secret.as_ref().is_some_and(|s| s.len() < 16) {
         // The secret itself is never echoed.
-        errors.push(format!(
-            "{key}.callback_secret: must be at least 16 bytes"
-        ));
+        errors.push(format!("{key}.callback_secret: must be at least 16 bytes"));
     }
     if errors.len() > before {
         return None;
@@ -379,8 +377,10 @@ mod tests {
                 "[apps.7]\nname = \"x\"\nsecret_hash = \"{HASH}\"\nallowed_cidrs = [\"::1\"]\n{extra}"
             ))
         };
-        let apps = app("callback_url = \"https://h.example/cb\"\ncallback_secret = \"0123456789abcdef\"\n")
-            .unwrap();
+        let apps = app(
+            "callback_url = \"https://h.example/cb\"\ncallback_secret = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
         let a = apps.get(7).unwrap();
         assert_eq!(a.callback_url.as_deref(), Some("https://h.example/cb"));
         assert_eq!(a.callback_secret(), Some("0123456789abcdef"));
@@ -391,7 +391,10 @@ mod tests {
         let e = app("callback_url = \"https://u:p@h/\"\n").unwrap_err();
         assert!(e[0].contains("credentials"), "{e:?}");
         let e = app("callback_secret = \"short\"\n").unwrap_err();
-        assert!(e[0].contains("16 bytes") && !e[0].contains("short\""), "{e:?}");
+        assert!(
+            e[0].contains("16 bytes") && !e[0].contains("short\""),
+            "{e:?}"
+        );
         let e = app("callback_secret_env = \"SMSGW_TEST_SURELY_UNSET_VAR\"\n").unwrap_err();
         assert!(e[0].contains("is not set"), "{e:?}");
         let e = app("callback_secret = \"0123456789abcdef\"\ncallback_secret_env = \"X\"\n")

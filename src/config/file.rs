@@ -15,7 +15,16 @@ use super::types::{
 /// `smsgw.toml`. Sections are deserialized one at a time by the loader, so that a mistake in
 /// one section does not hide mistakes in another.
 pub const SMSGW_SECTIONS: &[&str] = &[
-    "server", "state", "log", "health", "routing", "limits", "redis", "security", "policy", "cdr",
+    "server",
+    "state",
+    "log",
+    "health",
+    "routing",
+    "limits",
+    "redis",
+    "security",
+    "policy",
+    "cdr",
     "callbacks",
 ];
 
