@@ -100,14 +100,20 @@ wait_port() { # host port what
     exit 1
 }
 
-stop_pid() { # pid: TERM, bounded wait, KILL
-    local pid=$1
+stop_pid() { # pid (a child of this script): TERM, bounded wait, KILL; reaped before return
+    local pid=$1 state
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null || echo gone)
+        # An exited child stays a zombie (and "alive" for kill -0) until it is reaped.
+        if [ "$state" = gone ] || [ "$state" = Z ]; then
+            wait "$pid" 2>/dev/null || true
+            return 0
+        fi
         sleep 0.2
     done
     kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
 }
 
 json_field() { # file field -> first numeric/string value of "field"
@@ -132,13 +138,18 @@ done
 
 # Bench copies of the default config: our ports, a private state dir per driver, and link
 # rates high enough that the contracted esme_rate is not what the benchmark measures.
+# Each driver's servers get their own ports (+10 per driver): a restarted server must not
+# race the previous one's sockets (TIME_WAIT, a process still exiting).
+k=0
 for d in $DRIVERS; do
-    sed -e "s|^http_addr = .*|http_addr = \"127.0.0.1:$HTTP_PORT\"|" \
+    echo "$((HTTP_PORT + k)) $((NULL_PORT + k)) $((GRPC_PORT + k))" >"$OUT/ports-$d"
+    sed -e "s|^http_addr = .*|http_addr = \"127.0.0.1:$((HTTP_PORT + k))\"|" \
         -e "s|^shards = .*|shards = $SHARDS|" \
         -e "s|^path = \"var/state\"|path = \"$OUT/state-$d\"|" \
         -e "s|^fsync = .*|fsync = \"${STATE_FSYNC:-batch}\"|" \
-        -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:$GRPC_PORT\"|" \
+        -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:$((GRPC_PORT + k))\"|" \
         "$GW_CONFIG" >"$OUT/smsgw-$d.toml"
+    k=$((k + 10))
 done
 sed -e "s|^port = 2775|port = $SIM_PORT|" \
     -e "s|^esme_rate = .*|esme_rate = 100000|" \
@@ -193,6 +204,7 @@ for d in $DRIVERS; do
         epoll) DENV=(MONOIO_FORCE_LEGACY_DRIVER=1) ;;
         *) log "unknown driver $d (io_uring or epoll)"; exit 1 ;;
     esac
+    read -r HTTP_PORT NULL_PORT GRPC_PORT <"$OUT/ports-$d"
     log "[$d] starting null-http on :$NULL_PORT and the gateway on :$HTTP_PORT"
     env "${DENV[@]}" "$BENCH_BIN" null-http --addr "127.0.0.1:$NULL_PORT" --threads "$SHARDS" >"$OUT/null-$d.log" 2>&1 &
     NULL_PID=$!
