@@ -57,7 +57,8 @@
 //!
 //! # Measured (`cargo bench --bench state`, 2-core VM shared with other builds, load ~8)
 //!
-//! Per message: create + update(submitted, with receipt index) + receipt = 3 writes.
+//! Per message (first measurement, before the hand-over mark): create + update(submitted,
+//! with receipt index) + receipt = 3 writes.
 //!
 //! | in flight | fsync `none` | fsync `batch` | mean batch |
 //! |---|---|---|---|
@@ -66,7 +67,12 @@
 //! | 512 | ~30k msgs/s | 25–29k msgs/s | 300–400 ops |
 //!
 //! `batch` costs one `fdatasync` per batch, so its throughput grows with concurrency (group
-//! commit); `none` is bounded by the writer's CPU (memtable lookups, encode/decode). The binary
+//! commit); `none` is bounded by the writer's CPU (memtable lookups, encode/decode).
+//!
+//! Since then the writer keeps recently committed records in memory (`WriterCache`), so a
+//! message's later writes skip the fjall read and decode: −19% writer instructions per message
+//! (callgrind, 4 writes each: 69.3k → 56.3k); with the hand-over mark, 62–83k msgs/s × 4
+//! writes with fsync `none` at 128 in flight (see `perf/RESULTS.md`). The binary
 //! record codec is ~5× faster than serde_json (0.4–0.8 µs vs 2–3.8 µs encode+decode) and 69 B
 //! vs 426 B for a one-part record; an inline `get` of a hot record costs ~1–2 µs.
 //!
