@@ -15,13 +15,18 @@
 //!   automatically;
 //! * every accepted message ends submitted, or marked failed/rejected/unknown in the store;
 //! * no part reaches a session before the message's hand-over mark is durable (`mark_handed`):
-//!   crash recovery resubmits exactly the messages without it.
+//!   crash recovery resubmits exactly the messages without it;
+//! * the mark is written only once the message holds credits in its bind's window
+//!   (`credits`), so a message waiting for room is still unmarked (resubmitted after a crash).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+mod credits;
+use credits::{CreditGuard, Credits};
 
 use crate::api::{ApiError, ErrorKind};
 use crate::config::{Config, IdFormat as ConfigIdFormat, LinkConfig, LinkId, PoolId, Segmentation};
@@ -216,6 +221,9 @@ pub struct Pipeline {
     router: RefCell<ShardRouter>,
     /// This shard's binds, by link.
     binds: BTreeMap<LinkId, Vec<LocalBind>>,
+    /// Window credits of each bind, parallel to `binds` (same keys, same order): capacity
+    /// the bind's `window`, at most `max_pending` messages waiting. See `submit_with_retry`.
+    credits: BTreeMap<LinkId, Vec<Credits>>,
     /// Round-robin cursor over a link's local binds.
     bind_cursor: Cell<usize>,
     /// Concatenation references per segmentation mode (8-bit and 16-bit).
@@ -236,6 +244,16 @@ impl Pipeline {
         // Every shard has an inbox, so this is the shard count.
         let shard_count = shared.inboxes.len().max(1);
         let router = ShardRouter::new(Arc::clone(&shared.registry));
+        let credits = binds
+            .iter()
+            .map(|(&link, bs)| {
+                let c = bs
+                    .iter()
+                    .map(|b| Credits::new(b.handle.config().window, b.handle.config().max_pending))
+                    .collect();
+                (link, c)
+            })
+            .collect();
         // Generated ids: instance, shard, start time and a counter: unique without coordination
         // (the start time separates restarts of the same instance).
         let txid_prefix = format!(
@@ -249,6 +267,7 @@ impl Pipeline {
             stages,
             router: RefCell::new(router),
             binds,
+            credits,
             bind_cursor: Cell::new(0),
             refs8: RefCell::new(shard_refs(RefWidth::Bits8, seed, shard_id, shard_count)),
             refs16: RefCell::new(shard_refs(
@@ -373,14 +392,19 @@ impl Pipeline {
 
     /// Whether some bound local bind of `link` can still queue a submit (checked before a
     /// message is recorded, so overload answers 503 without leaving failed records behind).
+    /// Messages waiting for window credits count as queued: `max_pending` bounds both.
     fn has_queue_room(&self, link: LinkId) -> bool {
-        self.binds.get(&link).is_some_and(|bs| {
-            bs.iter().any(|b| {
-                b.can_submit
-                    && matches!(b.handle.state(), BindState::Bound { .. })
-                    && b.handle.load().1 < b.handle.config().max_pending
-            })
+        self.submit_binds(link).any(|(b, c)| {
+            matches!(b.handle.state(), BindState::Bound { .. })
+                && b.handle.load().1 + c.waiting() < b.handle.config().max_pending
         })
+    }
+
+    /// `link`'s local submit binds with their window credits.
+    fn submit_binds(&self, link: LinkId) -> impl Iterator<Item = (&LocalBind, &Credits)> {
+        let binds = self.binds.get(&link).map(Vec::as_slice).unwrap_or(&[]);
+        let credits = self.credits.get(&link).map(Vec::as_slice).unwrap_or(&[]);
+        binds.iter().zip(credits).filter(|(b, _)| b.can_submit)
     }
 
     /// Sends the job to a shard that runs a bind of its link, and waits for its answer.
@@ -516,8 +540,8 @@ impl Pipeline {
         }
         // The submit outcome's callback event is written from this copy BEFORE the outcome
         // itself (see below); only a message with a callback URL pays for the copy.
-        let mut event_base = (!job.resubmit && self.shared.callbacks.wants(&record))
-            .then(|| record.clone());
+        let mut event_base =
+            (!job.resubmit && self.shared.callbacks.wants(&record)).then(|| record.clone());
         // A resubmission's record is stored already (by the process that crashed).
         if !job.resubmit {
             match self.shared.store.create(record).await {
@@ -541,18 +565,28 @@ impl Pipeline {
             .collect();
         let part_count = parts.len();
 
-        // Durable before any part can reach a session: see `mark_handed`. A resubmission
+        // Durable before any part can reach a session, written once the message holds room
+        // in the bind's window: see `mark_handed` and `submit_with_retry`. A resubmission
         // always claims its record with it, whatever the setting.
-        if (mark_separately || job.resubmit)
-            && let Some(answer) = self.mark_handed(&job.key, job.resubmit, part_count).await?
-        {
-            return Ok(answer);
-        }
+        let mut mark = if mark_separately || job.resubmit {
+            Mark::Pending {
+                resubmit: job.resubmit,
+                part_count,
+            }
+        } else {
+            Mark::Done
+        };
 
         let submit_started = Instant::now();
         let mut sent_link = job.link;
         let mut link_cfg = link_cfg;
-        let mut outcome = self.submit_with_retry(job.link, parts).await;
+        let mut outcome = match self
+            .submit_with_retry(&job.key, &mut mark, job.link, parts)
+            .await
+        {
+            Attempt::Outcome(o) => o,
+            Attempt::Finished(answer) => return answer,
+        };
         // Nothing was written on the routed member (binds lost, queues full): the message is
         // certainly not at the SMSC, so one more try on another healthy member of the pool
         // with a local bind is safe. Bounded: one other member, never after an Unknown part.
@@ -571,9 +605,24 @@ impl Pipeline {
                 .into_iter()
                 .map(|p| p.to_submit_sm(&other_template))
                 .collect();
-            outcome = self.submit_with_retry(other, parts).await;
+            outcome = match self
+                .submit_with_retry(&job.key, &mut mark, other, parts)
+                .await
+            {
+                Attempt::Outcome(o) => o,
+                Attempt::Finished(answer) => return answer,
+            };
             sent_link = other;
             link_cfg = other_cfg;
+        }
+        // A resubmission that never got credits (or a bind) never claimed its record: leave
+        // it untouched for recovery to offer again (it retries `Overloaded`/`NoRoute`);
+        // writing `failed` here could overwrite a concurrent claim's parts.
+        if job.resubmit
+            && matches!(mark, Mark::Pending { .. })
+            && let Err(e) = outcome
+        {
+            return Err(e);
         }
         let m = self.shared.metrics.shard(self.shard_id);
         m.parts_submitted.add(part_count as u64);
@@ -736,6 +785,13 @@ impl Pipeline {
     /// resubmit) from one whose parts may be on the wire (mark: unknown, never resent). One
     /// extra awaited write per message; it joins the store's write batches like the others.
     ///
+    /// Called only once the message holds window credits of the bind it goes to
+    /// (`gated_submit`), right before the parts are given to the session: a message waiting
+    /// for room in a full window is not marked, so a crash then resubmits it. What a crash
+    /// can still leave marked and unsent: the instant between this write and the socket
+    /// write, the parts of a message beyond `window` (they queue inside the session), and
+    /// parts re-queued after a throttling answer.
+    ///
     /// For a crash resubmission the mark is also the claim: only the update that sets it
     /// (`changed == true`) may send, and only if every part is still `Accepted` and the text
     /// segments into as many parts as were recorded. `Ok(Some(answer))` means "do not send":
@@ -857,24 +913,34 @@ impl Pipeline {
             })
     }
 
-    /// Submits all parts on one local bind; if none of them was written (bind lost, queue full)
-    /// tries once more on another bound local bind of the same link.
+    /// Submits all parts on one local bind; if none of them was written (bind lost, queue full,
+    /// no window credits in time) tries once more on another bound local bind of the same link.
+    ///
+    /// Window gate: before anything is handed to a session the message takes
+    /// `min(parts, window)` credits of the chosen bind (FIFO, bounded by `max_pending`
+    /// waiters and by the link's `resp_timeout`), and only then is the hand-over mark written
+    /// (`mark`, once per message; a retry elsewhere reuses it: the process is alive, so no
+    /// duplicate can come of it). The credits are held until the session answered (or failed)
+    /// every part. So the session's own queue stays (nearly) empty, and a message waiting for
+    /// room is unmarked: after a crash it is resubmitted, not `unknown`. A message that got no
+    /// credits in time answers `Overloaded` like a full queue, with nothing written.
     async fn submit_with_retry(
         &self,
+        key: &MessageKey,
+        mark: &mut Mark,
         link: LinkId,
         parts: Vec<SubmitSm>,
-    ) -> Result<Vec<PartOutcome>, ApiError> {
-        let binds = self.binds.get(&link).map(Vec::as_slice).unwrap_or(&[]);
-        let bound: Vec<&LocalBind> = binds
-            .iter()
-            .filter(|b| b.can_submit && matches!(b.handle.state(), BindState::Bound { .. }))
+    ) -> Attempt {
+        let bound: Vec<(&LocalBind, &Credits)> = self
+            .submit_binds(link)
+            .filter(|(b, _)| matches!(b.handle.state(), BindState::Bound { .. }))
             .collect();
         if bound.is_empty() {
-            return Err(ApiError::new(
+            return Attempt::Outcome(Err(ApiError::new(
                 ErrorKind::NoRoute,
                 format!("no bound session of link {link} on this shard"),
             )
-            .retry_after(1));
+            .retry_after(1)));
         }
         let start = self.bind_cursor.get();
         self.bind_cursor.set(start.wrapping_add(1));
@@ -882,21 +948,54 @@ impl Pipeline {
         let second = (bound.len() > 1).then(|| bound[(start + 1) % bound.len()]);
         // Keep a copy only when a second attempt is possible.
         let spare = second.map(|_| parts.clone());
-        let result = first.handle.submit(parts).await;
-        let all_not_sent = match &result {
-            Ok(outcomes) => outcomes.iter().all(|o| *o == PartOutcome::NotSent),
-            Err(SubmitError::NotBound | SubmitError::QueueFull | SubmitError::Closed) => true,
-            Err(SubmitError::Invalid { .. }) => false,
+        let result = match self.gated_submit(key, mark, first, parts).await {
+            Ok(r) => r,
+            Err(finished) => return finished,
         };
-        if all_not_sent && let (Some(other), Some(parts)) = (second, spare) {
+        if nothing_sent(&result)
+            && let (Some(other), Some(parts)) = (second, spare)
+        {
             self.shared
                 .metrics
                 .shard(self.shard_id)
                 .retried_other_bind
                 .inc();
-            return submit_result(other.handle.submit(parts).await);
+            return match self.gated_submit(key, mark, other, parts).await {
+                Ok(r) => Attempt::Outcome(r),
+                Err(finished) => finished,
+            };
         }
-        submit_result(result)
+        Attempt::Outcome(result)
+    }
+
+    /// One attempt on one bind: credits, then the mark (if still due), then the submit; the
+    /// credits are given back when the submit resolved. `Err` only for `Attempt::Finished`.
+    async fn gated_submit(
+        &self,
+        key: &MessageKey,
+        mark: &mut Mark,
+        (bind, credits): (&LocalBind, &Credits),
+        parts: Vec<SubmitSm>,
+    ) -> Result<Result<Vec<PartOutcome>, ApiError>, Attempt> {
+        let guard =
+            match take_credits(credits, bind.handle.config().resp_timeout, parts.len()).await {
+                Ok(g) => g,
+                Err(e) => return Ok(Err(e)),
+            };
+        if let Mark::Pending {
+            resubmit,
+            part_count,
+        } = *mark
+        {
+            match self.mark_handed(key, resubmit, part_count).await {
+                Ok(None) => *mark = Mark::Done,
+                Ok(Some(answer)) => return Err(Attempt::Finished(Ok(answer))),
+                Err(e) => return Err(Attempt::Finished(Err(e))),
+            }
+        }
+        let result = submit_result(bind.handle.submit(parts).await);
+        drop(guard);
+        Ok(result)
     }
 
     /// Authentication alone (no target): the caller's app id (0 with authentication off).
@@ -1067,6 +1166,47 @@ fn submit_result(r: Result<Vec<PartOutcome>, SubmitError>) -> Result<Vec<PartOut
             format!("part {} cannot be encoded: {reason}", part + 1),
         ),
     })
+}
+
+/// The hand-over mark of one message: still to write before its first part reaches a
+/// session, or written (or not needed: `[state] resubmit_max_age_s = 0` creates records
+/// marked).
+#[derive(Clone, Copy)]
+enum Mark {
+    Pending { resubmit: bool, part_count: usize },
+    Done,
+}
+
+/// What one submit attempt (`submit_with_retry`) came to.
+enum Attempt {
+    /// The submit's outcome, or why nothing was sent (`NoRoute`/`Overloaded`: certainly not
+    /// written to the SMSC).
+    Outcome(Result<Vec<PartOutcome>, ApiError>),
+    /// The mark decided: a resubmission lost its claim (the stored outcome), or the mark
+    /// could not be written (recorded by `mark_handed`). Nothing was sent; answer this.
+    Finished(Result<SendAnswer, ApiError>),
+}
+
+/// Waits (FIFO, at most `wait`) for `n` window credits; refused at once when `max_pending`
+/// messages wait already. Either refusal is the answer a full session queue gives.
+async fn take_credits(
+    credits: &Credits,
+    wait: Duration,
+    n: usize,
+) -> Result<CreditGuard, ApiError> {
+    let full = |what: &str| {
+        ApiError::new(
+            ErrorKind::Overloaded,
+            format!("session queue full ({what})"),
+        )
+        .retry_after(1)
+    };
+    let acquire = credits
+        .acquire(n)
+        .map_err(|_| full("too many messages waiting for window credits"))?;
+    monoio::time::timeout(wait, acquire)
+        .await
+        .map_err(|_| full("no room in the session window in time"))
 }
 
 /// Whether a submit attempt certainly wrote nothing to the SMSC (safe to try elsewhere).
