@@ -957,3 +957,59 @@ fn sigkill_with_a_queue_behind_a_full_window_resubmits_the_waiting_messages() {
         before.len()
     );
 }
+
+/// Waiting for window credits is bounded by the link's `resp_timeout_ms`: a message that gets
+/// no room in time answers 503 `overloaded` (as a full session queue does), is recorded
+/// `failed` and is never sent, also not later.
+#[test]
+fn waiting_for_window_credits_is_bounded() {
+    const SENDS: usize = 6;
+    let sim = Sim::start(&["--messages-capacity", "1000"]);
+    // Every answer takes 800 ms (under the 1 s resp timeout): the first message holds the
+    // only credit for 0.8 s, the next one until 1.6 s, past every other waiter's 1 s.
+    let (st, v) = http(&sim.control, "POST", "/faults", r#"{"latency_ms": 800}"#);
+    assert_eq!(st, 200, "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = configs(dir.path(), &sim);
+    let rules = std::fs::read_to_string(&b).unwrap();
+    assert!(rules.contains("resp_timeout_ms = 2000\n"), "{rules}");
+    let rules = rules.replace(
+        "resp_timeout_ms = 2000\n",
+        "resp_timeout_ms = 1000\nwindow = 1\n",
+    );
+    std::fs::write(&b, rules).unwrap();
+    let (_gw, url) = start_gw(&a, &b);
+    wait_link_up(&url);
+    let clients: Vec<_> = (0..SENDS)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let t = format!("w{i}");
+                let answer = KeepAlive::connect(&url)
+                    .and_then(|mut c| c.post("/api/v1/sms/send", &send_body(&t)));
+                (t, answer.ok())
+            })
+        })
+        .collect();
+    let answers: Vec<(String, Option<(u16, Value)>)> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|(_, a)| {
+            a.as_ref()
+                .is_some_and(|(st, v)| *st == 503 && v["code"] == "overloaded")
+        })
+        .map(|(t, _)| t)
+        .collect();
+    assert!(refused.len() >= SENDS - 2, "{answers:?}");
+    // Past the simulator's latency, so anything sent has been received.
+    std::thread::sleep(Duration::from_millis(2000));
+    let received = received_counts(&sim);
+    for t in refused {
+        let (st, v) = http(&url, "GET", &format!("/api/v1/sms/{t}"), "");
+        assert_eq!(st, 200, "{t}: {v}");
+        assert_eq!(v["status"], "failed", "{t}: {v}");
+        assert!(!received.contains_key(t), "{t} refused but sent");
+    }
+    assert!(received.values().all(|&n| n == 1), "{received:?}");
+}
