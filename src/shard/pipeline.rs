@@ -944,8 +944,15 @@ impl Pipeline {
         }
         let start = self.bind_cursor.get();
         self.bind_cursor.set(start.wrapping_add(1));
-        let first = bound[start % bound.len()];
-        let second = (bound.len() > 1).then(|| bound[(start + 1) % bound.len()]);
+        // Round robin, but a bind with room in its window right now goes before one where
+        // the message would wait behind others.
+        let need = parts.len();
+        let pick = (0..bound.len())
+            .map(|k| (start + k) % bound.len())
+            .find(|&i| bound[i].1.can_take_now(need))
+            .unwrap_or(start % bound.len());
+        let first = bound[pick];
+        let second = (bound.len() > 1).then(|| bound[(pick + 1) % bound.len()]);
         // Keep a copy only when a second attempt is possible.
         let spare = second.map(|_| parts.clone());
         let result = match self.gated_submit(key, mark, first, parts).await {

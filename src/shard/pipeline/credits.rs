@@ -61,6 +61,12 @@ impl Credits {
         self.inner.available.get()
     }
 
+    /// Whether `acquire(n)` would be granted at once (nobody waiting, enough free).
+    pub fn can_take_now(&self, n: usize) -> bool {
+        self.inner.queue.borrow().is_empty()
+            && self.inner.available.get() >= n.clamp(1, self.inner.capacity)
+    }
+
     /// Acquirers waiting in the FIFO.
     pub fn waiting(&self) -> usize {
         self.inner.queue.borrow().len()
@@ -229,6 +235,7 @@ mod tests {
     #[test]
     fn fifo_order_and_head_of_line_fairness() {
         let c = Credits::new(3, 10);
+        assert!(c.can_take_now(2) && c.can_take_now(30));
         let mut a = c.acquire(2).unwrap();
         let fa = flag();
         let ga = poll(&mut a, &fa).expect("free credits: immediate");
@@ -239,6 +246,7 @@ mod tests {
         assert!(poll(&mut b, &fb).is_none());
         assert!(poll(&mut cc, &fc).is_none());
         assert_eq!(c.waiting(), 2);
+        assert!(!c.can_take_now(1), "1 credit free, but others wait first");
         drop(ga);
         assert!(woken(&fb) && !woken(&fc));
         let gb = poll(&mut b, &fb).expect("b granted");
