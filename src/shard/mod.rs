@@ -109,10 +109,19 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
     ));
 
     monoio::spawn(inbound_loop(Rc::clone(&pipeline), events_rx));
-    monoio::spawn(handover_loop(Rc::clone(&pipeline), init.inbox));
-    if let Some(calls) = init.grpc {
-        monoio::spawn(grpc::shard_loop(Rc::clone(&pipeline), calls));
-    }
+    // The loops that wait on channels shared with other threads are joined before this
+    // function returns (see the end): a task left pending there would outlive this thread,
+    // held only by the waker it left in the channel, and be freed by whichever thread drops the
+    // channel last, from inside the channel's own lock, which deadlocked `serve`'s exit.
+    let inbox = init.inbox.clone();
+    let handover_task = monoio::spawn(handover_loop(Rc::clone(&pipeline), init.inbox));
+    let grpc_task = init.grpc.map(|calls| {
+        let rx = calls.clone();
+        (
+            rx,
+            monoio::spawn(grpc::shard_loop(Rc::clone(&pipeline), calls)),
+        )
+    });
     monoio::spawn(health_loop(Rc::clone(&pipeline), ctx.shutdown.clone()));
 
     let server_cfg = Rc::new(ServerConfig {
@@ -154,6 +163,23 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
             );
         }
     }
+    // Closing a receiver closes the channel: queued items are still taken, then the loops end.
+    inbox.close();
+    if monoio::time::timeout(LOOP_JOIN_TIMEOUT, handover_task)
+        .await
+        .is_err()
+    {
+        warn!(shard = ctx.id, "hand-over loop did not end in time");
+    }
+    if let Some((calls, task)) = grpc_task {
+        calls.close();
+        if monoio::time::timeout(LOOP_JOIN_TIMEOUT, task)
+            .await
+            .is_err()
+        {
+            warn!(shard = ctx.id, "gRPC loop did not end in time");
+        }
+    }
     info!(
         shard = ctx.id,
         uptime_s = started.elapsed().as_secs(),
@@ -161,6 +187,9 @@ pub async fn run(ctx: ShardContext, init: ShardInit, shared: Arc<Shared>) {
         "shard drained"
     );
 }
+
+/// How long a shard waits at exit for its channel loops to take what is queued and end.
+const LOOP_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `BindConfig` of bind `index` of `link` (one session of it, `mode`).
 pub fn bind_config(
