@@ -84,7 +84,7 @@ impl Default for StateFile {
             ttl_s: 86_400,
             fsync: FsyncPolicy::Batch,
             batch_max: 256,
-            batch_delay_us: 500,
+            batch_delay_us: 0,
             on_unavailable: OnStateUnavailable::Reject,
             op_timeout_ms: 1_000,
             resubmit_max_age_s: 3_600,

@@ -100,7 +100,7 @@ fn empty_gateway_file_means_documented_defaults() {
     assert_eq!(c.state.backend, StateBackend::Embedded);
     assert_eq!(c.state.path, PathBuf::from("var/state"));
     assert_eq!(c.state.fsync, FsyncPolicy::Batch);
-    assert_eq!(c.state.batch_delay, Duration::from_micros(500));
+    assert_eq!(c.state.batch_delay, Duration::ZERO);
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.routing.cross_shard_capacity.get(), 1024);
     let l = &c.rules.links[&LinkId(100)];
