@@ -126,6 +126,41 @@ fn head(gw: &Gateway) -> String {
         .to_ascii_lowercase()
 }
 
+/// With room in the window, a message costs three state writes (accepted-and-marked,
+/// submitted, receipt): the hand-over mark rides on the create instead of being a fourth
+/// awaited write (the slow path, behind a full window, writes it separately).
+#[test]
+fn a_message_with_room_in_the_window_costs_three_state_writes() {
+    const N: u64 = 10;
+    let sim = Sim::start(&[]);
+    let gw = Gateway::start(GatewayOptions {
+        links: vec![LinkSpec::new(100, sim.smpp_port)],
+        legacy_driver: common::legacy_from_env(),
+        ..Default::default()
+    });
+    gw.wait_links(&[100], true, UP);
+    let ops = |gw: &Gateway| value(&scrape(gw).0, "smsgw_state_batched_ops_total", &[]);
+    let before = ops(&gw).expect("state ops metric");
+    let mut txids = Vec::new();
+    for i in 0..N {
+        // One at a time: the window always has room.
+        let (st, v) = gw.send(100, &format!("49152{i:06}"), "three writes");
+        assert_eq!(st, 200, "{v}");
+        txids.push(v["transaction_id"].as_str().unwrap().to_string());
+    }
+    for t in &txids {
+        gw.wait_status(t, "delivered", Duration::from_secs(10));
+    }
+    // Status reads are not writes; give the last receipt's commit a moment to be counted.
+    let want = (3 * N) as f64;
+    wait_until(Duration::from_secs(5), || ops(&gw) == Some(before + want));
+    assert_eq!(
+        ops(&gw),
+        Some(before + want),
+        "state writes for {N} messages"
+    );
+}
+
 #[test]
 fn counters_histograms_and_link_state() {
     const N: u64 = 12;
