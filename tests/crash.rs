@@ -468,6 +468,25 @@ fn never_handed_messages_are_resubmitted_exactly_once() {
     );
     assert_eq!(received.get("pre"), Some(&1));
     assert_eq!(sim.submits_total(), 1 + NEVER as u64);
+    // The recovery counters say the same (set once the walk is complete).
+    let counter = |name: &str| -> Option<u64> {
+        let (_, text) = common::raw_http(&url, "GET", "/metrics", b"");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let want = (NEVER as u64, handed.len() as u64);
+    let counted = wait_until(Duration::from_secs(10), || {
+        (
+            counter("smsgw_recovery_resubmitted_total"),
+            counter("smsgw_recovery_unknown_total"),
+        ) == (Some(want.0), Some(want.1))
+    });
+    assert!(
+        counted,
+        "recovery counters: resubmitted {:?} unknown {:?}, want {want:?}",
+        counter("smsgw_recovery_resubmitted_total"),
+        counter("smsgw_recovery_unknown_total")
+    );
 
     // Another crash and start: nothing is left to resubmit, nothing goes out again.
     gw2.kill();

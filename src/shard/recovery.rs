@@ -510,6 +510,11 @@ pub async fn recover(
             None => {
                 report.complete = true;
                 info!(?report, "crash recovery done");
+                if let Some(rs) = &resubmitter {
+                    let m = &rs.shared.metrics;
+                    m.recovered_resubmitted.add(report.resubmitted);
+                    m.recovered_unknown.add(report.marked_unknown);
+                }
                 return report;
             }
         }
