@@ -157,6 +157,75 @@ enum Outcome {
     NoAnswer,
 }
 
+/// Drives `conns` keep-alive clients of `per_conn` sends each (ids `{prefix}{c}-{i}`, each send
+/// after a random think time below `think_ms`, if any), SIGKILLs `gw` once `kill_after_ok`
+/// sends succeeded, and returns every send's outcome. A client stops at its first unanswered
+/// request: the connection was cut by the kill, and a retry would be a client resend. Bounded:
+/// no client sends after 60 s.
+fn load_then_kill(
+    gw: &mut Proc,
+    url: &str,
+    conns: usize,
+    per_conn: usize,
+    prefix: &str,
+    think_ms: u64,
+    kill_after_ok: usize,
+) -> HashMap<String, Outcome> {
+    let outcomes: Arc<Mutex<HashMap<String, Outcome>>> = Arc::default();
+    let ok_count = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..conns)
+        .map(|c| {
+            let (url, outcomes, ok_count, killed, prefix) = (
+                url.to_string(),
+                Arc::clone(&outcomes),
+                Arc::clone(&ok_count),
+                Arc::clone(&killed),
+                prefix.to_string(),
+            );
+            std::thread::spawn(move || {
+                let Ok(mut conn) = KeepAlive::connect(&url) else {
+                    return;
+                };
+                for i in 0..per_conn {
+                    if killed.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60)
+                    {
+                        return;
+                    }
+                    if think_ms > 0 {
+                        std::thread::sleep(Duration::from_millis(fastrand::u64(0..think_ms)));
+                    }
+                    let txid = format!("{prefix}{c}-{i}");
+                    let outcome = match conn.post("/api/v1/sms/send", &send_body(&txid)) {
+                        Ok((200, _)) => {
+                            ok_count.fetch_add(1, Ordering::Relaxed);
+                            Outcome::Ok
+                        }
+                        Ok((st, _)) => Outcome::Refused(st),
+                        Err(_) => Outcome::NoAnswer,
+                    };
+                    let stop = matches!(outcome, Outcome::NoAnswer);
+                    outcomes.lock().unwrap().insert(txid, outcome);
+                    if stop {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let reached = wait_until(Duration::from_secs(60), || {
+        ok_count.load(Ordering::Relaxed) >= kill_after_ok
+    });
+    assert!(reached, "load did not reach {kill_after_ok} successes");
+    killed.store(true, Ordering::Relaxed);
+    gw.kill();
+    for w in workers {
+        w.join().unwrap();
+    }
+    outcomes.lock().unwrap().clone()
+}
+
 /// A retried `transaction_id` never sends twice, also across a SIGKILL and restart.
 #[test]
 fn idempotency_survives_sigkill_and_restart() {
@@ -204,56 +273,9 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (mut gw, url) = start_gw(&a, &b);
     wait_link_up(&url);
 
-    let outcomes: Arc<Mutex<HashMap<String, Outcome>>> = Arc::default();
-    let ok_count = Arc::new(AtomicUsize::new(0));
-    let killed = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let workers: Vec<_> = (0..CONNS)
-        .map(|c| {
-            let (url, outcomes, ok_count, killed) = (
-                url.clone(),
-                Arc::clone(&outcomes),
-                Arc::clone(&ok_count),
-                Arc::clone(&killed),
-            );
-            std::thread::spawn(move || {
-                let Ok(mut conn) = KeepAlive::connect(&url) else {
-                    return;
-                };
-                for i in 0..PER_CONN {
-                    if killed.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60)
-                    {
-                        return;
-                    }
-                    let txid = format!("c{c}-{i}");
-                    let outcome = match conn.post("/api/v1/sms/send", &send_body(&txid)) {
-                        Ok((200, _)) => {
-                            ok_count.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Ok
-                        }
-                        Ok((st, _)) => Outcome::Refused(st),
-                        Err(_) => Outcome::NoAnswer,
-                    };
-                    let stop = matches!(outcome, Outcome::NoAnswer);
-                    outcomes.lock().unwrap().insert(txid, outcome);
-                    if stop {
-                        // Connection cut by the kill: no retry (a retry would be a client resend).
-                        return;
-                    }
-                }
-            })
-        })
-        .collect();
-    let reached = wait_until(Duration::from_secs(60), || {
-        ok_count.load(Ordering::Relaxed) >= KILL_AFTER_OK
-    });
-    assert!(reached, "load did not reach {KILL_AFTER_OK} successes");
-    killed.store(true, Ordering::Relaxed);
-    gw.kill(); // SIGKILL mid-stream: other connections have requests in flight
-    for w in workers {
-        w.join().unwrap();
-    }
-    let outcomes = outcomes.lock().unwrap().clone();
+    // SIGKILL mid-stream: other connections have requests in flight.
+    let outcomes = load_then_kill(&mut gw, &url, CONNS, PER_CONN, "c", 0, KILL_AFTER_OK);
 
     let (_gw2, url) = start_gw(&a, &b);
     wait_link_up(&url);
@@ -568,58 +590,9 @@ fn sigkill_between_accept_and_hand_over_resubmits_once() {
     let (a, b) = configs_with(dir.path(), &sim, "batch_delay_us = 100000\n");
     let (mut gw, url) = start_gw(&a, &b);
     wait_link_up(&url);
-    let outcomes: Arc<Mutex<HashMap<String, Outcome>>> = Arc::default();
-    let ok_count = Arc::new(AtomicUsize::new(0));
-    let killed = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..CONNS)
-        .map(|c| {
-            let (url, outcomes, ok_count, killed) = (
-                url.clone(),
-                Arc::clone(&outcomes),
-                Arc::clone(&ok_count),
-                Arc::clone(&killed),
-            );
-            std::thread::spawn(move || {
-                let Ok(mut conn) = KeepAlive::connect(&url) else {
-                    return;
-                };
-                for i in 0..PER_CONN {
-                    if killed.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60)
-                    {
-                        return;
-                    }
-                    // Think time: requests arrive at random moments, spread over the write
-                    // batches (in lock-step the kill always lands in one phase).
-                    std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
-                    let txid = format!("h{c}-{i}");
-                    let outcome = match conn.post("/api/v1/sms/send", &send_body(&txid)) {
-                        Ok((200, _)) => {
-                            ok_count.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Ok
-                        }
-                        Ok((st, _)) => Outcome::Refused(st),
-                        Err(_) => Outcome::NoAnswer,
-                    };
-                    let stop = matches!(outcome, Outcome::NoAnswer);
-                    outcomes.lock().unwrap().insert(txid, outcome);
-                    if stop {
-                        return;
-                    }
-                }
-            })
-        })
-        .collect();
-    let reached = wait_until(Duration::from_secs(60), || {
-        ok_count.load(Ordering::Relaxed) >= KILL_AFTER_OK
-    });
-    assert!(reached, "load did not reach {KILL_AFTER_OK} successes");
-    killed.store(true, Ordering::Relaxed);
-    gw.kill();
-    for w in workers {
-        w.join().unwrap();
-    }
-    let outcomes = outcomes.lock().unwrap().clone();
+    // Think time: requests arrive at random moments, spread over the write batches (in
+    // lock-step the kill always lands in one phase).
+    let outcomes = load_then_kill(&mut gw, &url, CONNS, PER_CONN, "h", 300, KILL_AFTER_OK);
     std::thread::sleep(Duration::from_millis(300));
     let before = received_counts(&sim);
 
