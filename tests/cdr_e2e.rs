@@ -162,14 +162,7 @@ fn sigterm_writes_pending_cdrs() {
         text.replace("flush_interval_ms = 200", "flush_interval_ms = 3600000"),
     )
     .unwrap();
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-        "--rules".into(),
-        rules.display().to_string(),
-    ];
-    let (proc, line) = common::spawn("gw", &args, &[], "smsgw listening", Duration::from_secs(30));
+    let (proc, line) = common::spawn_serve(&cfg, &rules, &[]);
     let addr = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("http="))

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{GatewayOptions, LinkSpec, Proc, Sim, http, spawn, wait_until};
+use common::{GatewayOptions, LinkSpec, Proc, Sim, http, wait_until};
 use serde_json::Value;
 
 /// Writes the test configs with the default state durability settings.
@@ -42,14 +42,7 @@ fn configs_with(dir: &Path, sim: &Sim, state_extra: &str) -> (PathBuf, PathBuf) 
 
 /// Starts `smsgw serve` on the given configs; returns the process and its base URL.
 fn start_gw(a: &Path, b: &Path) -> (Proc, String) {
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--config".into(),
-        a.display().to_string(),
-        "--rules".into(),
-        b.display().to_string(),
-    ];
-    let (proc, line) = spawn("gw", &args, &[], "smsgw listening", Duration::from_secs(30));
+    let (proc, line) = common::spawn_serve(a, b, &[]);
     let addr = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("http="))
@@ -842,6 +835,32 @@ fn set_fsize(pid: u32, limit: libc::rlim_t) {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
+/// Configs for a link with `window = 1` and `resp_timeout_ms`, against a simulator that now
+/// answers every submit after `latency_ms`.
+fn window_of_one(
+    dir: &Path,
+    sim: &Sim,
+    latency_ms: u64,
+    resp_timeout_ms: u64,
+) -> (PathBuf, PathBuf) {
+    let (st, v) = http(
+        &sim.control,
+        "POST",
+        "/faults",
+        &format!(r#"{{"latency_ms": {latency_ms}}}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (a, b) = configs(dir, sim);
+    let rules = std::fs::read_to_string(&b).unwrap();
+    assert!(rules.contains("resp_timeout_ms = 2000\n"), "{rules}");
+    let rules = rules.replace(
+        "resp_timeout_ms = 2000\n",
+        &format!("resp_timeout_ms = {resp_timeout_ms}\nwindow = 1\n"),
+    );
+    std::fs::write(&b, rules).unwrap();
+    (a, b)
+}
+
 /// A queue builds up behind a tiny window (`window = 1`, the simulator answers after 500 ms):
 /// the messages waiting for room hold no window credits, so they are not marked handed yet.
 /// After a SIGKILL every message the simulator never received is resubmitted and received
@@ -851,19 +870,10 @@ fn set_fsize(pid: u32, limit: libc::rlim_t) {
 fn sigkill_with_a_queue_behind_a_full_window_resubmits_the_waiting_messages() {
     const SENDS: usize = 10;
     let sim = Sim::start(&["--messages-capacity", "1000"]);
-    let (st, v) = http(&sim.control, "POST", "/faults", r#"{"latency_ms": 500}"#);
-    assert_eq!(st, 200, "{v}");
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = configs(dir.path(), &sim);
     // One submit in flight at a time; waiting for credits is bounded by resp_timeout, long
     // enough here for the whole queue to still be waiting at the kill.
-    let rules = std::fs::read_to_string(&b).unwrap();
-    assert!(rules.contains("resp_timeout_ms = 2000\n"), "{rules}");
-    let rules = rules.replace(
-        "resp_timeout_ms = 2000\n",
-        "resp_timeout_ms = 10000\nwindow = 1\n",
-    );
-    std::fs::write(&b, rules).unwrap();
+    let (a, b) = window_of_one(dir.path(), &sim, 500, 10_000);
     let (mut gw, url) = start_gw(&a, &b);
     wait_link_up(&url);
 
@@ -957,19 +967,10 @@ fn sigkill_with_a_queue_behind_a_full_window_resubmits_the_waiting_messages() {
 fn waiting_for_window_credits_is_bounded() {
     const SENDS: usize = 6;
     let sim = Sim::start(&["--messages-capacity", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
     // Every answer takes 800 ms (under the 1 s resp timeout): the first message holds the
     // only credit for 0.8 s, the next one until 1.6 s, past every other waiter's 1 s.
-    let (st, v) = http(&sim.control, "POST", "/faults", r#"{"latency_ms": 800}"#);
-    assert_eq!(st, 200, "{v}");
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = configs(dir.path(), &sim);
-    let rules = std::fs::read_to_string(&b).unwrap();
-    assert!(rules.contains("resp_timeout_ms = 2000\n"), "{rules}");
-    let rules = rules.replace(
-        "resp_timeout_ms = 2000\n",
-        "resp_timeout_ms = 1000\nwindow = 1\n",
-    );
-    std::fs::write(&b, rules).unwrap();
+    let (a, b) = window_of_one(dir.path(), &sim, 800, 1000);
     let (_gw, url) = start_gw(&a, &b);
     wait_link_up(&url);
     let clients: Vec<_> = (0..SENDS)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use smsgw::loadgen::{self, BenchArgs, BenchConfig, Report};
 
-use common::{GatewayOptions, LinkSpec, Proc, Sim, spawn, write_configs};
+use common::{GatewayOptions, LinkSpec, Proc, Sim, write_configs};
 
 #[derive(Parser)]
 struct Cli {
@@ -65,14 +65,7 @@ fn gateway(sim: &Sim) -> Gw {
         .replace("[links.101]\n", "[links.101]\nesme_rate = 20\n");
     let rules = dedupe_rate(&rules);
     std::fs::write(&b, rules).unwrap();
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--config".into(),
-        a.display().to_string(),
-        "--rules".into(),
-        b.display().to_string(),
-    ];
-    let (proc, line) = spawn("gw", &args, &[], "smsgw listening", Duration::from_secs(30));
+    let (proc, line) = common::spawn_serve(&a, &b, &[]);
     let grpc = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("grpc="))

@@ -276,14 +276,7 @@ fn gateway_with_policy(sim: &Sim, policy: &str) -> Gateway {
     let mut text = std::fs::read_to_string(&a).unwrap();
     text.push_str(policy);
     std::fs::write(&a, text).unwrap();
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--config".into(),
-        a.display().to_string(),
-        "--rules".into(),
-        b.display().to_string(),
-    ];
-    let (proc, line) = spawn("gw", &args, &[], "smsgw listening", Duration::from_secs(30));
+    let (proc, line) = common::spawn_serve(&a, &b, &[]);
     let addr = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("http="))

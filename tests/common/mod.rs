@@ -303,29 +303,29 @@ path = "{callbacks}"
     (a, b)
 }
 
+/// Starts `smsgw serve --config a --rules b` with `env` and returns it with its ready line
+/// (`smsgw listening http=... grpc=...`), within 30 s.
+pub fn spawn_serve(a: &Path, b: &Path, env: &[(&str, &str)]) -> (Proc, String) {
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--config".into(),
+        a.display().to_string(),
+        "--rules".into(),
+        b.display().to_string(),
+    ];
+    spawn("gw", &args, env, "smsgw listening", Duration::from_secs(30))
+}
+
 impl Gateway {
     pub fn start(o: GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = write_configs(dir.path(), &o);
-        let args: Vec<String> = vec![
-            "serve".into(),
-            "--config".into(),
-            a.display().to_string(),
-            "--rules".into(),
-            b.display().to_string(),
-        ];
         let env: Vec<(&str, &str)> = if o.legacy_driver {
             vec![("MONOIO_FORCE_LEGACY_DRIVER", "1")]
         } else {
             Vec::new()
         };
-        let (proc, line) = spawn(
-            "gw",
-            &args,
-            &env,
-            "smsgw listening",
-            Duration::from_secs(30),
-        );
+        let (proc, line) = spawn_serve(&a, &b, &env);
         let addr = field(&line, "http").expect("http addr").to_string();
         eprintln!("gateway ready: {line}");
         if o.legacy_driver {
