@@ -10,76 +10,14 @@
 //! `HANDED_BENCH_ROUNDS` A/B pairs per policy, default 3). Every run is bounded by a 60 s
 //! deadline.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use smsgw::state::{EmbeddedConfig, EmbeddedStore, FsyncPolicy};
 
-use smsgw::state::{
-    CreateOutcome, EmbeddedConfig, EmbeddedStore, Encoding, FsyncPolicy, MessageKey, MessageRecord,
-    PartUpdate, ReceiptInfo, ReceiptOutcome, StateStore, Status, UpdateOutcome, unix_ms,
-};
+#[path = "store_load.rs"]
+mod store_load;
+use store_load::env_usize;
 
-// Same allocator as the `smsgw` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn one_message(s: &dyn StateStore, app: u64, i: usize, mark: bool) -> bool {
-    let r = MessageRecord::new_accepted(
-        MessageKey::new(app, format!("bench-{i:012}")),
-        1,
-        "SmsGw",
-        "+4512345678",
-        Encoding::Gsm7,
-        "Your verification code is 123456. It expires in 10 minutes.",
-        1,
-        unix_ms(),
-    );
-    let key = r.key();
-    if !matches!(s.create(r).await, Ok(CreateOutcome::Created(_))) {
-        return false;
-    }
-    if mark
-        && !matches!(
-            s.update(key.clone(), vec![PartUpdate::Handed], unix_ms())
-                .await,
-            Ok(UpdateOutcome::Updated { changed: true, .. })
-        )
-    {
-        return false;
-    }
-    let smsc_id = format!("{app:x}-{i:x}");
-    let up = s
-        .update(
-            key,
-            vec![PartUpdate::Submitted {
-                index: 0,
-                link_id: 1,
-                smsc_message_id: smsc_id.clone(),
-            }],
-            unix_ms(),
-        )
-        .await;
-    if !matches!(up, Ok(UpdateOutcome::Updated { changed: true, .. })) {
-        return false;
-    }
-    let rc = ReceiptInfo {
-        status: Status::Delivered,
-        stat: "DELIVRD".into(),
-        err: None,
-        done_at_ms: None,
-        received_at_ms: unix_ms(),
-    };
-    matches!(
-        s.apply_receipt(1, smsc_id, rc).await,
-        Ok(ReceiptOutcome::Applied(_))
-    )
-}
 
 /// Messages per second of one run, and how many failed.
 fn run(fsync: FsyncPolicy, mark: bool, n: usize, inflight: usize) -> (f64, usize) {
@@ -91,54 +29,8 @@ fn run(fsync: FsyncPolicy, mark: bool, n: usize, inflight: usize) -> (f64, usize
         ..EmbeddedConfig::default()
     })
     .expect("open store");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let per_client = n / CLIENTS;
-    let t0 = Instant::now();
-    let handles: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let store: Arc<dyn StateStore> = store.clone();
-            std::thread::spawn(move || {
-                let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .expect("monoio");
-                rt.block_on(async move {
-                    let tasks: Vec<_> = (0..inflight)
-                        .map(|t| {
-                            let store = store.clone();
-                            monoio::spawn(async move {
-                                let (mut done, mut failed) = (0usize, 0usize);
-                                let mut i = t;
-                                while i < per_client && Instant::now() < deadline {
-                                    if one_message(&*store, c as u64, i, mark).await {
-                                        done += 1;
-                                    } else {
-                                        failed += 1;
-                                    }
-                                    i += inflight;
-                                }
-                                (done, failed)
-                            })
-                        })
-                        .collect();
-                    let (mut done, mut failed) = (0, 0);
-                    for t in tasks {
-                        let (d, f) = t.await;
-                        done += d;
-                        failed += f;
-                    }
-                    (done, failed)
-                })
-            })
-        })
-        .collect();
-    let (mut msgs, mut failed) = (0, 0);
-    for h in handles {
-        let (d, f) = h.join().expect("client thread");
-        msgs += d;
-        failed += f;
-    }
-    (msgs as f64 / t0.elapsed().as_secs_f64(), failed)
+    let (msgs, failed, elapsed) = store_load::drive(&store, n, CLIENTS, inflight, mark);
+    (msgs as f64 / elapsed.as_secs_f64(), failed)
 }
 
 fn main() {

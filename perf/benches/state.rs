@@ -6,92 +6,25 @@
 //! `STATE_BENCH_CLIENTS` client threads, default 2; `STATE_BENCH_INFLIGHT` concurrent messages
 //! per client, default 64). Every loop is bounded in count and by a 60 s deadline.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smsgw::state::codec;
 use smsgw::state::{
-    CreateOutcome, EmbeddedConfig, EmbeddedStore, Encoding, FsyncPolicy, MessageKey, MessageRecord,
-    PartUpdate, ReceiptInfo, ReceiptOutcome, StateStore, Status, UpdateOutcome, unix_ms,
+    EmbeddedConfig, EmbeddedStore, FsyncPolicy, MessageKey, MessageRecord, PartUpdate, StateStore,
+    unix_ms,
 };
 
 // Same allocator as the `smsgw` binary: the writer is allocation-heavy, glibc malloc skews it.
+#[path = "store_load.rs"]
+mod store_load;
+use store_load::{env_usize, record};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// create, handed, submitted, receipt: the gateway's writes per delivered message.
+/// create, handed, submitted, receipt: the writes of a message that waited for window room (the
+/// pipeline's slow path; with room at acceptance the mark rides on `create`: 3 writes).
 const WRITES_PER_MESSAGE: f64 = 4.0;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn record(app: u64, i: usize) -> MessageRecord {
-    MessageRecord::new_accepted(
-        MessageKey::new(app, format!("bench-{i:012}")),
-        1,
-        "SmsGw",
-        "+4512345678",
-        Encoding::Gsm7,
-        "Your verification code is 123456. It expires in 10 minutes.",
-        1,
-        unix_ms(),
-    )
-}
-
-/// One message's life: create, submitted, delivered. Returns false on any unexpected outcome.
-async fn one_message(s: &dyn StateStore, app: u64, i: usize) -> bool {
-    let r = record(app, i);
-    let key = r.key();
-    match s.create(r).await {
-        Ok(CreateOutcome::Created(_)) => {}
-        other => {
-            eprintln!("create: {other:?}");
-            return false;
-        }
-    }
-    // The hand-over mark, written before the submit like the gateway's pipeline does.
-    let handed = s
-        .update(key.clone(), vec![PartUpdate::Handed], unix_ms())
-        .await;
-    if !matches!(handed, Ok(UpdateOutcome::Updated { changed: true, .. })) {
-        eprintln!("handed: {handed:?}");
-        return false;
-    }
-    let smsc_id = format!("{app:x}-{i:x}");
-    let up = s
-        .update(
-            key,
-            vec![PartUpdate::Submitted {
-                index: 0,
-                link_id: 1,
-                smsc_message_id: smsc_id.clone(),
-            }],
-            unix_ms(),
-        )
-        .await;
-    if !matches!(up, Ok(UpdateOutcome::Updated { changed: true, .. })) {
-        eprintln!("update: {up:?}");
-        return false;
-    }
-    let rc = ReceiptInfo {
-        status: Status::Delivered,
-        stat: "DELIVRD".into(),
-        err: Some("000".into()),
-        done_at_ms: Some(unix_ms()),
-        received_at_ms: unix_ms(),
-    };
-    match s.apply_receipt(1, smsc_id, rc).await {
-        Ok(ReceiptOutcome::Applied(_)) => true,
-        other => {
-            eprintln!("receipt: {other:?}");
-            false
-        }
-    }
-}
 
 struct RunResult {
     msgs: usize,
@@ -115,55 +48,7 @@ fn run_policy(
         ..EmbeddedConfig::default()
     };
     let store = EmbeddedStore::open(cfg).expect("open store");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let per_client = n / clients;
-    let t0 = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let store: Arc<dyn StateStore> = store.clone();
-            std::thread::spawn(move || {
-                let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .enable_timer()
-                    .build()
-                    .expect("monoio");
-                rt.block_on(async move {
-                    // `inflight` tasks each take every inflight-th message of this client.
-                    let tasks: Vec<_> = (0..inflight)
-                        .map(|t| {
-                            let store = store.clone();
-                            monoio::spawn(async move {
-                                let (mut done, mut failed) = (0usize, 0usize);
-                                let mut i = t;
-                                while i < per_client && Instant::now() < deadline {
-                                    if one_message(&*store, c as u64, i).await {
-                                        done += 1;
-                                    } else {
-                                        failed += 1;
-                                    }
-                                    i += inflight;
-                                }
-                                (done, failed)
-                            })
-                        })
-                        .collect();
-                    let (mut done, mut failed) = (0, 0);
-                    for t in tasks {
-                        let (d, f) = t.await;
-                        done += d;
-                        failed += f;
-                    }
-                    (done, failed)
-                })
-            })
-        })
-        .collect();
-    let (mut msgs, mut failed) = (0, 0);
-    for h in handles {
-        let (d, f) = h.join().expect("client thread");
-        msgs += d;
-        failed += f;
-    }
-    let elapsed = t0.elapsed();
+    let (msgs, failed, elapsed) = store_load::drive(&store, n, clients, inflight, true);
     let (batches, ops) = store.batch_stats();
     RunResult {
         msgs,
