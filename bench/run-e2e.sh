@@ -126,6 +126,29 @@ rss_kib() { # pid -> VmRSS in KiB
     sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB$/\1/p' "/proc/$1/status" 2>/dev/null || echo 0
 }
 
+thread_ticks() { # pid -> "thread-name ticks" per thread name (utime + stime, summed)
+    local f
+    for f in /proc/"$1"/task/*/stat; do
+        # comm is in parentheses and may hold spaces: take what follows the last ')'.
+        sed -n 's/^[0-9]* (\(.*\)) \(.*\)$/\1|\2/p' "$f" 2>/dev/null
+    done | awk -F'|' '{ split($2, a, " "); t[$1] += a[12] + a[13] } END { for (k in t) print k, t[k] }' |
+        sed 's/ \([0-9]*\)$/|\1/; s/ /_/g; s/|/ /' | sort
+}
+cpu_per_message() { # name -> "thread µs-per-accepted-message" lines and the total
+    local hz acc secs
+    hz=$(getconf CLK_TCK)
+    acc=$(json_field "$OUT/$1.json" accepted)
+    secs=$(json_field "$OUT/$1.json" elapsed_s)
+    join -a2 -e 0 -o 0,1.2,2.2 "$OUT/$1.ticks0" "$OUT/$1.ticks1" |
+        awk -v hz="$hz" -v acc="${acc:-0}" -v secs="${secs:-0}" '
+            { d = $3 - $2; if (d > 0) { us[$1] = d; tot += d } }
+            END {
+                if (acc <= 0) exit
+                for (k in us) printf "%s %.1f\n", k, us[k] * 1e6 / hz / acc
+                printf "total %.1f (%.2f cores)\n", tot * 1e6 / hz / acc, (secs > 0 ? tot / hz / secs : 0)
+            }' | sort
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
@@ -187,12 +210,19 @@ run_bench() { # name url rate connections pipeline [extra bench args...]
             -- sleep "${DURATION%s}" >"$OUT/$name.perf.log" 2>&1 &
         perf_pid=$!
     fi
+    # Gateway CPU per thread name (shard-N, state-writer, smsgw-cdr, ...) before and after,
+    # in clock ticks, so the summary can say where each message's CPU went.
+    [ "$GW_PID" != 0 ] && [[ "$name" != *null* ]] && thread_ticks "$GW_PID" >"$OUT/$name.ticks0"
     set +e
     "$BENCH_BIN" bench --url "$url" --rate "$rate" --connections "$conns" --pipeline "$pipe" "${COMMON[@]}" \
         --max-error-rate 1 --json "$OUT/$name.json" --hdr-out "$OUT/$name.hdr" "$@" >"$OUT/$name.txt" 2>&1
     local rc=$?
     set -e
     [ "$perf_pid" != 0 ] && wait "$perf_pid" 2>/dev/null || true
+    if [ -f "$OUT/$name.ticks0" ]; then
+        thread_ticks "$GW_PID" >"$OUT/$name.ticks1"
+        cpu_per_message "$name" >"$OUT/$name.cpu"
+    fi
     cat "$OUT/$name.txt"
     echo "$rc" >"$OUT/$name.rc"
 }
@@ -287,6 +317,14 @@ gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT"/
             "$(json_field "$f" errors_total)" "$(latency_field "$f" p50_us)" "$(latency_field "$f" p99_us)" \
             "$(latency_field "$f" p999_us)" "$(latency_field "$f" max_us)" \
             "$(awk -v a="$acc" -v b="${null_rate:-0}" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "-" }')"
+    done
+    echo
+    echo "gateway CPU per accepted message, µs, by thread name (max runs; from /proc, includes"
+    echo "the drain after the run):"
+    for name in "${RUNS[@]}"; do
+        f="$OUT/$name.cpu"
+        [[ "$name" == *-max ]] && [ -s "$f" ] || continue
+        printf '%-22s %s\n' "$name" "$(tr '\n' ' ' <"$f")"
     done
     echo
     echo "msg/s = accepted messages per second. Latency is per request, from each request's"
