@@ -31,6 +31,8 @@ pub mod aerospike;
 #[doc(hidden)]
 pub mod codec;
 pub mod embedded;
+/// In-memory backend: NOT durable (benchmark baseline, tests, development).
+pub mod memory;
 pub mod model;
 pub mod suite;
 
@@ -38,6 +40,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use embedded::{EmbeddedConfig, EmbeddedStore, FsyncPolicy};
+pub use memory::{MemoryConfig, MemoryStore};
 pub use model::{
     Encoding, MessageKey, MessageRecord, PartRecord, PartUpdate, ReceiptInfo, Status,
     TransitionRefused,
