@@ -27,6 +27,9 @@
 #   `smsc-sim`, default the release binary), GW_CONFIG / GW_RULES (the config files the bench
 #   copies are made from, default config/smsgw.toml and config/smpp_rules.toml: an older
 #   GW_BIN needs the config of its own revision), STATE_FSYNC (batch (default, as shipped) or off),
+#   STATE_BACKEND (embedded (default, as shipped) or memory: the NOT durable in-memory store, the
+#   "state costs ~nothing" baseline; it also sets [state] ttl_s = 60 and memory_max_records =
+#   4000000 so that the runs' records expire and stay under the bound, ~1 KiB each),
 #   PERF_RECORD=1 (perf-record the gateway during each max run; PERF_ARGS overrides the
 #   perf options).
 # Every process it starts is stopped by PID on exit, even on failure or Ctrl-C.
@@ -163,6 +166,19 @@ done
 # rates high enough that the contracted esme_rate is not what the benchmark measures.
 # Each driver's servers get their own ports (+10 per driver): a restarted server must not
 # race the previous one's sockets (TIME_WAIT, a process still exiting).
+STATE_BACKEND=${STATE_BACKEND:-embedded}
+# The [state] lines for the backend: any backend (and, for memory, ttl_s/memory_max_records)
+# line of the copied [state] section is dropped and ours go right after its header.
+STATE_LINES="backend = \"$STATE_BACKEND\""
+STATE_DROP='/^backend = /d'
+case $STATE_BACKEND in
+    embedded) ;;
+    memory)
+        STATE_LINES="$STATE_LINES\nttl_s = 60\nmemory_max_records = 4000000"
+        STATE_DROP='/^backend = /d;/^ttl_s = /d;/^memory_max_records = /d'
+        ;;
+    *) log "unknown STATE_BACKEND $STATE_BACKEND (embedded or memory)"; exit 1 ;;
+esac
 k=0
 for d in $DRIVERS; do
     echo "$((HTTP_PORT + k)) $((NULL_PORT + k)) $((GRPC_PORT + k))" >"$OUT/ports-$d"
@@ -170,6 +186,8 @@ for d in $DRIVERS; do
         -e "s|^shards = .*|shards = $SHARDS|" \
         -e "s|^path = \"var/state\"|path = \"$OUT/state-$d\"|" \
         -e "s|^fsync = .*|fsync = \"${STATE_FSYNC:-batch}\"|" \
+        -e "/^\[state\]\$/,/^\[/{$STATE_DROP}" \
+        -e "s|^\[state\]\$|[state]\n$STATE_LINES|" \
         -e "s|^grpc_addr = .*|grpc_addr = \"127.0.0.1:$((GRPC_PORT + k))\"|" \
         "$GW_CONFIG" >"$OUT/smsgw-$d.toml"
     k=$((k + 10))
@@ -298,9 +316,9 @@ gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT"/
     echo "binaries    gateway $GW_BIN, bench/null/sim $BENCH_BIN"
     echo "machine     nproc=$(nproc) kernel=$(uname -r) gateway-drivers=${gw_drivers:-unknown}"
     echo "load avg    at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box skews absolute figures)"
-    echo "command     DURATION=$DURATION RATES=\"$RATES\" HALF=$HALF BATCH=\"$BATCH\" GRPC=$GRPC DRIVERS=\"$DRIVERS\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS STATE_FSYNC=${STATE_FSYNC:-batch} bench/run-e2e.sh"
+    echo "command     DURATION=$DURATION RATES=\"$RATES\" HALF=$HALF BATCH=\"$BATCH\" GRPC=$GRPC DRIVERS=\"$DRIVERS\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS STATE_FSYNC=${STATE_FSYNC:-batch} STATE_BACKEND=$STATE_BACKEND bench/run-e2e.sh"
     echo "client      connections=$CONNECTIONS pipeline=$PIPELINE (batch runs: $BATCH_CONNECTIONS x 1; gRPC runs: $GRPC_CONNECTIONS x $GRPC_PIPELINE) threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
-    echo "servers     gateway shards=$SHARDS state-fsync=${STATE_FSYNC:-batch}, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
+    echo "servers     gateway shards=$SHARDS state=$STATE_BACKEND state-fsync=${STATE_FSYNC:-batch}, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
     for d in $DRIVERS; do
         echo "idle RSS    $d: gateway $(awk '{ printf "%.1f MiB", $1 / 1024 }' "$OUT/idle-rss-$d.kib")"
     done

@@ -74,6 +74,8 @@ pub struct StateFile {
     pub resubmit_max_age_s: i64,
     /// `[state.aerospike]`: used when `backend = "aerospike"` (validated either way).
     pub aerospike: crate::state::aerospike::AerospikeFile,
+    /// Capacity of the (non-durable) memory backend, in records.
+    pub memory_max_records: i64,
 }
 
 impl Default for StateFile {
@@ -89,6 +91,7 @@ impl Default for StateFile {
             op_timeout_ms: 1_000,
             resubmit_max_age_s: 3_600,
             aerospike: crate::state::aerospike::AerospikeFile::default(),
+            memory_max_records: crate::state::memory::DEFAULT_MAX_RECORDS as i64,
         }
     }
 }

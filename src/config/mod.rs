@@ -168,6 +168,10 @@ fn render_report(result: Result<Config, ConfigErrors>) -> (String, bool) {
                         "{} namespace {}",
                         config.state.aerospike.hosts, config.state.aerospike.namespace
                     ),
+                    StateBackend::Memory => format!(
+                        "process memory (NOT durable: lost on restart), max {} records",
+                        config.state.memory_max_records
+                    ),
                 },
             );
             (out, true)

@@ -865,3 +865,26 @@ fn cdr_section_loads_resolves_dirs_and_checks_values() {
     let errs = errors("[cdr]\nbatch_max_recs = 5\n", LINK);
     assert!(errs.for_key("cdr.batch_max_recs").count() == 1, "{errs}");
 }
+
+#[test]
+fn memory_backend_parses_with_its_bound() {
+    let c = load_strs("[state]\nbackend = \"memory\"\n", LINK).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.state.backend, StateBackend::Memory);
+    assert_eq!(
+        c.state.memory_max_records,
+        crate::state::memory::DEFAULT_MAX_RECORDS
+    );
+    let c = load_strs(
+        "[state]\nbackend = \"memory\"\nmemory_max_records = 5000\n",
+        LINK,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.state.memory_max_records, 5000);
+    let errs = errors("[state]\nmemory_max_records = 0\n", LINK);
+    assert_error(
+        &errs,
+        "smsgw.toml",
+        "state.memory_max_records",
+        "1..=100000000",
+    );
+}

@@ -101,6 +101,8 @@ pub struct StateConfig {
     pub resubmit_max_age: Duration,
     /// `[state.aerospike]` (with `ttl_secs` from `ttl`); used when `backend = "aerospike"`.
     pub aerospike: crate::state::aerospike::AerospikeConfig,
+    /// Most records the memory backend holds (`backend = "memory"` only).
+    pub memory_max_records: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -108,6 +110,8 @@ pub struct StateConfig {
 pub enum StateBackend {
     Embedded,
     Aerospike,
+    /// In process memory only: NOT durable (benchmark baseline, tests, development).
+    Memory,
 }
 
 impl StateBackend {
@@ -116,6 +120,7 @@ impl StateBackend {
         match self {
             StateBackend::Embedded => "embedded",
             StateBackend::Aerospike => "aerospike",
+            StateBackend::Memory => "memory",
         }
     }
 }

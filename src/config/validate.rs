@@ -242,7 +242,9 @@ impl Check<'_, '_, '_> {
 
     fn state(&mut self, f: StateFile) -> Option<StateConfig> {
         let backend = match f.backend {
-            StateBackend::Embedded | StateBackend::Aerospike => Some(f.backend),
+            StateBackend::Embedded | StateBackend::Aerospike | StateBackend::Memory => {
+                Some(f.backend)
+            }
         };
         let path = if f.path.trim().is_empty() {
             self.err("state.path", "must not be empty");
@@ -266,6 +268,12 @@ impl Check<'_, '_, '_> {
                 30 * 86_400,
             )
             .map(Duration::from_secs);
+        let memory_max_records = self.int::<usize>(
+            "state.memory_max_records",
+            f.memory_max_records,
+            1,
+            100_000_000,
+        );
         // Checked whatever the backend, so a mistake shows before someone switches to it. The
         // message TTL is `[state] ttl_s` (its documented default if that key is itself wrong).
         let aerospike = match f.aerospike.validate(ttl.map_or(86_400, |t| t.as_secs())) {
@@ -288,6 +296,7 @@ impl Check<'_, '_, '_> {
             op_timeout: op_timeout?,
             resubmit_max_age: resubmit_max_age?,
             aerospike: aerospike?,
+            memory_max_records: memory_max_records?,
         })
     }
 

@@ -157,6 +157,7 @@ pub fn serve(config: Config, signals: TerminationSignals) -> Result<(), ServeErr
     // records, which are not this process's crash leftovers (resubmitting them would send them
     // twice while their owner still works on them). The sweep runs on every replica; the
     // Aerospike store's generation check hands each expired record to exactly one of them.
+    // The memory store starts empty: there is nothing to recover (it is not durable).
     if shared.config.state.backend == StateBackend::Embedded {
         super::recovery::spawn_recovery(
             side.handle(),
@@ -338,6 +339,22 @@ fn open_store(
                     (s.queue_len() as u64, batches, ops)
                 })
             }));
+            Ok(store)
+        }
+        StateBackend::Memory => {
+            let s = &config.state;
+            let store = crate::state::MemoryStore::new(crate::state::MemoryConfig {
+                ttl_secs: s.ttl.as_secs().max(1),
+                max_records: s.memory_max_records,
+            })
+            .map_err(|e| ServeError::State(e.to_string()))?;
+            // Loud on purpose: someone may have copied a benchmark config into production.
+            warn!(
+                max_records = s.memory_max_records,
+                "state backend \"memory\" is NOT DURABLE: every message record, receipt \
+                 correlation and idempotency key is lost when this process stops; no crash \
+                 recovery. For benchmarks and tests only"
+            );
             Ok(store)
         }
         StateBackend::Aerospike => {
