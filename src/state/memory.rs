@@ -734,6 +734,9 @@ mod tests {
             s.create_now(record("m3", 1, later), later),
             Err(StateError::Overloaded)
         );
+        for stripe in &s.inner.records {
+            s.inner.purge(&mut lock(stripe), later, usize::MAX);
+        }
         assert_eq!(s.len(), 3);
         // ...the sweep hands them out once and drops them, which frees the room.
         let gone = s.expire_now(later, 100, later);
