@@ -7,9 +7,9 @@
 //! touch a shard and no state is shared except two atomics.
 //!
 //! Guarantees (see `docs/operations.md`, `## CDR export`):
-//! * A CDR accepted by `record` (it returned `Ok`) is written once to the sink, unless the
-//!   process dies before its batch is flushed (at most one batch: `batch_max_records` /
-//!   `flush_interval_ms`).
+//! * A CDR accepted by `record` (it returned `Ok`) is written once to the sink. The open batch
+//!   is journalled on disk as it grows (`journal`), so a process crash loses only CDRs still in
+//!   the channel; the next start places the journalled batch under its own key.
 //! * S3: a batch is written to the spool dir (fsynced, atomically renamed) BEFORE the upload is
 //!   attempted and deleted only after a 2xx. The object key is fixed when the batch is closed
 //!   and stored as the spool file's path, so any retry (also after a restart) PUTs the same key
@@ -19,6 +19,7 @@
 //!   [`RecordError::Backpressure`] with the CDR handed back to the caller.
 
 mod emit;
+mod journal;
 pub mod record;
 
 use std::collections::VecDeque;
@@ -277,6 +278,7 @@ impl CdrWriter {
             first_ms: 0,
             opened: None,
             seq: 0,
+            journal: journal::Journal::new(journal_dir(&cfg)),
             instance: instance.to_owned(),
             sink,
             stats: Arc::clone(&stats),
@@ -286,6 +288,7 @@ impl CdrWriter {
         if matches!(w.sink, Sink::S3(_)) {
             w.scan_spool()?;
         }
+        w.recover_journals();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -422,6 +425,8 @@ struct Batch {
     key: String,
     gz: Vec<u8>,
     records: u64,
+    /// Its crash journal, removed once the batch is placed (local file written, or spooled).
+    journal: Option<PathBuf>,
 }
 
 /// A batch in the spool dir: `spool_dir/<key>`.
@@ -442,6 +447,8 @@ struct Writer {
     first_ms: u64,
     opened: Option<Instant>,
     seq: u64,
+    /// Crash journal of the open batch (`<spool_dir>/open`).
+    journal: journal::Journal,
     /// A closed batch that found no place (spool full, local dir unwritable). While set, no
     /// records are taken from the channel.
     pending: Option<Batch>,
@@ -499,7 +506,14 @@ impl Writer {
                     }
                 },
                 r = rec_rx.recv(), if self.pending.is_none() => match r {
-                    Some(rec) => self.add(rec).await,
+                    Some(rec) => {
+                        self.add(rec).await;
+                        // To the OS as soon as the burst is taken (one write per burst), or
+                        // every few ms / 64 KiB under sustained load.
+                        if rec_rx.is_empty() || self.journal.flush_due() {
+                            self.journal.flush();
+                        }
+                    }
                     None => {
                         self.finish(&mut rec_rx).await;
                         return;
@@ -549,8 +563,13 @@ impl Writer {
                     Sink::Local(_) => Err("local dir not writable".to_owned()),
                 };
                 if let Err(e) = placed {
-                    error!(records = b.records, key = %b.key, "cdr: batch lost at shutdown: {e}");
-                    lost += b.records;
+                    if b.journal.is_some() {
+                        // Its journal stays: the next start places it (same key).
+                        error!(records = b.records, key = %b.key, "cdr: batch not placed at shutdown, kept in its journal for the next start: {e}");
+                    } else {
+                        error!(records = b.records, key = %b.key, "cdr: batch lost at shutdown: {e}");
+                        lost += b.records;
+                    }
                 }
                 continue;
             }
@@ -585,9 +604,13 @@ impl Writer {
         if self.count == 0 {
             self.first_ms = now_ms();
             self.opened = Some(Instant::now());
+            // `seq` is taken when this batch closes and not before: the key is final now.
+            self.journal
+                .begin(&batch_key(&self.instance, self.first_ms, self.seq));
         }
         self.buf.extend_from_slice(&line);
         self.buf.push(b'\n');
+        self.journal.append(&line);
         self.count += 1;
         if self.count >= self.cfg.batch_max_records || self.buf.len() >= self.cfg.batch_max_bytes {
             self.close_batch().await;
@@ -602,19 +625,14 @@ impl Writer {
         }
         let key = batch_key(&self.instance, self.first_ms, self.seq);
         self.seq += 1;
-        let mut enc = flate2::write::GzEncoder::new(
-            Vec::with_capacity(self.buf.len() / 4),
-            flate2::Compression::default(),
-        );
-        // Writing into a Vec cannot fail.
-        let gz = enc
-            .write_all(&self.buf)
-            .and_then(|()| enc.finish())
-            .unwrap_or_default();
+        // Every line of the batch is in its journal before the batch exists anywhere else.
+        let journal = self.journal.close();
+        let gz = gzip(&self.buf);
         self.pending = Some(Batch {
             key,
             gz,
             records: self.count as u64,
+            journal,
         });
         self.stats.batches_closed.fetch_add(1, Ordering::Relaxed);
         self.buf.clear();
@@ -629,6 +647,9 @@ impl Writer {
         match &self.sink {
             Sink::Local(dir) => match write_atomic(&dir.join(&b.key), &b.gz) {
                 Ok(()) => {
+                    if let Some(j) = &b.journal {
+                        journal::remove(j);
+                    }
                     self.stats.batches_written.fetch_add(1, Ordering::Relaxed);
                     self.ok();
                 }
@@ -668,6 +689,10 @@ impl Writer {
 
     fn spool(&mut self, b: &Batch) -> Result<(), CdrError> {
         write_atomic(&self.cfg.spool_dir.join(&b.key), &b.gz)?;
+        // The spool file holds the batch now (fsynced): its journal has done its job.
+        if let Some(j) = &b.journal {
+            journal::remove(j);
+        }
         self.queue.push_back(Spooled {
             key: b.key.clone(),
             len: b.gz.len() as u64,
@@ -742,6 +767,40 @@ impl Writer {
     fn failed(&mut self) {
         self.retry_at = Some(Instant::now() + self.delay);
         self.delay = (self.delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms));
+    }
+
+    /// Places the open batches an earlier process journalled and never closed (it crashed),
+    /// each under the key it would have had. Runs before the writer takes records. A batch
+    /// that cannot be placed now stays in its journal for the next start (logged).
+    fn recover_journals(&mut self) {
+        for l in journal::leftovers(&journal_dir(&self.cfg), &self.instance) {
+            if l.records == 0 {
+                journal::remove(&l.path);
+                continue;
+            }
+            info!(key = %l.key, records = l.records, "cdr: placing a batch journalled by an earlier run");
+            let b = Batch {
+                gz: gzip(&l.lines),
+                key: l.key,
+                records: l.records,
+                journal: Some(l.path),
+            };
+            self.stats.batches_closed.fetch_add(1, Ordering::Relaxed);
+            let placed = match &self.sink {
+                Sink::Local(dir) => write_atomic(&dir.join(&b.key), &b.gz).map(|()| {
+                    if let Some(j) = &b.journal {
+                        journal::remove(j);
+                    }
+                    self.stats.batches_written.fetch_add(1, Ordering::Relaxed);
+                }),
+                // Queued for upload like any spooled batch (the spool bound does not apply:
+                // these records were taken already).
+                Sink::S3(_) => self.spool(&b),
+            };
+            if let Err(e) = placed {
+                warn!(key = %b.key, "cdr: cannot place a journalled batch, left for the next start: {e}");
+            }
+        }
     }
 
     /// Queues the spool files an earlier run left (oldest key first); removes stale temp files.
@@ -880,6 +939,26 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CdrError> {
         let _ = std::fs::remove_file(&tmp);
     }
     r.map_err(io)
+}
+
+/// Where the open batch is journalled: `<dir>/.journal` (local sink) or
+/// `<spool_dir>/.journal` (S3), so that it lives with this instance's other CDR files.
+fn journal_dir(cfg: &CdrConfig) -> PathBuf {
+    match cfg.sink {
+        SinkKind::Local => cfg.dir.join(".journal"),
+        SinkKind::S3 => cfg.spool_dir.join(".journal"),
+    }
+}
+
+fn gzip(ndjson: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(ndjson.len() / 4),
+        flate2::Compression::default(),
+    );
+    // Writing into a Vec cannot fail.
+    enc.write_all(ndjson)
+        .and_then(|()| enc.finish())
+        .unwrap_or_default()
 }
 
 fn now_ms() -> u64 {
