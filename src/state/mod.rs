@@ -1,5 +1,6 @@
 //! Message state: the model ([`model`]), the [`StateStore`] trait every backend implements,
-//! and the embedded fjall backend ([`embedded`]).
+//! and the embedded fjall backend ([`embedded`]); also [`aerospike`] (shared by replicas) and
+//! [`memory`] (NOT durable: benchmark baseline and tests).
 //!
 //! # Contract (all backends)
 //!
