@@ -88,6 +88,18 @@ fn mixed_items_in_order(legacy: bool) {
     );
     assert_eq!(v["accepted"], 5, "{v}");
     assert_eq!(v["failed"], 4, "{v}");
+    // Each refused item is counted by its reason, like a refused single send.
+    let (st, text) = common::raw_http(&gw.url, "GET", "/metrics", b"");
+    assert_eq!(st, 200, "{text}");
+    for reason in [
+        "missing_field",
+        "invalid_field",
+        "empty_message",
+        "invalid_address",
+    ] {
+        let want = format!("smsgw_messages_rejected_total{{reason=\"{reason}\"}} 1");
+        assert!(text.lines().any(|l| l == want), "{want} missing:\n{text}");
+    }
 
     // The SMSC saw 1 + 2 + 1 + 1 parts: nothing for the refused items, the duplicate once.
     assert!(
