@@ -5,8 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Gateway, GatewayOptions, LinkSpec, Sim, http, wait_until};
@@ -14,32 +13,9 @@ use serde_json::Value;
 
 const UP: Duration = Duration::from_secs(20);
 
-/// Every CDR in the finished `.ndjson.gz` files under `dir` (in-progress temp files are not
-/// named `*.ndjson.gz`).
+/// Every CDR in the finished `.ndjson.gz` files under `dir`.
 fn cdrs(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p: PathBuf = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".ndjson.gz") {
-                let gz = std::fs::read(&p).expect("read CDR file");
-                let mut s = String::new();
-                flate2::read::GzDecoder::new(&gz[..])
-                    .read_to_string(&mut s)
-                    .expect("valid gzip");
-                for line in s.lines() {
-                    out.push(serde_json::from_str(line).expect("one JSON CDR per line"));
-                }
-            }
-        }
-    }
-    out
+    common::cdr_lines(dir)
 }
 
 /// CDRs by transaction id; panics on a second CDR for the same message.

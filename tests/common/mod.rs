@@ -413,3 +413,32 @@ pub fn raw_http(base: &str, method: &str, path: &str, body: &[u8]) -> (u16, Stri
     smsgw::api::client::request(base, method, path, &[], body, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
 }
+
+/// Every CDR in the finished `.ndjson.gz` files under `dir` (in-progress temp files are not
+/// named `*.ndjson.gz`; crash journals end in `.open`).
+pub fn cdr_lines(dir: &Path) -> Vec<Value> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p: PathBuf = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".ndjson.gz") {
+                let gz = std::fs::read(&p).expect("read CDR file");
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&gz[..])
+                    .read_to_string(&mut s)
+                    .expect("valid gzip");
+                for line in s.lines() {
+                    out.push(serde_json::from_str(line).expect("one JSON CDR per line"));
+                }
+            }
+        }
+    }
+    out
+}
