@@ -532,3 +532,34 @@ fn s3_open_batch_of_a_crashed_writer_is_uploaded_at_next_start() {
     assert_eq!(journalled(), 0, "journal removed once spooled");
     assert_eq!(w2.shutdown().unwrap().records_lost, 0);
 }
+
+/// `gzip_level` reaches the batches: the same 200 CDRs stored (level 0) and at level 9.
+#[test]
+fn gzip_level_is_applied_to_batches() {
+    let sizes: Vec<usize> = [0, 9]
+        .iter()
+        .map(|&level| {
+            let tmp = tempfile::tempdir().unwrap();
+            let cfg = CdrConfig {
+                sink: SinkKind::Local,
+                dir: tmp.path().join("out"),
+                batch_max_records: 200,
+                flush_interval_ms: 60_000,
+                gzip_level: level,
+                ..CdrConfig::default()
+            };
+            let w = CdrWriter::start(cfg, "gw-test").unwrap();
+            for i in 0..200 {
+                w.record(cdr(i)).unwrap();
+            }
+            assert_eq!(w.flush().unwrap().batches_pending, 0);
+            let files = files_under(&tmp.path().join("out"));
+            assert_eq!(files.len(), 1, "{files:?}");
+            let gz = std::fs::read(&files[0]).unwrap();
+            assert_exactly_once(&gunzip(&gz), 200);
+            assert_eq!(w.shutdown().unwrap().records_lost, 0);
+            gz.len()
+        })
+        .collect();
+    assert!(sizes[0] > 4 * sizes[1], "level 0 vs 9: {sizes:?}");
+}

@@ -82,6 +82,10 @@ pub struct CdrConfig {
     pub max_spool_files: usize,
     /// Upper bound of the doubling retry delay for failed uploads / writes.
     pub retry_max_ms: u64,
+    /// gzip level of a batch, 0..=9. 1 (default) costs ~0.5 µs per CDR on the writer thread
+    /// and compresses ~11×; 6 (zlib's usual default) ~4.3 µs and ~19× (`cargo bench --bench
+    /// cdr`).
+    pub gzip_level: u32,
 }
 
 impl Default for CdrConfig {
@@ -105,6 +109,7 @@ impl Default for CdrConfig {
             max_spool_bytes: 1 << 30,
             max_spool_files: 10_000,
             retry_max_ms: 30_000,
+            gzip_level: 1,
         }
     }
 }
@@ -134,6 +139,7 @@ impl std::fmt::Debug for CdrConfig {
             .field("max_spool_bytes", &self.max_spool_bytes)
             .field("max_spool_files", &self.max_spool_files)
             .field("retry_max_ms", &self.retry_max_ms)
+            .field("gzip_level", &self.gzip_level)
             .finish()
     }
 }
@@ -178,6 +184,9 @@ impl CdrConfig {
         }
         if self.max_spool_files == 0 || self.max_spool_bytes == 0 {
             return bad("max_spool_bytes and max_spool_files must be > 0");
+        }
+        if self.gzip_level > 9 {
+            return bad("gzip_level must be 0..=9");
         }
         match self.sink {
             SinkKind::Local if self.dir.as_os_str().is_empty() => bad("sink = \"local\" needs dir"),
@@ -627,7 +636,7 @@ impl Writer {
         self.seq += 1;
         // Every line of the batch is in its journal before the batch exists anywhere else.
         let journal = self.journal.close();
-        let gz = gzip(&self.buf);
+        let gz = gzip(&self.buf, self.cfg.gzip_level);
         self.pending = Some(Batch {
             key,
             gz,
@@ -780,7 +789,7 @@ impl Writer {
             }
             info!(key = %l.key, records = l.records, "cdr: placing a batch journalled by an earlier run");
             let b = Batch {
-                gz: gzip(&l.lines),
+                gz: gzip(&l.lines, self.cfg.gzip_level),
                 key: l.key,
                 records: l.records,
                 journal: Some(l.path),
@@ -950,10 +959,10 @@ fn journal_dir(cfg: &CdrConfig) -> PathBuf {
     }
 }
 
-fn gzip(ndjson: &[u8]) -> Vec<u8> {
+fn gzip(ndjson: &[u8], level: u32) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(ndjson.len() / 4),
-        flate2::Compression::default(),
+        flate2::Compression::new(level),
     );
     // Writing into a Vec cannot fail.
     enc.write_all(ndjson)
@@ -1021,6 +1030,10 @@ mod tests {
         assert!(c.validate().is_err(), "s3 without bucket");
         let c: CdrConfig = toml::from_str("batch_max_records = 0").unwrap();
         assert!(c.validate().is_err());
+        let c: CdrConfig = toml::from_str("gzip_level = 10").unwrap();
+        assert!(c.validate().is_err());
+        let c: CdrConfig = toml::from_str("gzip_level = 9").unwrap();
+        assert!(c.validate().is_ok());
         assert!(CdrConfig::default().validate().is_ok());
     }
 }
