@@ -9,7 +9,8 @@
 //!
 //! * Appends are buffered and written to the OS (one `write`) whenever the writer's channel is
 //!   empty, or every [`FLUSH_BYTES`] / [`FLUSH_EVERY`] under sustained load; so a process crash
-//!   loses only CDRs not yet taken from the channel (and those in the emit overflow). The file
+//!   loses only CDRs not yet taken from the channel (the writer takes them in bursts at most
+//!   ~1 ms apart) and those in the emit overflow. The file
 //!   is `fdatasync`ed at most once per [`SYNC_EVERY`] while records arrive: a power loss may
 //!   lose the CDRs written since.
 //! * Before a batch is closed the journal is flushed, so the file holds exactly the batch's

@@ -239,6 +239,12 @@ pub struct CdrWriter {
     overflow_thread: Option<JoinHandle<()>>,
 }
 
+/// Pause after each burst, so records arriving meanwhile are taken together.
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// Records the writer takes from its channel in one go before serving timers and control.
+const BURST: usize = 256;
+
 /// First retry delay after a failed upload/write; doubles up to `retry_max_ms`.
 const INITIAL_RETRY: Duration = Duration::from_millis(250);
 
@@ -517,11 +523,29 @@ impl Writer {
                 r = rec_rx.recv(), if self.pending.is_none() => match r {
                     Some(rec) => {
                         self.add(rec).await;
+                        // The rest of the burst without going around the select (and its
+                        // timer) per record; bounded so control messages and timers are
+                        // still served under sustained load.
+                        for _ in 0..BURST {
+                            if self.pending.is_some() {
+                                break;
+                            }
+                            match rec_rx.try_recv() {
+                                Ok(rec) => self.add(rec).await,
+                                Err(_) => break,
+                            }
+                            if self.journal.flush_due() {
+                                self.journal.flush();
+                            }
+                        }
                         // To the OS as soon as the burst is taken (one write per burst), or
                         // every few ms / 64 KiB under sustained load.
                         if rec_rx.is_empty() || self.journal.flush_due() {
                             self.journal.flush();
                         }
+                        // Not waiting on the channel for a moment: senders do not wake this
+                        // thread per record (a futex wake-up each), the next burst collects.
+                        tokio::time::sleep(COALESCE).await;
                     }
                     None => {
                         self.finish(&mut rec_rx).await;
