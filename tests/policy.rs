@@ -527,6 +527,19 @@ fn gateway_asks_the_remote_mcp_and_fails_open_when_it_is_gone() {
     let (_mcp, _) = start_mcp(mcp_dir.path(), "+491510000001\n", &listen);
     let (st, v) = send_until(&gw, "+491510000001", 403);
     assert_eq!((st, v["code"].as_str()), (403, Some("blacklist")), "{v}");
+    // That was one shard; each probes on its own, at most once per PROBE_INTERVAL (1 s), and
+    // meanwhile keeps failing open. Wait (bounded) until a whole round, spread over the
+    // shards, is refused: then every shard has found the service again.
+    let round_refused = || {
+        (0..10).all(|_| {
+            let (st, v) = gw.send(100, "+491510000001", "x");
+            st == 403 && v["code"] == "blacklist"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), round_refused),
+        "some shard still fails open 5 s after the service came back"
+    );
     for _ in 0..10 {
         let (st, v) = gw.send(100, "+491510000001", "x");
         assert_eq!((st, v["code"].as_str()), (403, Some("blacklist")), "{v}");
