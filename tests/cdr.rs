@@ -563,3 +563,38 @@ fn gzip_level_is_applied_to_batches() {
         .collect();
     assert!(sizes[0] > 4 * sizes[1], "level 0 vs 9: {sizes:?}");
 }
+
+/// A batch whose crash journal cannot be created is still exported (only its crash protection
+/// is gone), and the failure is counted for an alert.
+#[test]
+fn unwritable_journal_is_counted_and_cdrs_still_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // A file where the journal directory belongs.
+    std::fs::write(out.join(".journal"), b"not a directory").unwrap();
+    let cfg = CdrConfig {
+        sink: SinkKind::Local,
+        dir: out.clone(),
+        batch_max_records: 10,
+        flush_interval_ms: 60_000,
+        ..CdrConfig::default()
+    };
+    let w = CdrWriter::start(cfg, "gw-test").unwrap();
+    for i in 0..25 {
+        w.record(cdr(i)).unwrap();
+    }
+    assert_eq!(w.flush().unwrap().batches_pending, 0);
+    let files: Vec<PathBuf> = files_under(&out)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".ndjson.gz"))
+        .collect();
+    let all: Vec<CdrRecord> = files
+        .iter()
+        .flat_map(|f| gunzip(&std::fs::read(f).unwrap()))
+        .collect();
+    assert_exactly_once(&all, 25);
+    // Three batches (10 + 10 + 5), none of them journalled.
+    assert_eq!(w.stats().journal_failures.load(Ordering::Relaxed), 3);
+    assert_eq!(w.shutdown().unwrap().records_lost, 0);
+}

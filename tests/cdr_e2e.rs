@@ -232,6 +232,15 @@ fn sigkill_loses_no_cdr_of_the_open_batch() {
     for t in &txids {
         assert_eq!(got[t]["status"], "delivered", "{}", got[t]);
     }
+    let (st, text) = common::raw_http(&gw.url, "GET", "/metrics", b"");
+    assert_eq!(st, 200, "{text}");
+    let want = format!("smsgw_cdr_journal_recovered_records_total {}", txids.len());
+    assert!(text.lines().any(|l| l == want), "{want} missing:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "smsgw_cdr_journal_failures_total 0"),
+        "{text}"
+    );
     let status = gw
         .proc
         .terminate(Duration::from_secs(10))

@@ -65,9 +65,9 @@ impl Journal {
     }
 
     /// Starts the journal of a new batch whose final key is `key`. On an I/O error the batch
-    /// runs without a journal (logged): CDR export goes on, only the crash protection of this
-    /// one batch is lost.
-    pub(super) fn begin(&mut self, key: &str) {
+    /// runs without a journal (logged, `false`): CDR export goes on, only the crash protection
+    /// of this one batch is lost.
+    pub(super) fn begin(&mut self, key: &str) -> bool {
         self.discard();
         let name = key.rsplit('/').next().unwrap_or(key);
         let path = self.dir.join(format!("{name}{SUFFIX}"));
@@ -82,10 +82,12 @@ impl Journal {
             Ok(f) => {
                 self.file = Some((path, f));
                 self.last_write = Instant::now();
+                true
             }
             Err(e) => {
                 warn!(path = %path.display(), "cdr: cannot start the batch journal (a crash would lose this batch): {e}");
                 let _ = std::fs::remove_file(&path);
+                false
             }
         }
     }
@@ -105,16 +107,17 @@ impl Journal {
     }
 
     /// Writes the buffered lines to the OS; syncs when the last sync is [`SYNC_EVERY`] old.
-    pub(super) fn flush(&mut self) {
+    /// `false` when the write failed: the journal of this batch is dropped (logged).
+    pub(super) fn flush(&mut self) -> bool {
         let Some((path, f)) = &mut self.file else {
             self.pending.clear();
-            return;
+            return true;
         };
         if !self.pending.is_empty() {
             if let Err(e) = f.write_all(&self.pending) {
                 warn!(path = %path.display(), "cdr: batch journal write failed (a crash would lose this batch): {e}");
                 self.discard();
-                return;
+                return false;
             }
             self.pending.clear();
             self.unsynced = true;
@@ -126,11 +129,13 @@ impl Journal {
             self.unsynced = false;
             self.last_sync = Instant::now();
         }
+        true
     }
 
     /// Flushes and closes the journal of the batch being closed; the returned path is removed
     /// (with [`remove`]) once that batch is placed.
     pub(super) fn close(&mut self) -> Option<PathBuf> {
+        // A failed write drops the file: `None` then (the batch has no journal).
         self.flush();
         self.unsynced = false;
         self.file.take().map(|(p, _)| p)

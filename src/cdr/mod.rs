@@ -210,6 +210,11 @@ pub struct CdrStats {
     pub upload_failures: AtomicU64,
     pub spool_files: AtomicU64,
     pub spool_bytes: AtomicU64,
+    /// Batches that lost their crash journal (it could not be created or written): a crash
+    /// before they are placed loses them.
+    pub journal_failures: AtomicU64,
+    /// CDRs placed at start from the journals of an earlier process (it crashed).
+    pub journal_recovered_records: AtomicU64,
 }
 
 /// Answer of [`CdrWriter::flush`] / [`CdrWriter::shutdown`].
@@ -535,13 +540,13 @@ impl Writer {
                                 Err(_) => break,
                             }
                             if self.journal.flush_due() {
-                                self.journal.flush();
+                                self.flush_journal();
                             }
                         }
                         // To the OS as soon as the burst is taken (one write per burst), or
                         // every few ms / 64 KiB under sustained load.
                         if rec_rx.is_empty() || self.journal.flush_due() {
-                            self.journal.flush();
+                            self.flush_journal();
                         }
                         // Not waiting on the channel for a moment: senders do not wake this
                         // thread per record (a futex wake-up each), the next burst collects.
@@ -562,6 +567,13 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    /// [`journal::Journal::flush`], counting a failure (the batch goes on without a journal).
+    fn flush_journal(&mut self) {
+        if !self.journal.flush() {
+            self.stats.journal_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -638,8 +650,12 @@ impl Writer {
             self.first_ms = now_ms();
             self.opened = Some(Instant::now());
             // `seq` is taken when this batch closes and not before: the key is final now.
-            self.journal
-                .begin(&batch_key(&self.instance, self.first_ms, self.seq));
+            if !self
+                .journal
+                .begin(&batch_key(&self.instance, self.first_ms, self.seq))
+            {
+                self.stats.journal_failures.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.buf.extend_from_slice(&line);
         self.buf.push(b'\n');
@@ -812,6 +828,9 @@ impl Writer {
                 continue;
             }
             info!(key = %l.key, records = l.records, "cdr: placing a batch journalled by an earlier run");
+            self.stats
+                .journal_recovered_records
+                .fetch_add(l.records, Ordering::Relaxed);
             let b = Batch {
                 gz: gzip(&l.lines, self.cfg.gzip_level),
                 key: l.key,

@@ -43,6 +43,8 @@ pub struct Gauges {
     pub cdr_refused: u64,
     pub cdr_batches_written: u64,
     pub cdr_upload_failures: u64,
+    pub cdr_journal_failures: u64,
+    pub cdr_journal_recovered: u64,
     /// `None`: no CDR probe registered.
     pub cdr_backlog: Option<CdrBacklog>,
     /// Routing view of each link: `(link id, connected, transitions since start)`.
@@ -503,6 +505,16 @@ fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Re
         "smsgw_cdr_upload_failures_total",
         "Failed CDR batch uploads to S3 (retried with back-off).",
         g.cdr_upload_failures,
+    )?;
+    o.counter(
+        "smsgw_cdr_journal_failures_total",
+        "CDR batches whose crash journal could not be created or written.",
+        g.cdr_journal_failures,
+    )?;
+    o.counter(
+        "smsgw_cdr_journal_recovered_records_total",
+        "CDRs placed at start from the batch journals of a crashed earlier run.",
+        g.cdr_journal_recovered,
     )?;
     if let Some(b) = g.cdr_backlog {
         o.gauge(

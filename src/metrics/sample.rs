@@ -96,6 +96,8 @@ pub fn process_gauges(shared: &Shared) -> Gauges {
         cdr_refused: cdr.records_rejected.load(Relaxed),
         cdr_batches_written: cdr.batches_written.load(Relaxed),
         cdr_upload_failures: cdr.upload_failures.load(Relaxed),
+        cdr_journal_failures: cdr.journal_failures.load(Relaxed),
+        cdr_journal_recovered: cdr.journal_recovered_records.load(Relaxed),
         cdr_backlog: shared.metrics.cdr_probe.get().map(|p| p()),
         link_health: shared
             .registry
