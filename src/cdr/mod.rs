@@ -467,7 +467,7 @@ struct Writer {
     first_ms: u64,
     opened: Option<Instant>,
     seq: u64,
-    /// Crash journal of the open batch (`<spool_dir>/open`).
+    /// Crash journal of the open batch (`<dir>/.journal` or `<spool_dir>/.journal`).
     journal: journal::Journal,
     /// A closed batch that found no place (spool full, local dir unwritable). While set, no
     /// records are taken from the channel.
@@ -674,7 +674,9 @@ impl Writer {
         }
         let key = batch_key(&self.instance, self.first_ms, self.seq);
         self.seq += 1;
-        // Every line of the batch is in its journal before the batch exists anywhere else.
+        // Every line of the batch is in its journal before the batch exists anywhere else
+        // (a failed write here drops the journal and is counted; `close` then gives `None`).
+        self.flush_journal();
         let journal = self.journal.close();
         let gz = gzip(&self.buf, self.cfg.gzip_level);
         self.pending = Some(Batch {
