@@ -131,24 +131,8 @@ fn sigterm_writes_pending_cdrs() {
         },
     );
     // A flush interval far beyond the test: only the shutdown flush can write the batch.
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(text.contains("flush_interval_ms = 200"), "{text}");
-    std::fs::write(
-        &cfg,
-        text.replace("flush_interval_ms = 200", "flush_interval_ms = 3600000"),
-    )
-    .unwrap();
-    let (proc, line) = common::spawn_serve(&cfg, &rules, &[]);
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("http addr")
-        .to_owned();
-    let mut gw = Gateway {
-        proc,
-        url: format!("http://{addr}"),
-        dir: tmp,
-    };
+    common::keep_cdr_batches_open(&cfg);
+    let mut gw = Gateway::spawn_in(tmp, &cfg, &rules);
     gw.wait_links(&[100], true, UP);
     let dir = gw.dir.path().join("cdr");
 
@@ -187,25 +171,9 @@ fn sigkill_loses_no_cdr_of_the_open_batch() {
             ..Default::default()
         },
     );
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(text.contains("flush_interval_ms = 200"), "{text}");
-    std::fs::write(
-        &cfg,
-        text.replace("flush_interval_ms = 200", "flush_interval_ms = 3600000"),
-    )
-    .unwrap();
+    common::keep_cdr_batches_open(&cfg);
     let start = |tmp: tempfile::TempDir| {
-        let (proc, line) = common::spawn_serve(&cfg, &rules, &[]);
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .expect("http addr")
-            .to_owned();
-        let gw = Gateway {
-            proc,
-            url: format!("http://{addr}"),
-            dir: tmp,
-        };
+        let gw = Gateway::spawn_in(tmp, &cfg, &rules);
         gw.wait_links(&[100], true, UP);
         gw
     };

@@ -265,13 +265,7 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let (a, b) = configs(dir.path(), &sim);
     // CDR batches stay open for the whole test: the killed process's CDRs can only come back
     // from its journal (the second process's are written by its graceful stop at the end).
-    let text = std::fs::read_to_string(&a).unwrap();
-    assert!(text.contains("flush_interval_ms = 200"), "{text}");
-    std::fs::write(
-        &a,
-        text.replace("flush_interval_ms = 200", "flush_interval_ms = 3600000"),
-    )
-    .unwrap();
+    common::keep_cdr_batches_open(&a);
     let (mut gw, url) = start_gw(&a, &b);
     wait_link_up(&url);
 

@@ -62,6 +62,7 @@
 //! Needs Aerospike server 6.0 or later (batch writes, partition-aware secondary-index queries,
 //! filter expressions).
 
+use super::{check_smsc_id, check_txid, ready};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,7 +84,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::codec;
-use super::model::{MAX_SMSC_ID_LEN, MAX_TRANSACTION_ID_LEN};
+use super::model::MAX_TRANSACTION_ID_LEN;
 use super::{
     CreateOutcome, MessageKey, MessageRecord, PartUpdate, ReceiptInfo, ReceiptOutcome, ScanCursor,
     ScanPage, StateError, StateStore, Status, StoreFuture, UpdateOutcome, unix_ms,
@@ -481,23 +482,6 @@ fn unexpected(f: Fail, what: &str) -> StateError {
         Fail::Store(e) => e,
         other => StateError::Unavailable(format!("aerospike {what}: unexpected {other:?}")),
     }
-}
-
-fn check_txid(t: &str) -> bool {
-    !t.is_empty() && t.len() <= MAX_TRANSACTION_ID_LEN
-}
-
-fn check_smsc_id(s: &str) -> Result<(), StateError> {
-    if s.is_empty() || s.len() > MAX_SMSC_ID_LEN {
-        return Err(StateError::Invalid(format!(
-            "smsc message id must be 1..={MAX_SMSC_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
-fn ready<T: Send + 'static>(r: Result<T, StateError>) -> StoreFuture<T> {
-    Box::pin(std::future::ready(r))
 }
 
 /// Filter: the record is not final (`st` is Accepted or Submitted).
@@ -1350,7 +1334,7 @@ impl StateStore for AerospikeStore {
         updates: Vec<PartUpdate>,
         now_ms: u64,
     ) -> StoreFuture<UpdateOutcome> {
-        if !check_txid(&key.transaction_id) {
+        if check_txid(&key.transaction_id).is_err() {
             return ready(Err(StateError::Invalid(format!(
                 "transaction_id must be 1..={MAX_TRANSACTION_ID_LEN} bytes"
             ))));
@@ -1387,7 +1371,7 @@ impl StateStore for AerospikeStore {
     }
 
     fn get(&self, key: MessageKey) -> StoreFuture<Option<MessageRecord>> {
-        if !check_txid(&key.transaction_id) {
+        if check_txid(&key.transaction_id).is_err() {
             // Such a key can never have been stored.
             return ready(Ok(None));
         }

@@ -97,6 +97,7 @@
 //! * If the writer thread ends (shutdown, panic), every pending future resolves to
 //!   `Unavailable` (op drop completes it); none hangs.
 
+use super::{check_smsc_id, check_txid, ready};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -115,7 +116,6 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Deserialize;
 
 use super::codec;
-use super::model::{MAX_SMSC_ID_LEN, MAX_TRANSACTION_ID_LEN};
 use super::{
     CreateOutcome, MessageKey, MessageRecord, PartUpdate, ReceiptInfo, ReceiptOutcome, ScanCursor,
     ScanPage, StateError, StateStore, StoreFuture, UpdateOutcome, unix_ms,
@@ -643,10 +643,6 @@ impl EmbeddedStore {
     }
 }
 
-fn ready<T: Send + 'static>(r: Result<T, StateError>) -> StoreFuture<T> {
-    Box::pin(std::future::ready(r))
-}
-
 /// Reads a record, hiding it if expired at `now_ms` (pass `0` to ignore expiry).
 fn read_live(
     msg: &Keyspace,
@@ -661,24 +657,6 @@ fn read_live(
     };
     let r = codec::decode_record(key, &v).map_err(StateError::Corrupt)?;
     Ok((r.expires_at_ms > now_ms).then_some(r))
-}
-
-fn check_txid(t: &str) -> Result<(), StateError> {
-    if t.is_empty() || t.len() > MAX_TRANSACTION_ID_LEN {
-        return Err(StateError::Invalid(format!(
-            "transaction_id must be 1..={MAX_TRANSACTION_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
-fn check_smsc_id(s: &str) -> Result<(), StateError> {
-    if s.is_empty() || s.len() > MAX_SMSC_ID_LEN {
-        return Err(StateError::Invalid(format!(
-            "smsc message id must be 1..={MAX_SMSC_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
 }
 
 impl StateStore for EmbeddedStore {

@@ -185,6 +185,33 @@ pub trait StateStore: Send + Sync + 'static {
 }
 
 /// Current Unix time in ms (the store's clock for expiry checks).
+/// A store future that is already resolved (validation errors, synchronous backends).
+pub(crate) fn ready<T: Send + 'static>(r: Result<T, StateError>) -> StoreFuture<T> {
+    Box::pin(std::future::ready(r))
+}
+
+/// `transaction_id` bounds every backend enforces (the key of every record).
+pub(crate) fn check_txid(t: &str) -> Result<(), StateError> {
+    if t.is_empty() || t.len() > model::MAX_TRANSACTION_ID_LEN {
+        return Err(StateError::Invalid(format!(
+            "transaction_id must be 1..={} bytes",
+            model::MAX_TRANSACTION_ID_LEN
+        )));
+    }
+    Ok(())
+}
+
+/// SMSC message id bounds every backend enforces (the receipt index key).
+pub(crate) fn check_smsc_id(s: &str) -> Result<(), StateError> {
+    if s.is_empty() || s.len() > model::MAX_SMSC_ID_LEN {
+        return Err(StateError::Invalid(format!(
+            "smsc message id must be 1..={} bytes",
+            model::MAX_SMSC_ID_LEN
+        )));
+    }
+    Ok(())
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -316,7 +316,30 @@ pub fn spawn_serve(a: &Path, b: &Path, env: &[(&str, &str)]) -> (Proc, String) {
     spawn("gw", &args, env, "smsgw listening", Duration::from_secs(30))
 }
 
+/// Rewrites a config written by [`write_configs`] so that CDR batches stay open for the whole
+/// test (1 h flush interval): only a shutdown flush, or the crash journal, can write them.
+pub fn keep_cdr_batches_open(cfg: &Path) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains("flush_interval_ms = 200"), "{text}");
+    std::fs::write(
+        cfg,
+        text.replace("flush_interval_ms = 200", "flush_interval_ms = 3600000"),
+    )
+    .unwrap();
+}
+
 impl Gateway {
+    /// Starts `serve` on configs already written into `dir` (which the gateway keeps).
+    pub fn spawn_in(dir: tempfile::TempDir, a: &Path, b: &Path) -> Gateway {
+        let (proc, line) = spawn_serve(a, b, &[]);
+        let addr = field(&line, "http").expect("http addr").to_string();
+        Gateway {
+            proc,
+            url: format!("http://{addr}"),
+            dir,
+        }
+    }
+
     pub fn start(o: GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = write_configs(dir.path(), &o);
