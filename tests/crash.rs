@@ -51,19 +51,6 @@ fn start_gw(a: &Path, b: &Path) -> (Proc, String) {
     (proc, format!("http://{addr}"))
 }
 
-fn wait_link_up(url: &str) {
-    let ok = wait_until(Duration::from_secs(20), || {
-        let (st, v) = http(url, "GET", "/api/v1/smpp/links", "");
-        st == 200
-            && v["links"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|l| l["id"] == 100 && l["state"] == "connected")
-    });
-    assert!(ok, "link 100 not connected");
-}
-
 fn send_body(txid: &str) -> String {
     serde_json::json!({
         "esme": 100, "source": "Test", "destination": "+4915112345678",
@@ -226,14 +213,14 @@ fn idempotency_survives_sigkill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = configs(dir.path(), &sim);
     let (mut gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let (st, first) = http(&url, "POST", "/api/v1/sms/send", &send_body("idem-1"));
     assert_eq!(st, 200, "{first}");
     assert_eq!(first["duplicate"], false, "{first}");
     gw.kill(); // SIGKILL
 
     let (_gw2, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let (st, again) = http(&url, "POST", "/api/v1/sms/send", &send_body("idem-1"));
     assert_eq!(st, 200, "{again}");
     assert_eq!(again["duplicate"], true, "{again}");
@@ -267,14 +254,14 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     // from its journal (the second process's are written by its graceful stop at the end).
     common::keep_cdr_batches_open(&a);
     let (mut gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
 
     let started = Instant::now();
     // SIGKILL mid-stream: other connections have requests in flight.
     let outcomes = load_then_kill(&mut gw, &url, CONNS, PER_CONN, "c", 0, KILL_AFTER_OK);
 
     let (mut gw2, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     // Recovery runs in the background after start: wait until no answered message is still
     // `accepted`, bounded.
     let status_of =
@@ -487,7 +474,7 @@ fn never_handed_messages_are_resubmitted_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = configs(dir.path(), &sim);
     let (mut gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let (st, v) = http(&url, "POST", "/api/v1/sms/send", &send_body("pre"));
     assert_eq!(st, 200, "{v}");
     gw.kill(); // SIGKILL
@@ -562,7 +549,7 @@ fn never_handed_messages_are_resubmitted_exactly_once() {
     // Another crash and start: nothing is left to resubmit, nothing goes out again.
     gw2.kill();
     let (_gw3, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         sim.submits_total(),
@@ -586,13 +573,13 @@ fn resubmission_off_fails_never_handed_leftovers() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = configs_with(dir.path(), &sim, "resubmit_max_age_s = 0\n");
     let (mut gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let (st, v) = http(&url, "POST", "/api/v1/sms/send", &send_body("pre"));
     assert_eq!(st, 200, "{v}");
     gw.kill();
     write_crash_leftovers(&dir.path().join("state"), 3, 1);
     let (_gw2, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let status = |t: &str| http(&url, "GET", &format!("/api/v1/sms/{t}"), "").1["status"].clone();
     let settled = wait_until(Duration::from_secs(20), || {
         ["never-0", "never-1", "never-2", "handed-0"]
@@ -638,7 +625,7 @@ fn sigkill_between_accept_and_hand_over_resubmits_once() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = configs_with(dir.path(), &sim, "batch_delay_us = 100000\n");
     let (mut gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     // Think time: requests arrive at random moments, spread over the write batches (in
     // lock-step the kill always lands in one phase).
     let outcomes = load_then_kill(&mut gw, &url, CONNS, PER_CONN, "h", 300, KILL_AFTER_OK);
@@ -646,7 +633,7 @@ fn sigkill_between_accept_and_hand_over_resubmits_once() {
     let before = received_counts(&sim);
 
     let (_gw2, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let status_of =
         |txid: &str| -> (u16, Value) { http(&url, "GET", &format!("/api/v1/sms/{txid}"), "") };
     let settled = wait_until(Duration::from_secs(30), || {
@@ -764,7 +751,7 @@ fn start_gw_xfsz_ignored(a: &Path, b: &Path) -> (Proc, String) {
 /// gateway, its URL, and how many sends were answered OK.
 fn drive_into_state_failure(sim: &Sim, a: &Path, b: &Path) -> (Proc, String) {
     let (mut child, url) = start_gw_xfsz_ignored(a, b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     for i in 0..5 {
         let (st, v) = http(
             &url,
@@ -818,7 +805,7 @@ fn state_store_write_failure_answers_503_and_process_stays_up() {
     let (mut child, _url) = drive_into_state_failure(&sim, &a, &b);
     child.kill();
     let (_gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     for i in 0..5 {
         let (st, v) = http(&url, "GET", &format!("/api/v1/sms/pre{i}"), "");
         assert_eq!(st, 200, "{v}");
@@ -931,7 +918,7 @@ fn sigkill_with_a_queue_behind_a_full_window_resubmits_the_waiting_messages() {
     // enough here for the whole queue to still be waiting at the kill.
     let (a, b) = window_of_one(dir.path(), &sim, 500, 10_000);
     let (mut gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
 
     let txids: Vec<String> = (0..SENDS).map(|i| format!("q{i}")).collect();
     let answered = Arc::new(AtomicUsize::new(0));
@@ -983,7 +970,7 @@ fn sigkill_with_a_queue_behind_a_full_window_resubmits_the_waiting_messages() {
     assert_eq!(st, 200, "{v}");
 
     let (_gw2, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let status_of = |t: &str| -> Value {
         let (st, v) = http(&url, "GET", &format!("/api/v1/sms/{t}"), "");
         assert_eq!(st, 200, "{t}: {v}");
@@ -1028,7 +1015,7 @@ fn waiting_for_window_credits_is_bounded() {
     // only credit for 0.8 s, the next one until 1.6 s, past every other waiter's 1 s.
     let (a, b) = window_of_one(dir.path(), &sim, 800, 1000);
     let (_gw, url) = start_gw(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let clients: Vec<_> = (0..SENDS)
         .map(|i| {
             let url = url.clone();

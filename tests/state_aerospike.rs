@@ -476,17 +476,8 @@ fn two_gateways_share_state_on_aerospike() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (_ga, url_a) = start(da.path());
     let (_gb, url_b) = start(db.path());
-    let links_up = |url: &str| {
-        wait_until(Duration::from_secs(20), || {
-            let (st, v) = http(url, "GET", "/api/v1/smpp/links", "");
-            st == 200
-                && v["links"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|l| l["id"] == 100 && l["state"] == "connected")
-        })
-    };
+    let links_up =
+        |url: &str| wait_until(Duration::from_secs(20), || common::link_connected(url, 100));
     assert!(links_up(&url_a) && links_up(&url_b), "links not up");
     let tx = run_prefix();
     let body = serde_json::json!({

@@ -73,19 +73,6 @@ fn start(a: &Path, b: &Path) -> (Proc, String, Arc<Mutex<Vec<String>>>) {
     (proc, format!("http://{addr}"), logs)
 }
 
-fn wait_link_up(url: &str) {
-    let ok = wait_until(Duration::from_secs(20), || {
-        let (st, v) = http(url, "GET", "/api/v1/smpp/links", "");
-        st == 200
-            && v["links"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|l| l["id"] == 100 && l["state"] == "connected")
-    });
-    assert!(ok, "link 100 not up");
-}
-
 fn body(tx: &str) -> String {
     serde_json::json!({
         "esme": 100, "source": "Test", "destination": "+4915112345678",
@@ -131,7 +118,7 @@ fn memory_backend_sends_end_to_end_and_forgets_on_restart() {
             .any(|l| l.contains("WARN") && l.contains("NOT DURABLE"))
     });
     assert!(warned, "no startup warning: {:?}", logs.lock().unwrap());
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let (st, v) = http(&url, "POST", "/api/v1/sms/send", &body("mem-1"));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["duplicate"], false, "{v}");
@@ -157,7 +144,7 @@ fn memory_backend_sends_end_to_end_and_forgets_on_restart() {
         "no graceful stop"
     );
     let (_gw, url, _) = start(&a, &b);
-    wait_link_up(&url);
+    common::wait_link_connected(&url, 100);
     let (st, v) = http(&url, "GET", "/api/v1/sms/mem-1", "");
     assert_eq!(
         st, 404,

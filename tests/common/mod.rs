@@ -316,6 +316,23 @@ pub fn spawn_serve(a: &Path, b: &Path, env: &[(&str, &str)]) -> (Proc, String) {
     spawn("gw", &args, env, "smsgw listening", Duration::from_secs(30))
 }
 
+/// Whether link `id` is `connected` in `GET /api/v1/smpp/links` of the gateway at `url`.
+pub fn link_connected(url: &str, id: u32) -> bool {
+    let (st, v) = http(url, "GET", "/api/v1/smpp/links", "");
+    st == 200
+        && v["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["id"] == id && l["state"] == "connected")
+}
+
+/// Waits (20 s at most) until link `id` of the gateway at `url` is connected; panics if not.
+pub fn wait_link_connected(url: &str, id: u32) {
+    let ok = wait_until(Duration::from_secs(20), || link_connected(url, id));
+    assert!(ok, "link {id} not connected at {url}");
+}
+
 /// Rewrites a config written by [`write_configs`] so that CDR batches stay open for the whole
 /// test (1 h flush interval): only a shutdown flush, or the crash journal, can write them.
 pub fn keep_cdr_batches_open(cfg: &Path) {
