@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Gateway, GatewayOptions, LinkSpec, Sim, http, wait_until};
+use common::{Gateway, GatewayOptions, LinkSpec, Sim, wait_until};
 use serde_json::Value;
 
 const UP: Duration = Duration::from_secs(20);
@@ -92,13 +92,7 @@ fn delivered_and_rejected_messages_get_one_cdr_each() {
 
     // The SMSC rejects every submit with ESME_RINVDSTADR (0x0B): the message is final at the
     // submit answer, so its CDR comes from the submit path, not from a receipt.
-    let (st, v) = http(
-        &sim.control,
-        "POST",
-        "/faults",
-        r#"{"throttle_percent": 100, "throttle_status": 11}"#,
-    );
-    assert_eq!(st, 200, "{v}");
+    sim.set_faults(r#"{"throttle_percent": 100, "throttle_status": 11}"#);
     let (st, v) = send(&gw, "cdr-rej");
     assert_ne!(st, 200, "rejected submit must not answer 200: {v}");
     let got = wait_cdrs(&dir, N + 1);
@@ -119,9 +113,8 @@ fn delivered_and_rejected_messages_get_one_cdr_each() {
     );
 }
 
-#[test]
-fn sigterm_writes_pending_cdrs() {
-    let sim = Sim::start(&[]);
+/// One link to `sim`, CDR batches open for the whole test (see `keep_cdr_batches_open`).
+fn configs_with_open_batches(sim: &Sim) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, rules) = common::write_configs(
         tmp.path(),
@@ -130,8 +123,15 @@ fn sigterm_writes_pending_cdrs() {
             ..Default::default()
         },
     );
-    // A flush interval far beyond the test: only the shutdown flush can write the batch.
     common::keep_cdr_batches_open(&cfg);
+    (tmp, cfg, rules)
+}
+
+#[test]
+fn sigterm_writes_pending_cdrs() {
+    let sim = Sim::start(&[]);
+    // A flush interval far beyond the test: only the shutdown flush can write the batch.
+    let (tmp, cfg, rules) = configs_with_open_batches(&sim);
     let mut gw = Gateway::spawn_in(tmp, &cfg, &rules);
     gw.wait_links(&[100], true, UP);
     let dir = gw.dir.path().join("cdr");
@@ -163,15 +163,7 @@ fn sigterm_writes_pending_cdrs() {
 #[test]
 fn sigkill_loses_no_cdr_of_the_open_batch() {
     let sim = Sim::start(&[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let (cfg, rules) = common::write_configs(
-        tmp.path(),
-        &GatewayOptions {
-            links: vec![LinkSpec::new(100, sim.smpp_port)],
-            ..Default::default()
-        },
-    );
-    common::keep_cdr_batches_open(&cfg);
+    let (tmp, cfg, rules) = configs_with_open_batches(&sim);
     let start = |tmp: tempfile::TempDir| {
         let gw = Gateway::spawn_in(tmp, &cfg, &rules);
         gw.wait_links(&[100], true, UP);

@@ -43,12 +43,7 @@ fn configs_with(dir: &Path, sim: &Sim, state_extra: &str) -> (PathBuf, PathBuf) 
 /// Starts `smsgw serve` on the given configs; returns the process and its base URL.
 fn start_gw(a: &Path, b: &Path) -> (Proc, String) {
     let (proc, line) = common::spawn_serve(a, b, &[]);
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("http addr")
-        .to_string();
-    (proc, format!("http://{addr}"))
+    (proc, common::http_url_of(&line))
 }
 
 fn send_body(txid: &str) -> String {
@@ -241,13 +236,7 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
 
     let sim = Sim::start(&["--messages-capacity", "20000"]);
     // Slow SMSC answers keep submits in flight at the moment of the kill.
-    let (st, v) = http(
-        &sim.control,
-        "POST",
-        "/faults",
-        r#"{"latency_ms": 30, "latency_jitter_ms": 20}"#,
-    );
-    assert_eq!(st, 200, "{v}");
+    sim.set_faults(r#"{"latency_ms": 30, "latency_jitter_ms": 20}"#);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = configs(dir.path(), &sim);
     // CDR batches stay open for the whole test: the killed process's CDRs can only come back
@@ -615,13 +604,7 @@ fn sigkill_between_accept_and_hand_over_resubmits_once() {
     // Late enough that the clients, which start together, have drifted apart.
     const KILL_AFTER_OK: usize = 200;
     let sim = Sim::start(&["--messages-capacity", "20000"]);
-    let (st, v) = http(
-        &sim.control,
-        "POST",
-        "/faults",
-        r#"{"latency_ms": 20, "latency_jitter_ms": 20}"#,
-    );
-    assert_eq!(st, 200, "{v}");
+    sim.set_faults(r#"{"latency_ms": 20, "latency_jitter_ms": 20}"#);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = configs_with(dir.path(), &sim, "batch_delay_us = 100000\n");
     let (mut gw, url) = start_gw(&a, &b);
@@ -738,12 +721,7 @@ fn start_gw_xfsz_ignored(a: &Path, b: &Path) -> (Proc, String) {
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in out.lines() {});
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("http addr")
-        .to_string();
-    (child, format!("http://{addr}"))
+    (child, common::http_url_of(&line))
 }
 
 /// Drives sends until the store fails ("disk full" via RLIMIT_FSIZE) and checks the answer:
@@ -886,13 +864,7 @@ fn window_of_one(
     latency_ms: u64,
     resp_timeout_ms: u64,
 ) -> (PathBuf, PathBuf) {
-    let (st, v) = http(
-        &sim.control,
-        "POST",
-        "/faults",
-        &format!(r#"{{"latency_ms": {latency_ms}}}"#),
-    );
-    assert_eq!(st, 200, "{v}");
+    sim.set_faults(&format!(r#"{{"latency_ms": {latency_ms}}}"#));
     let (a, b) = configs(dir, sim);
     let rules = std::fs::read_to_string(&b).unwrap();
     assert!(rules.contains("resp_timeout_ms = 2000\n"), "{rules}");
@@ -966,8 +938,7 @@ fn sigkill_with_a_queue_behind_a_full_window_resubmits_the_waiting_messages() {
         "only {waiting} messages were waiting at the kill (received {before:?}, answered {})",
         answered.load(Ordering::Relaxed)
     );
-    let (st, v) = http(&sim.control, "POST", "/faults", r#"{"latency_ms": 0}"#);
-    assert_eq!(st, 200, "{v}");
+    sim.set_faults(r#"{"latency_ms": 0}"#);
 
     let (_gw2, url) = start_gw(&a, &b);
     common::wait_link_connected(&url, 100);

@@ -628,12 +628,7 @@ fn start_mcp(dir: &std::path::Path, listen: &str) -> (common::Proc, String) {
         .chain([b.display().to_string(), "--listen".into(), listen.into()])
         .collect();
     let (proc, line) = common::spawn("mcp", &args, &[], "smsgw mcp listening", UP);
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("mcp addr")
-        .to_string();
-    (proc, format!("http://{addr}"))
+    (proc, common::http_url_of(&line))
 }
 
 /// With `[policy] remote_url`, the remote service's health is visible: up while it answers,

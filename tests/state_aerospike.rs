@@ -466,12 +466,7 @@ fn two_gateways_share_state_on_aerospike() {
             "smsgw listening",
             Duration::from_secs(30),
         );
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .expect("http addr")
-            .to_string();
-        (proc, format!("http://{addr}"))
+        (proc, common::http_url_of(&line))
     };
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (_ga, url_a) = start(da.path());

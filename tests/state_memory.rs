@@ -66,11 +66,7 @@ fn start(a: &Path, b: &Path) -> (Proc, String, Arc<Mutex<Vec<String>>>) {
     let line = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("gateway not ready within 30 s");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("http addr");
-    (proc, format!("http://{addr}"), logs)
+    (proc, common::http_url_of(&line), logs)
 }
 
 fn body(tx: &str) -> String {

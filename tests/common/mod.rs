@@ -122,6 +122,12 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// `http://<addr>` from a ready line's `http=<addr>` field (`smsgw listening ...`).
+pub fn http_url_of(ready_line: &str) -> String {
+    let addr = field(ready_line, "http").expect("http= in the ready line");
+    format!("http://{addr}")
+}
+
 /// A running simulator.
 pub struct Sim {
     pub proc: Proc,
@@ -130,6 +136,12 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// `POST /faults` on the control port; panics unless it is taken.
+    pub fn set_faults(&self, json: &str) {
+        let (st, v) = http(&self.control, "POST", "/faults", json);
+        assert_eq!(st, 200, "POST /faults {json}: {v}");
+    }
+
     /// Starts `smsgw smsc-sim` on OS-chosen ports; `extra` are more flags.
     pub fn start(extra: &[&str]) -> Sim {
         Self::start_on(0, extra)
