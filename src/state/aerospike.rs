@@ -84,7 +84,6 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::codec;
-use super::model::MAX_TRANSACTION_ID_LEN;
 use super::{
     CreateOutcome, MessageKey, MessageRecord, PartUpdate, ReceiptInfo, ReceiptOutcome, ScanCursor,
     ScanPage, StateError, StateStore, Status, StoreFuture, UpdateOutcome, unix_ms,
@@ -995,21 +994,10 @@ impl Inner {
             if r.expires_at_ms <= unix_ms() {
                 return Ok(UpdateOutcome::NotFound);
             }
-            let mut changed = false;
             let mut index = Vec::new();
-            for u in &updates {
-                if r.apply(u, at_ms) {
-                    changed = true;
-                    if let PartUpdate::Submitted {
-                        index: part,
-                        link_id,
-                        smsc_message_id,
-                    } = u
-                    {
-                        index.push((*link_id, smsc_message_id.clone(), *part));
-                    }
-                }
-            }
+            let changed = r.apply_all(&updates, at_ms, |_, part, link_id, smsc_id| {
+                index.push((link_id, smsc_id.to_owned(), part));
+            });
             if !changed {
                 return Ok(UpdateOutcome::Updated { record: r, changed });
             }
@@ -1334,10 +1322,8 @@ impl StateStore for AerospikeStore {
         updates: Vec<PartUpdate>,
         now_ms: u64,
     ) -> StoreFuture<UpdateOutcome> {
-        if check_txid(&key.transaction_id).is_err() {
-            return ready(Err(StateError::Invalid(format!(
-                "transaction_id must be 1..={MAX_TRANSACTION_ID_LEN} bytes"
-            ))));
+        if let Err(e) = check_txid(&key.transaction_id) {
+            return ready(Err(e));
         }
         for u in &updates {
             if let PartUpdate::Submitted {

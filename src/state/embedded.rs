@@ -1287,23 +1287,12 @@ impl Writer {
             return Ok(UpdateOutcome::NotFound);
         };
         let was_open = !r.status.is_final();
-        let mut changed = false;
-        for u in updates {
-            if r.apply(u, at_ms) {
-                changed = true;
-                if let PartUpdate::Submitted {
-                    index,
-                    link_id,
-                    smsc_message_id,
-                } = u
-                {
-                    ov.smsc.insert(
-                        codec::smsc_key(*link_id, smsc_message_id),
-                        codec::smsc_value(r.expires_at_ms, *index, &mkey),
-                    );
-                }
-            }
-        }
+        let changed = r.apply_all(updates, at_ms, |r, part, link_id, smsc_id| {
+            ov.smsc.insert(
+                codec::smsc_key(link_id, smsc_id),
+                codec::smsc_value(r.expires_at_ms, part, &mkey),
+            );
+        });
         if changed {
             self.store_changed(ov, mkey, r.clone(), was_open);
         }

@@ -378,29 +378,21 @@ impl MemoryStore {
             return Ok(UpdateOutcome::NotFound);
         }
         let was_open = !slot.record.status.is_final();
-        let mut changed = false;
-        for u in updates {
-            if slot.record.apply(u, at_ms) {
-                changed = true;
-                if let PartUpdate::Submitted {
-                    index,
+        let (key, seq) = (&slot.key, slot.seq);
+        let changed = slot
+            .record
+            .apply_all(updates, at_ms, |r, part, link_id, smsc_id| {
+                inner.index_part(
                     link_id,
-                    smsc_message_id,
-                } = u
-                {
-                    inner.index_part(
-                        *link_id,
-                        smsc_message_id,
-                        ReceiptEntry {
-                            key: Arc::clone(&slot.key),
-                            part: *index,
-                            expires_at_ms: slot.record.expires_at_ms,
-                            seq: slot.seq,
-                        },
-                    );
-                }
-            }
-        }
+                    smsc_id,
+                    ReceiptEntry {
+                        key: Arc::clone(key),
+                        part,
+                        expires_at_ms: r.expires_at_ms,
+                        seq,
+                    },
+                );
+            });
         let record = slot.record.clone();
         if was_open && record.status.is_final() {
             s.open.remove(&(record.expires_at_ms, slot.seq));

@@ -400,6 +400,32 @@ impl MessageRecord {
         changed
     }
 
+    /// Applies `updates` in order ([`MessageRecord::apply`]) and returns whether anything
+    /// changed. For every `Submitted` that changed the record, `submitted(record, part, link,
+    /// smsc id)` is called: where each backend writes the receipt index entry.
+    pub fn apply_all(
+        &mut self,
+        updates: &[PartUpdate],
+        now_ms: u64,
+        mut submitted: impl FnMut(&MessageRecord, u16, u32, &str),
+    ) -> bool {
+        let mut changed = false;
+        for u in updates {
+            if self.apply(u, now_ms) {
+                changed = true;
+                if let PartUpdate::Submitted {
+                    index,
+                    link_id,
+                    smsc_message_id,
+                } = u
+                {
+                    submitted(self, *index, *link_id, smsc_message_id);
+                }
+            }
+        }
+        changed
+    }
+
     /// Applies one update in place. Returns `true` if anything changed. Refused or repeated
     /// updates leave the record as it was (idempotent).
     pub fn apply(&mut self, update: &PartUpdate, now_ms: u64) -> bool {
