@@ -40,6 +40,24 @@ fn configs_with(dir: &Path, sim: &Sim, state_extra: &str) -> (PathBuf, PathBuf) 
     (a, b)
 }
 
+/// `GET /api/v1/sms/{txid}`.
+fn status(url: &str, txid: &str) -> (u16, Value) {
+    http(url, "GET", &format!("/api/v1/sms/{txid}"), "")
+}
+
+/// Recovery runs in the background after a start: waits (30 s at most) until none of `txids`
+/// is still `accepted` (or unknown to the store), then 500 ms for its submits to land.
+fn wait_recovered<'a>(url: &str, txids: impl Iterator<Item = &'a String> + Clone) {
+    let settled = wait_until(Duration::from_secs(30), || {
+        txids.clone().all(|t| {
+            let (st, v) = status(url, t);
+            st == 404 || (st == 200 && v["status"] != "accepted")
+        })
+    });
+    assert!(settled, "some records still `accepted` after recovery");
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// Starts `smsgw serve` on the given configs; returns the process and its base URL.
 fn start_gw(a: &Path, b: &Path) -> (Proc, String) {
     let (proc, line) = common::spawn_serve(a, b, &[]);
@@ -253,16 +271,8 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     common::wait_link_connected(&url, 100);
     // Recovery runs in the background after start: wait until no answered message is still
     // `accepted`, bounded.
-    let status_of =
-        |txid: &str| -> (u16, Value) { http(&url, "GET", &format!("/api/v1/sms/{txid}"), "") };
-    let settled = wait_until(Duration::from_secs(30), || {
-        outcomes.keys().all(|t| {
-            let (st, v) = status_of(t);
-            st == 404 || (st == 200 && v["status"] != "accepted")
-        })
-    });
-    assert!(settled, "some records still `accepted` after recovery");
-    std::thread::sleep(Duration::from_millis(500));
+    let status_of = |txid: &str| status(&url, txid);
+    wait_recovered(&url, outcomes.keys());
     let received = received_counts(&sim);
 
     let mut oks = 0;
@@ -617,16 +627,8 @@ fn sigkill_between_accept_and_hand_over_resubmits_once() {
 
     let (_gw2, url) = start_gw(&a, &b);
     common::wait_link_connected(&url, 100);
-    let status_of =
-        |txid: &str| -> (u16, Value) { http(&url, "GET", &format!("/api/v1/sms/{txid}"), "") };
-    let settled = wait_until(Duration::from_secs(30), || {
-        outcomes.keys().all(|t| {
-            let (st, v) = status_of(t);
-            st == 404 || (st == 200 && v["status"] != "accepted")
-        })
-    });
-    assert!(settled, "some records still `accepted` after recovery");
-    std::thread::sleep(Duration::from_millis(500));
+    let status_of = |txid: &str| status(&url, txid);
+    wait_recovered(&url, outcomes.keys());
     let after = received_counts(&sim);
 
     let mut resubmitted = Vec::new();
