@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{GatewayOptions, LinkSpec, Proc, Sim, spawn, wait_until};
+use common::{GatewayOptions, LinkSpec, Proc, Sim, wait_until};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -286,20 +286,7 @@ fn write_setup(dir: &Path, sim: &Sim, app2_url: &str, callbacks: &str) -> (PathB
 const FAST: &str = "backoff_initial_ms = 200\nbackoff_max_ms = 1000\nbatch_linger_ms = 30\n";
 
 fn start_gw(a: &Path, b: &Path) -> Gw {
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--config".into(),
-        a.display().to_string(),
-        "--rules".into(),
-        b.display().to_string(),
-    ];
-    let env = [("SMSGW_JWT_SECRET", SERVER_KEY)];
-    let (proc, line) = spawn("gw", &args, &env, "smsgw listening", WAIT);
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .expect("http addr")
-        .to_string();
+    let (proc, line) = common::spawn_serve(a, b, &[("SMSGW_JWT_SECRET", SERVER_KEY)]);
     let mut tokens = HashMap::new();
     for app in [1u64, 2] {
         let out = std::process::Command::new(common::BIN)
@@ -319,7 +306,7 @@ fn start_gw(a: &Path, b: &Path) -> Gw {
     }
     let gw = Gw {
         proc,
-        url: format!("http://{addr}"),
+        url: common::http_url_of(&line),
         tokens,
     };
     let ok = wait_until(WAIT, || {
