@@ -23,6 +23,10 @@ pub const RECORD_FORMAT_V1: u8 = 1;
 /// First byte of every record value written now: V1 + `handed_at_ms` after the parts.
 pub const RECORD_FORMAT_V2: u8 = 2;
 
+/// First byte of a record value of the journal backend ([`super::journal`]): V2 + the record's
+/// version (a varint after `handed_at_ms`), which orders its images across the shard logs.
+pub const RECORD_FORMAT_V3: u8 = 3;
+
 /// Offset of the big-endian `expires_at_ms` in a record value.
 pub const RECORD_EXPIRY_OFFSET: usize = 1;
 
@@ -121,41 +125,59 @@ fn put_opt_var(out: &mut Vec<u8>, v: Option<u64>) {
 
 /// Encodes the record's value (key fields live in the key).
 pub fn encode_record(r: &MessageRecord) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_record_into(&mut out, r, None);
+    out
+}
+
+/// Encodes the record with its version ([`RECORD_FORMAT_V3`], the journal backend's form),
+/// appended to `out`.
+pub fn encode_versioned_into(out: &mut Vec<u8>, r: &MessageRecord, version: u64) {
+    encode_record_into(out, r, Some(version));
+}
+
+fn encode_record_into(out: &mut Vec<u8>, r: &MessageRecord, version: Option<u64>) {
     let text_len = r.text.as_ref().map_or(0, String::len);
-    let mut out = Vec::with_capacity(64 + text_len + r.parts.len() * 32);
-    out.push(RECORD_FORMAT_V2);
+    out.reserve(64 + text_len + r.parts.len() * 32);
+    out.push(if version.is_some() {
+        RECORD_FORMAT_V3
+    } else {
+        RECORD_FORMAT_V2
+    });
     out.extend_from_slice(&r.expires_at_ms.to_be_bytes());
-    put_var(&mut out, u64::from(r.esme));
-    put_opt_var(&mut out, r.link_id.map(u64::from));
-    put_str(&mut out, &r.source);
-    put_str(&mut out, &r.destination);
+    put_var(out, u64::from(r.esme));
+    put_opt_var(out, r.link_id.map(u64::from));
+    put_str(out, &r.source);
+    put_str(out, &r.destination);
     out.push(r.status.code());
     out.push(r.encoding.code());
-    put_opt_str(&mut out, r.text.as_deref());
-    put_var(&mut out, r.created_at_ms);
-    put_var(&mut out, r.updated_at_ms);
-    put_opt_str(&mut out, r.callback_url.as_deref());
-    put_var(&mut out, r.parts.len() as u64);
+    put_opt_str(out, r.text.as_deref());
+    put_var(out, r.created_at_ms);
+    put_var(out, r.updated_at_ms);
+    put_opt_str(out, r.callback_url.as_deref());
+    put_var(out, r.parts.len() as u64);
     for p in &r.parts {
         out.push(p.status.code());
-        put_opt_var(&mut out, p.link_id.map(u64::from));
-        put_opt_str(&mut out, p.smsc_message_id.as_deref());
-        put_opt_var(&mut out, p.error_code.map(u64::from));
-        put_opt_var(&mut out, p.submitted_at_ms);
+        put_opt_var(out, p.link_id.map(u64::from));
+        put_opt_str(out, p.smsc_message_id.as_deref());
+        put_opt_var(out, p.error_code.map(u64::from));
+        put_opt_var(out, p.submitted_at_ms);
         match &p.receipt {
             None => out.push(0),
             Some(rc) => {
                 out.push(1);
                 out.push(rc.status.code());
-                put_str(&mut out, &rc.stat);
-                put_opt_str(&mut out, rc.err.as_deref());
-                put_opt_var(&mut out, rc.done_at_ms);
-                put_var(&mut out, rc.received_at_ms);
+                put_str(out, &rc.stat);
+                put_opt_str(out, rc.err.as_deref());
+                put_opt_var(out, rc.done_at_ms);
+                put_var(out, rc.received_at_ms);
             }
         }
     }
-    put_opt_var(&mut out, r.handed_at_ms);
-    out
+    put_opt_var(out, r.handed_at_ms);
+    if let Some(v) = version {
+        put_var(out, v);
+    }
 }
 
 /// Cursor over an encoded value; every read is bounds-checked (corrupt input → error).
@@ -239,11 +261,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a record from its key and value.
+/// Decodes a record from its key and value (any format).
 pub fn decode_record(key: &MessageKey, v: &[u8]) -> Result<MessageRecord, String> {
+    decode_versioned(key, v).map(|(r, _)| r)
+}
+
+/// Decodes a record and its version: the stored one for [`RECORD_FORMAT_V3`], 0 for the older
+/// formats (a record written by the fjall-writer backend is older than any journal image).
+pub fn decode_versioned(key: &MessageKey, v: &[u8]) -> Result<(MessageRecord, u64), String> {
     let mut r = Reader { b: v };
     let version = r.u8()?;
-    if version != RECORD_FORMAT_V1 && version != RECORD_FORMAT_V2 {
+    if !(RECORD_FORMAT_V1..=RECORD_FORMAT_V3).contains(&version) {
         return Err(format!("unknown record format {version}"));
     }
     let exp: [u8; 8] = r.bytes(8)?.try_into().map_err(|_| "truncated record")?;
@@ -297,26 +325,34 @@ pub fn decode_record(key: &MessageKey, v: &[u8]) -> Result<MessageRecord, String
     } else {
         r.opt_var()?
     };
+    let record_version = if version == RECORD_FORMAT_V3 {
+        r.var()?
+    } else {
+        0
+    };
     if !r.b.is_empty() {
         return Err("trailing bytes after record".into());
     }
-    Ok(MessageRecord {
-        app_id: key.app_id,
-        transaction_id: key.transaction_id.clone(),
-        esme,
-        link_id,
-        source,
-        destination,
-        status,
-        encoding,
-        text,
-        parts,
-        created_at_ms,
-        updated_at_ms,
-        expires_at_ms,
-        callback_url,
-        handed_at_ms,
-    })
+    Ok((
+        MessageRecord {
+            app_id: key.app_id,
+            transaction_id: key.transaction_id.clone(),
+            esme,
+            link_id,
+            source,
+            destination,
+            status,
+            encoding,
+            text,
+            parts,
+            created_at_ms,
+            updated_at_ms,
+            expires_at_ms,
+            callback_url,
+            handed_at_ms,
+        },
+        record_version,
+    ))
 }
 
 #[cfg(test)]
@@ -374,6 +410,21 @@ mod tests {
         let v = encode_record(&r);
         assert_eq!(be_u64_at(&v, RECORD_EXPIRY_OFFSET), Some(r.expires_at_ms));
         assert_eq!(decode_record(&r.key(), &v).unwrap(), r);
+    }
+
+    #[test]
+    fn versioned_record_round_trips_and_older_formats_read_as_version_0() {
+        let r = sample();
+        let mut v = Vec::new();
+        encode_versioned_into(&mut v, &r, 300);
+        assert_eq!(v[0], RECORD_FORMAT_V3);
+        // The compaction filter reads the expiry at the same offset in every format.
+        assert_eq!(be_u64_at(&v, RECORD_EXPIRY_OFFSET), Some(r.expires_at_ms));
+        assert_eq!(decode_versioned(&r.key(), &v), Ok((r.clone(), 300)));
+        assert_eq!(decode_record(&r.key(), &v), Ok(r.clone()));
+        assert_eq!(decode_versioned(&r.key(), &encode_record(&r)), Ok((r.clone(), 0)));
+        // A V3 value cut before its version is corrupt, not version 0.
+        assert!(decode_versioned(&r.key(), &v[..v.len() - 2]).is_err());
     }
 
     #[test]

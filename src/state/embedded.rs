@@ -403,15 +403,16 @@ impl Shared {
     }
 }
 
+/// The database and its three keyspaces (also the journal backend's cold store).
 #[derive(Clone)]
-struct Trees {
-    db: Database,
-    msg: Keyspace,
-    smsc: Keyspace,
-    open: Keyspace,
+pub(crate) struct Trees {
+    pub(crate) db: Database,
+    pub(crate) msg: Keyspace,
+    pub(crate) smsc: Keyspace,
+    pub(crate) open: Keyspace,
 }
 
-fn fjall_err(e: fjall::Error) -> StateError {
+pub(crate) fn fjall_err(e: fjall::Error) -> StateError {
     StateError::Unavailable(format!("fjall: {e}"))
 }
 
@@ -468,7 +469,7 @@ impl CompactionFilter for ExpiryFilter {
 
 /// Opens the database at `cfg.path` with its three keyspaces (fjall replays the journal and
 /// truncates a torn tail batch). Used at start and by the writer to reopen after a poisoning.
-fn open_trees(cfg: &EmbeddedConfig) -> Result<Trees, StateError> {
+pub(crate) fn open_trees(cfg: &EmbeddedConfig) -> Result<Trees, StateError> {
     let grace_ms = cfg.purge_grace_secs.saturating_mul(1000);
     let assigner: FilterAssigner = Arc::new(move |name: &str| -> Option<Arc<dyn Factory>> {
         let (in_key, offset) = match name {
@@ -788,7 +789,7 @@ impl EmbeddedStore {
 }
 
 /// `(msg key bytes, part)` of a live receipt index entry.
-fn lookup_smsc(
+pub(crate) fn lookup_smsc(
     smsc: &Keyspace,
     link_id: u32,
     smsc_id: &str,
