@@ -36,6 +36,8 @@ pub mod embedded;
 pub mod memory;
 pub mod model;
 pub mod suite;
+/// Per-thread append-only write-ahead log (lanes, group commit) of the journal backend.
+pub mod wal;
 
 use std::future::Future;
 use std::pin::Pin;
