@@ -30,6 +30,8 @@
 #   STATE_BACKEND (embedded (default, as shipped) or memory: the NOT durable in-memory store, the
 #   "state costs ~nothing" baseline; it also sets [state] ttl_s = 60 and memory_max_records =
 #   4000000 so that the runs' records expire and stay under the bound, ~1 KiB each),
+#   STATE_ENGINE (embedded backend only: unset = the config's engine (journal as shipped),
+#   journal, or writer: the single fjall writer thread engine, to compare),
 #   PERF_RECORD=1 (perf-record the gateway during each max run; PERF_ARGS overrides the
 #   perf options).
 # Every process it starts is stopped by PID on exit, even on failure or Ctrl-C.
@@ -172,7 +174,12 @@ STATE_BACKEND=${STATE_BACKEND:-embedded}
 STATE_LINES="backend = \"$STATE_BACKEND\""
 STATE_DROP='/^backend = /d'
 case $STATE_BACKEND in
-    embedded) ;;
+    embedded)
+        if [ -n "${STATE_ENGINE:-}" ]; then
+            STATE_LINES="$STATE_LINES\nengine = \"$STATE_ENGINE\""
+            STATE_DROP='/^backend = /d;/^engine = /d'
+        fi
+        ;;
     memory)
         STATE_LINES="$STATE_LINES\nttl_s = 60\nmemory_max_records = 4000000"
         STATE_DROP='/^backend = /d;/^ttl_s = /d;/^memory_max_records = /d'
@@ -316,9 +323,9 @@ gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT"/
     echo "binaries    gateway $GW_BIN, bench/null/sim $BENCH_BIN"
     echo "machine     nproc=$(nproc) kernel=$(uname -r) gateway-drivers=${gw_drivers:-unknown}"
     echo "load avg    at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box skews absolute figures)"
-    echo "command     DURATION=$DURATION RATES=\"$RATES\" HALF=$HALF BATCH=\"$BATCH\" GRPC=$GRPC DRIVERS=\"$DRIVERS\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS STATE_FSYNC=${STATE_FSYNC:-batch} STATE_BACKEND=$STATE_BACKEND bench/run-e2e.sh"
+    echo "command     DURATION=$DURATION RATES=\"$RATES\" HALF=$HALF BATCH=\"$BATCH\" GRPC=$GRPC DRIVERS=\"$DRIVERS\" CONNECTIONS=$CONNECTIONS PIPELINE=$PIPELINE BENCH_THREADS=$BENCH_THREADS SHARDS=$SHARDS STATE_FSYNC=${STATE_FSYNC:-batch} STATE_BACKEND=$STATE_BACKEND STATE_ENGINE=${STATE_ENGINE:-} bench/run-e2e.sh"
     echo "client      connections=$CONNECTIONS pipeline=$PIPELINE (batch runs: $BATCH_CONNECTIONS x 1; gRPC runs: $GRPC_CONNECTIONS x $GRPC_PIPELINE) threads=$BENCH_THREADS duration=$DURATION esme=$ESME mix=$TEXT_MIX"
-    echo "servers     gateway shards=$SHARDS state=$STATE_BACKEND state-fsync=${STATE_FSYNC:-batch}, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
+    echo "servers     gateway shards=$SHARDS state=$STATE_BACKEND engine=${STATE_ENGINE:-default} state-fsync=${STATE_FSYNC:-batch}, null-http threads=$SHARDS, smsc-sim dlr=$DLR_PERCENT%"
     for d in $DRIVERS; do
         echo "idle RSS    $d: gateway $(awk '{ printf "%.1f MiB", $1 / 1024 }' "$OUT/idle-rss-$d.kib")"
     done

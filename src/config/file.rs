@@ -76,6 +76,11 @@ pub struct StateFile {
     pub aerospike: crate::state::aerospike::AerospikeFile,
     /// Capacity of the (non-durable) memory backend, in records.
     pub memory_max_records: i64,
+    pub engine: crate::config::EmbeddedEngine,
+    pub hot_max_records: i64,
+    pub hot_s: i64,
+    pub checkpoint_interval_ms: i64,
+    pub checkpoint_mib: i64,
 }
 
 impl Default for StateFile {
@@ -92,6 +97,11 @@ impl Default for StateFile {
             resubmit_max_age_s: 3_600,
             aerospike: crate::state::aerospike::AerospikeFile::default(),
             memory_max_records: crate::state::memory::DEFAULT_MAX_RECORDS as i64,
+            engine: crate::config::EmbeddedEngine::Journal,
+            hot_max_records: 1_000_000,
+            hot_s: 30,
+            checkpoint_interval_ms: 5_000,
+            checkpoint_mib: 64,
         }
     }
 }

@@ -163,7 +163,11 @@ fn render_report(result: Result<Config, ConfigErrors>) -> (String, bool) {
                 },
                 config.state.backend.as_str(),
                 match config.state.backend {
-                    StateBackend::Embedded => config.state.path.display().to_string(),
+                    StateBackend::Embedded => format!(
+                        "{} (engine {})",
+                        config.state.path.display(),
+                        config.state.engine.as_str()
+                    ),
                     StateBackend::Aerospike => format!(
                         "{} namespace {}",
                         config.state.aerospike.hosts, config.state.aerospike.namespace

@@ -103,6 +103,38 @@ pub struct StateConfig {
     pub aerospike: crate::state::aerospike::AerospikeConfig,
     /// Most records the memory backend holds (`backend = "memory"` only).
     pub memory_max_records: usize,
+    /// Which engine the embedded backend runs.
+    pub engine: EmbeddedEngine,
+    /// Journal engine: most records held in memory.
+    pub hot_max_records: usize,
+    /// Journal engine: how long a checkpointed, unchanged record stays in memory.
+    pub hot: Duration,
+    /// Journal engine: most time between checkpoints while something changed.
+    pub checkpoint_interval: Duration,
+    /// Journal engine: log bytes that trigger a checkpoint sooner.
+    pub checkpoint_bytes: u64,
+}
+
+/// Engine of `backend = "embedded"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddedEngine {
+    /// Hot records in memory, updated by the calling shard; durability from per-thread logs;
+    /// fjall as the cold store filled by checkpoints (`state::journal`).
+    Journal,
+    /// Every write through one fjall writer thread (`state::embedded`); kept to compare and to
+    /// fall back to.
+    Writer,
+}
+
+impl EmbeddedEngine {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmbeddedEngine::Journal => "journal",
+            EmbeddedEngine::Writer => "writer",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -274,6 +274,20 @@ impl Check<'_, '_, '_> {
             1,
             100_000_000,
         );
+        let hot_max_records =
+            self.int::<usize>("state.hot_max_records", f.hot_max_records, 1_000, 100_000_000);
+        let hot = self.secs("state.hot_s", f.hot_s, 1, 86_400);
+        let checkpoint_interval = self
+            .int::<u64>(
+                "state.checkpoint_interval_ms",
+                f.checkpoint_interval_ms,
+                100,
+                600_000,
+            )
+            .map(Duration::from_millis);
+        let checkpoint_bytes = self
+            .int::<u64>("state.checkpoint_mib", f.checkpoint_mib, 1, 4096)
+            .map(|m| m << 20);
         // Checked whatever the backend, so a mistake shows before someone switches to it. The
         // message TTL is `[state] ttl_s` (its documented default if that key is itself wrong).
         let aerospike = match f.aerospike.validate(ttl.map_or(86_400, |t| t.as_secs())) {
@@ -297,6 +311,11 @@ impl Check<'_, '_, '_> {
             resubmit_max_age: resubmit_max_age?,
             aerospike: aerospike?,
             memory_max_records: memory_max_records?,
+            engine: f.engine,
+            hot_max_records: hot_max_records?,
+            hot: hot?,
+            checkpoint_interval: checkpoint_interval?,
+            checkpoint_bytes: checkpoint_bytes?,
         })
     }
 

@@ -316,6 +316,23 @@ fn open_store(
     side: &tokio::runtime::Handle,
 ) -> Result<Arc<dyn StateStore>, ServeError> {
     match config.state.backend {
+        StateBackend::Embedded if config.state.engine == crate::config::EmbeddedEngine::Journal => {
+            let s = &config.state;
+            let store = crate::state::journal::JournalStore::open(
+                crate::state::journal::JournalConfig {
+                    path: s.path.clone(),
+                    ttl_secs: s.ttl.as_secs().max(1),
+                    sync: s.fsync == ConfigFsync::Batch,
+                    max_hot_records: s.hot_max_records,
+                    hot_secs: s.hot.as_secs().max(1),
+                    checkpoint_interval_ms: (s.checkpoint_interval.as_millis() as u64).max(1),
+                    checkpoint_bytes: s.checkpoint_bytes.max(1),
+                    ..crate::state::journal::JournalConfig::default()
+                },
+            )
+            .map_err(|e| ServeError::State(e.to_string()))?;
+            Ok(store)
+        }
         StateBackend::Embedded => {
             let s = &config.state;
             let cfg = EmbeddedConfig {

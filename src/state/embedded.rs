@@ -520,6 +520,23 @@ impl EmbeddedStore {
         if let Some((key, why)) = cfg.problems().into_iter().next() {
             return Err(StateError::Invalid(format!("state.embedded.{key}: {why}")));
         }
+        // The journal engine's logs beside the directory hold writes this engine cannot see.
+        let wal_dir = super::journal::JournalConfig {
+            path: cfg.path.clone(),
+            ..Default::default()
+        }
+        .wal_dir();
+        let holds_frames = |p: &std::path::PathBuf| {
+            super::wal::read_segment(p, |_| {}).map_or(true, |r| r.frames > 0)
+        };
+        if wal_dir.exists() && super::wal::list_segments(&wal_dir)?.iter().any(holds_frames) {
+            return Err(StateError::Invalid(format!(
+                "{} holds write-ahead logs of the journal engine not yet folded into {}: start \
+                 once with engine = \"journal\" and stop it cleanly before switching engines",
+                wal_dir.display(),
+                cfg.path.display()
+            )));
+        }
         std::fs::create_dir_all(&cfg.path)
             .map_err(|e| StateError::Unavailable(format!("create {}: {e}", cfg.path.display())))?;
         let trees = Arc::new(open_trees(&cfg)?);
