@@ -31,7 +31,7 @@
 //! if that cut itself failed (or was lost with power) and the frame's op was answered
 //! `Unavailable` ("outcome unknown"): replay must tolerate a repeated frame.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -339,6 +339,8 @@ struct Lane {
     rotated_at: AtomicU64,
     /// `written` as seen by the previous `flush_buffers` that found unwritten bytes.
     flush_mark: AtomicU64,
+    /// Off mode with a turn deferral: a driver future is scheduled to write this turn.
+    turn_driver: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -376,6 +378,7 @@ impl Lane {
             closed: AtomicBool::new(false),
             rotated_at: AtomicU64::new(0),
             flush_mark: AtomicU64::new(0),
+            turn_driver: AtomicBool::new(false),
             thread: Mutex::new(None),
         }
     }
@@ -698,6 +701,49 @@ pub struct Wal {
     rotate_lock: Mutex<()>,
 }
 
+thread_local! {
+    /// This thread's end-of-turn deferral (see [`set_thread_turn_deferrer`]).
+    static TURN_DEFER: Cell<Option<fn(Waker)>> = const { Cell::new(None) };
+}
+
+/// Installs (or with `None` removes) the calling thread's **end-of-turn deferral**: a function
+/// that wakes the given waker only after the tasks already queued in the current event-loop
+/// turn have run. With it, off-mode [`DurableFuture`]s on this thread batch as intended: the
+/// first one of a turn on a lane defers itself through it, the others of the turn park, and
+/// the deferred one writes the whole lane buffer with one `write(2)` and wakes them.
+///
+/// Needed on monoio threads ([`monoio_turn_deferrer`]): monoio polls a task that woke itself
+/// again *at once* (ahead of the other queued tasks), so the fallback "wake myself, write on
+/// the next poll" yields nothing there and costs one write per op. Tokio re-queues a
+/// self-woken task behind the others, so tokio threads need no deferral. Sync mode ignores it.
+pub fn set_thread_turn_deferrer(defer: Option<fn(Waker)>) {
+    // Fails only during thread teardown: nothing left to batch then.
+    let _ = TURN_DEFER.try_with(|d| d.set(defer));
+}
+
+/// End-of-turn deferral for a monoio runtime thread: a spawned task, queued behind every task
+/// already runnable, wakes `waker`. Install with
+/// `set_thread_turn_deferrer(Some(monoio_turn_deferrer))` on each monoio thread that appends.
+/// Must run inside a monoio runtime (the only place a monoio task's future is polled).
+pub fn monoio_turn_deferrer(waker: Waker) {
+    // Dropping the handle detaches the task.
+    drop(monoio::spawn(async move { waker.wake() }));
+}
+
+/// Where a [`DurableFuture`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not polled yet.
+    Fresh,
+    /// Off mode without a turn deferral: woke itself once; writes on the next poll.
+    Yielded,
+    /// Off mode with a turn deferral: this future writes the lane's buffer for the turn when
+    /// the deferral wakes it.
+    Driver,
+    /// Registered in the lane's waiter list (sync mode; off mode: parked behind a driver).
+    Waiting,
+}
+
 /// Resolves `Ok` once a position is durable, `Err(Unavailable)` if its lane failed (or the
 /// `Wal` was dropped) before. Runtime-agnostic: no tokio or monoio types inside.
 pub struct DurableFuture {
@@ -705,9 +751,8 @@ pub struct DurableFuture {
     end: u64,
     /// Outcome decided at creation.
     ready: Option<Result<(), StateError>>,
-    /// Off mode: the first poll yielded.
-    yielded: bool,
-    /// Sync mode: registration id and the waker registered with it.
+    stage: Stage,
+    /// Registration id in the lane's waiter list, and the waker registered with it.
     waiter: Option<(u64, Waker)>,
 }
 
@@ -717,8 +762,61 @@ impl DurableFuture {
             lane: None,
             end: 0,
             ready: Some(r),
-            yielded: false,
+            stage: Stage::Fresh,
             waiter: None,
+        }
+    }
+}
+
+/// Registers (or refreshes) a waiter of position `end`; answers the outcome instead if it was
+/// decided meanwhile (deciders store `written`/`synced`/`failed` before taking this lock).
+fn register(
+    lane: &Lane,
+    end: u64,
+    waiter: &mut Option<(u64, Waker)>,
+    cx: &Context<'_>,
+) -> Option<Result<(), StateError>> {
+    let mut w = lock(&lane.waiters);
+    if let Some(r) = lane.outcome(end) {
+        if let Some((id, _)) = waiter.take()
+            && let Some(i) = w.list.iter().position(|x| x.id == id)
+        {
+            w.list.swap_remove(i);
+        }
+        return Some(r);
+    }
+    let waker = cx.waker().clone();
+    let id = match waiter {
+        Some((id, _)) => *id,
+        None => {
+            w.next_id += 1;
+            w.next_id
+        }
+    };
+    match w.list.iter_mut().find(|x| x.id == id) {
+        Some(x) => x.waker = waker.clone(),
+        None => w.list.push(Waiter {
+            id,
+            end,
+            waker: waker.clone(),
+        }),
+    }
+    *waiter = Some((id, waker));
+    if w.sleeping {
+        // Only a sleeping sync thread needs the (futex) wake; a busy one re-checks the waiter
+        // list before it sleeps.
+        w.sleeping = false;
+        lane.cv.notify_one();
+    }
+    None
+}
+
+/// Takes a waiter's registration back (cancelled or re-roled future).
+fn deregister(lane: &Lane, waiter: &mut Option<(u64, Waker)>) {
+    if let Some((id, _)) = waiter.take() {
+        let mut w = lock(&lane.waiters);
+        if let Some(i) = w.list.iter().position(|x| x.id == id) {
+            w.list.swap_remove(i);
         }
     }
 }
@@ -731,89 +829,92 @@ impl Future for DurableFuture {
         if let Some(r) = this.ready.take() {
             return Poll::Ready(r);
         }
-        let Some(lane) = this.lane.as_ref() else {
+        let Some(lane) = this.lane.clone() else {
             return Poll::Ready(Err(unavailable("wal: future polled after completion")));
         };
         let end = this.end;
-        if let Some(r) = lane.outcome(end) {
+        let decided = |this: &mut DurableFuture, r| {
             // A registration left behind is removed by whoever decided the outcome.
             this.waiter = None;
             this.lane = None;
-            return Poll::Ready(r);
+            Poll::Ready(r)
+        };
+        if let Some(r) = lane.outcome(end) {
+            if this.stage == Stage::Driver {
+                lane.turn_driver.store(false, Ordering::Release);
+            }
+            return decided(this, r);
         }
-        if !lane.shared.sync {
-            if !this.yielded {
-                // Yield once so the other ready tasks of this event-loop turn append too: the
-                // second poll then writes all their frames with one write(2).
-                this.yielded = true;
-                cx.waker().wake_by_ref();
+        if lane.shared.sync {
+            // Registered with an equivalent waker already: nothing to update.
+            if let Some((_, w)) = &this.waiter
+                && w.will_wake(cx.waker())
+            {
                 return Poll::Pending;
             }
-            {
-                let mut io = lock(&lane.io);
-                // An error is recorded in the lane and read back by `outcome`.
-                let _ = lane.write_out(&mut io, false);
+            this.stage = Stage::Waiting;
+            return match register(&lane, end, &mut this.waiter, cx) {
+                Some(r) => decided(this, r),
+                None => Poll::Pending,
+            };
+        }
+        match this.stage {
+            Stage::Yielded | Stage::Driver => {
+                if this.stage == Stage::Driver {
+                    // Cleared before taking the buffer: a future that still finds the flag set
+                    // appended before this write takes the buffer, so the write covers it.
+                    lane.turn_driver.swap(false, Ordering::AcqRel);
+                }
+                {
+                    let mut io = lock(&lane.io);
+                    // An error is recorded in the lane and read back by `outcome`.
+                    let _ = lane.write_out(&mut io, false);
+                }
+                lane.wake_durable();
+                let r = lane
+                    .outcome(end)
+                    .unwrap_or_else(|| Err(unavailable("wal: frame not written")));
+                decided(this, r)
             }
-            let r = lane
-                .outcome(end)
-                .unwrap_or_else(|| Err(unavailable("wal: frame not written")));
-            this.lane = None;
-            return Poll::Ready(r);
-        }
-        // Sync mode: registered with an equivalent waker already — nothing to update.
-        if let Some((_, w)) = &this.waiter
-            && w.will_wake(cx.waker())
-        {
-            return Poll::Pending;
-        }
-        let mut w = lock(&lane.waiters);
-        // Decided meanwhile? (The sync thread stores `synced`/`failed` before taking this lock.)
-        if let Some(r) = lane.outcome(end) {
-            if let Some((id, _)) = this.waiter.take()
-                && let Some(i) = w.list.iter().position(|x| x.id == id)
-            {
-                w.list.swap_remove(i);
+            Stage::Fresh | Stage::Waiting => {
+                let Some(defer) = TURN_DEFER.try_with(Cell::get).ok().flatten() else {
+                    // Yield once so the other ready tasks of this turn append too (tokio runs
+                    // them before re-polling a self-woken task): the next poll writes all their
+                    // frames with one write(2).
+                    deregister(&lane, &mut this.waiter);
+                    this.stage = Stage::Yielded;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                };
+                if !lane.turn_driver.swap(true, Ordering::AcqRel) {
+                    deregister(&lane, &mut this.waiter);
+                    this.stage = Stage::Driver;
+                    defer(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                // A driver writes this turn (and covers this frame): park until it wakes us.
+                this.stage = Stage::Waiting;
+                match register(&lane, end, &mut this.waiter, cx) {
+                    Some(r) => decided(this, r),
+                    None => Poll::Pending,
+                }
             }
-            drop(w);
-            this.lane = None;
-            return Poll::Ready(r);
         }
-        let waker = cx.waker().clone();
-        let id = match &this.waiter {
-            Some((id, _)) => *id,
-            None => {
-                w.next_id += 1;
-                w.next_id
-            }
-        };
-        match w.list.iter_mut().find(|x| x.id == id) {
-            Some(x) => x.waker = waker.clone(),
-            None => w.list.push(Waiter {
-                id,
-                end,
-                waker: waker.clone(),
-            }),
-        }
-        this.waiter = Some((id, waker));
-        if w.sleeping {
-            // Only a sleeping sync thread needs the (futex) wake; a busy one re-checks the
-            // waiter list before it sleeps.
-            w.sleeping = false;
-            lane.cv.notify_one();
-        }
-        Poll::Pending
     }
 }
 
 impl Drop for DurableFuture {
     fn drop(&mut self) {
-        // A cancelled sync-mode future takes its registration back, so waiters stay bounded by
-        // the futures in flight.
-        if let (Some(lane), Some((id, _))) = (self.lane.as_ref(), self.waiter.as_ref()) {
-            let mut w = lock(&lane.waiters);
-            if let Some(i) = w.list.iter().position(|x| x.id == *id) {
-                w.list.swap_remove(i);
-            }
+        let Some(lane) = self.lane.take() else {
+            return;
+        };
+        // A cancelled future takes its registration back, so waiters stay bounded by the
+        // futures in flight.
+        deregister(&lane, &mut self.waiter);
+        if self.stage == Stage::Driver {
+            // The turn's writer is gone: let the parked futures elect another one.
+            lane.turn_driver.store(false, Ordering::Release);
+            lane.wake_all();
         }
     }
 }
@@ -987,7 +1088,7 @@ impl Wal {
             lane: Some(lane.clone()),
             end: pos.end,
             ready: None,
-            yielded: false,
+            stage: Stage::Fresh,
             waiter: None,
         }
     }
@@ -1083,7 +1184,11 @@ impl Wal {
             if failed && !lane.recovery_due(&io) {
                 continue;
             }
-            if let Err(e) = lane.flush(&mut io, false, false) {
+            let r = lane.flush(&mut io, false, false);
+            drop(io);
+            // Futures parked behind a turn driver that never ran (dropped) are woken here.
+            lane.wake_durable();
+            if let Err(e) = r {
                 first_err.get_or_insert(e);
             }
         }
@@ -1257,4 +1362,686 @@ pub fn read_segment(path: &Path, mut f: impl FnMut(&[u8])) -> Result<ReadReport,
     }
     report.cut_bytes = total.saturating_sub(report.bytes);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::task::Wake;
+
+    fn monoio_block_on<F: Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("monoio runtime")
+            .block_on(f)
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        futures::executor::block_on(f)
+    }
+
+    fn open(dir: &Path, sync: bool) -> Arc<Wal> {
+        Wal::open(WalConfig::new(dir.to_path_buf(), sync)).expect("open wal")
+    }
+
+    fn payload(i: usize) -> Vec<u8> {
+        format!("frame-{i}-").repeat(1 + i % 7).into_bytes()
+    }
+
+    fn read_all(paths: &[PathBuf]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for p in paths {
+            read_segment(p, |x| out.push(x.to_vec())).expect("read segment");
+        }
+        out
+    }
+
+    fn generation_of(p: &Path) -> u64 {
+        let name = p.file_name().and_then(|n| n.to_str()).expect("name");
+        parse_segment_name(name).expect("segment name").0
+    }
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, StateError>) -> bool {
+        matches!(r, Err(StateError::Unavailable(_)))
+    }
+
+    #[test]
+    fn append_durable_rotate_reads_back_in_order_both_modes() {
+        for sync in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let wal = open(&dir.path().join("wal"), sync);
+            let expect: Vec<Vec<u8>> = (0..200).map(payload).collect();
+            block_on(async {
+                for p in &expect[..150] {
+                    let pos = wal.append(p).expect("append");
+                    wal.durable(pos).await.expect("durable");
+                    assert!(wal.is_durable(pos));
+                }
+            });
+            // Appended but never awaited: rotate must still put them in a returned file.
+            let mut last = Pos::default();
+            for p in &expect[150..] {
+                last = wal.append(p).expect("append");
+            }
+            let total: u64 = expect.iter().map(|p| (HEADER + p.len()) as u64).sum();
+            assert_eq!(last.end, total);
+            assert_eq!(wal.unrotated_bytes(), total);
+            let segs = wal.rotate().expect("rotate");
+            assert_eq!(segs.len(), 1, "sync={sync}");
+            assert!(wal.is_durable(last));
+            assert_eq!(read_all(&segs), expect, "sync={sync}");
+            let r = read_segment(&segs[0], |_| {}).expect("read");
+            assert_eq!(r.frames, 200);
+            assert_eq!(r.cut_bytes, 0);
+            assert_eq!(r.bytes, total + MAGIC.len() as u64);
+            assert_eq!(wal.unrotated_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn four_threads_get_a_lane_each_and_lose_or_repeat_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), false);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let wal = wal.clone();
+                std::thread::spawn(move || {
+                    let mut lanes = HashSet::new();
+                    for i in 0..500 {
+                        let pos = wal.append(format!("t{t}-{i}").as_bytes()).expect("append");
+                        lanes.insert(pos.lane);
+                        if i % 10 == 9 {
+                            block_on(wal.durable(pos)).expect("durable");
+                        }
+                    }
+                    lanes
+                })
+            })
+            .collect();
+        let mut all_lanes = HashSet::new();
+        for h in threads {
+            let lanes = h.join().expect("thread");
+            assert_eq!(lanes.len(), 1, "one lane per thread");
+            all_lanes.extend(lanes);
+        }
+        assert_eq!(all_lanes.len(), 4, "distinct lanes");
+        let segs = wal.rotate().expect("rotate");
+        assert_eq!(segs.len(), 4);
+        let got = read_all(&segs);
+        assert_eq!(got.len(), 2000);
+        let unique: HashSet<&Vec<u8>> = got.iter().collect();
+        assert_eq!(unique.len(), 2000, "no frame twice");
+        // Per thread, frames come in append order (one lane, one segment each).
+        let mut next = [0usize; 4];
+        for p in &got {
+            let s = std::str::from_utf8(p).expect("utf8");
+            let (t, i) = s[1..].split_once('-').expect("t-i");
+            let (t, i): (usize, usize) = (t.parse().expect("t"), i.parse().expect("i"));
+            assert_eq!(next[t], i);
+            next[t] += 1;
+        }
+    }
+
+    #[test]
+    fn threads_beyond_max_lanes_share_lanes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = WalConfig::new(dir.path().to_path_buf(), true);
+        cfg.max_lanes = 2;
+        let wal = Wal::open(cfg).expect("open");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let wal = wal.clone();
+                std::thread::spawn(move || {
+                    let mut lanes = HashSet::new();
+                    for i in 0..100 {
+                        let pos = wal.append(format!("{t}-{i}").as_bytes()).expect("append");
+                        lanes.insert(pos.lane);
+                        block_on(wal.durable(pos)).expect("durable");
+                    }
+                    lanes
+                })
+            })
+            .collect();
+        for h in threads {
+            assert!(h.join().expect("thread").iter().all(|l| *l < 2));
+        }
+        let got = read_all(&wal.rotate().expect("rotate"));
+        assert_eq!(got.iter().collect::<HashSet<_>>().len(), 400);
+    }
+
+    #[test]
+    fn off_mode_futures_of_one_turn_share_one_write() {
+        const N: usize = 64;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), false);
+        let before = wal.writes_for_test();
+        monoio_block_on(async {
+            set_thread_turn_deferrer(Some(monoio_turn_deferrer));
+            let tasks: Vec<_> = (0..N)
+                .map(|i| {
+                    let wal = wal.clone();
+                    monoio::spawn(async move {
+                        let pos = wal.append(&payload(i))?;
+                        wal.durable(pos).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("durable");
+            }
+        });
+        let writes = wal.writes_for_test() - before;
+        assert!(
+            (1..=(N / 4) as u64).contains(&writes),
+            "{writes} writes for {N} futures"
+        );
+        assert_eq!(read_all(&wal.rotate().expect("rotate")).len(), N);
+    }
+
+    #[test]
+    fn off_mode_batches_on_tokio_without_a_deferral_and_stays_correct_on_monoio_without_one() {
+        const N: usize = 64;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("tokio runtime");
+        let before = wal.writes_for_test();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..N)
+                .map(|i| {
+                    let wal = wal.clone();
+                    tokio::spawn(async move {
+                        let pos = wal.append(&payload(i))?;
+                        wal.durable(pos).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("join").expect("durable");
+            }
+        });
+        let writes = wal.writes_for_test() - before;
+        assert!(writes <= (N / 4) as u64, "tokio: {writes} writes for {N}");
+        // monoio re-polls a self-woken task at once: no batching, but every future resolves.
+        monoio_block_on(async {
+            set_thread_turn_deferrer(None);
+            let tasks: Vec<_> = (0..N)
+                .map(|i| {
+                    let wal = wal.clone();
+                    monoio::spawn(async move {
+                        let pos = wal.append(&payload(i))?;
+                        wal.durable(pos).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("durable");
+            }
+        });
+        assert_eq!(read_all(&wal.rotate().expect("rotate")).len(), 2 * N);
+    }
+
+    thread_local! {
+        static DEFERRED: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn test_defer(w: Waker) {
+        DEFERRED.with_borrow_mut(|d| d.push(w));
+    }
+
+    struct FlagWake(AtomicBool);
+    impl Wake for FlagWake {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn off_mode_parked_futures_survive_a_dropped_turn_driver() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), false);
+        set_thread_turn_deferrer(Some(test_defer));
+        let a = wal.append(b"A").expect("append");
+        let b = wal.append(b"B").expect("append");
+        let (mut fa, mut fb) = (wal.durable(a), wal.durable(b));
+        let flag_a = Arc::new(FlagWake(AtomicBool::new(false)));
+        let flag_b = Arc::new(FlagWake(AtomicBool::new(false)));
+        let (wa, wb) = (Waker::from(flag_a.clone()), Waker::from(flag_b.clone()));
+        // A drives the turn (deferred), B parks behind it.
+        assert!(
+            Pin::new(&mut fa)
+                .poll(&mut Context::from_waker(&wa))
+                .is_pending()
+        );
+        assert_eq!(DEFERRED.with_borrow(Vec::len), 1);
+        assert!(
+            Pin::new(&mut fb)
+                .poll(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        assert_eq!(
+            DEFERRED.with_borrow(Vec::len),
+            1,
+            "B parked, no second deferral"
+        );
+        assert_eq!(wal.writes_for_test(), 0);
+        // The driver is cancelled before its turn ends: B is woken and takes over.
+        drop(fa);
+        assert!(flag_b.0.load(Ordering::SeqCst));
+        assert!(
+            Pin::new(&mut fb)
+                .poll(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        assert_eq!(DEFERRED.with_borrow(Vec::len), 2);
+        // Its deferral fires: one write covers both frames.
+        assert_eq!(
+            Pin::new(&mut fb).poll(&mut Context::from_waker(&wb)),
+            Poll::Ready(Ok(()))
+        );
+        assert_eq!(wal.writes_for_test(), 1);
+        assert!(wal.is_durable(a) && wal.is_durable(b));
+        assert!(!flag_a.0.load(Ordering::SeqCst));
+        set_thread_turn_deferrer(None);
+        DEFERRED.with_borrow_mut(Vec::clear);
+    }
+
+    #[test]
+    fn durable_future_works_under_monoio_and_tokio_both_modes() {
+        for sync in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let wal = open(dir.path(), sync);
+            monoio_block_on(async {
+                let tasks: Vec<_> = (0..16)
+                    .map(|t| {
+                        let wal = wal.clone();
+                        monoio::spawn(async move {
+                            for i in 0..20 {
+                                let pos = wal.append(format!("m{t}-{i}").as_bytes())?;
+                                wal.durable(pos).await?;
+                            }
+                            Ok::<(), StateError>(())
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("monoio task");
+                }
+            });
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..16)
+                    .map(|t| {
+                        let wal = wal.clone();
+                        tokio::spawn(async move {
+                            for i in 0..20 {
+                                let pos = wal.append(format!("k{t}-{i}").as_bytes())?;
+                                wal.durable(pos).await?;
+                                tokio::task::yield_now().await;
+                            }
+                            Ok::<(), StateError>(())
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("join").expect("tokio task");
+                }
+            });
+            let got = read_all(&wal.rotate().expect("rotate"));
+            assert_eq!(got.len(), 640, "sync={sync}");
+            assert_eq!(got.iter().collect::<HashSet<_>>().len(), 640);
+        }
+    }
+
+    #[test]
+    fn reader_cuts_torn_and_corrupt_frames_and_survives_garbage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(&dir.path().join("wal"), false);
+        let expect: Vec<Vec<u8>> = (0..10).map(payload).collect();
+        for p in &expect {
+            wal.append(p).expect("append");
+        }
+        let segs = wal.rotate().expect("rotate");
+        let full = fs::read(&segs[0]).expect("read file");
+        let scratch = dir.path().join("scratch");
+        let read = |bytes: &[u8]| {
+            fs::write(&scratch, bytes).expect("write scratch");
+            let mut got = Vec::new();
+            let r = read_segment(&scratch, |p| got.push(p.to_vec())).expect("read");
+            assert_eq!(r.bytes + r.cut_bytes, bytes.len() as u64);
+            assert_eq!(r.frames, got.len() as u64);
+            (got, r)
+        };
+
+        // Torn tail: the last frame lost 3 bytes.
+        let (got, r) = read(&full[..full.len() - 3]);
+        assert_eq!(got, expect[..9]);
+        assert_eq!(r.cut_bytes, (HEADER + expect[9].len() - 3) as u64);
+        // Torn inside a header.
+        let (got, r) = read(&full[..full.len() - expect[9].len() - 5]);
+        assert_eq!(got, expect[..9]);
+        assert_eq!(r.cut_bytes, 3);
+
+        // A flipped payload byte in frame 4: the CRC stops there.
+        let frame4 = MAGIC.len() + expect[..4].iter().map(|p| HEADER + p.len()).sum::<usize>();
+        let mut flipped = full.clone();
+        flipped[frame4 + HEADER + 2] ^= 0x40;
+        let (got, r) = read(&flipped);
+        assert_eq!(got, expect[..4]);
+        assert_eq!(r.cut_bytes, (full.len() - frame4) as u64);
+        // A zero length, and a length above 16 MiB, stop too.
+        let mut zero = full.clone();
+        zero[frame4..frame4 + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(read(&zero).0, expect[..4]);
+        let mut huge = full.clone();
+        huge[frame4..frame4 + 4].copy_from_slice(&(MAX_FRAME_LIMIT as u32 + 1).to_le_bytes());
+        assert_eq!(read(&huge).0, expect[..4]);
+
+        // No magic (e.g. empty after a crash right after create): 0 frames, all cut.
+        assert_eq!(read(b"").1, ReadReport::default());
+        let (got, r) = read(&full[8..]);
+        assert!(got.is_empty());
+        assert_eq!(r.cut_bytes, full.len() as u64 - 8);
+        assert_eq!(read(&full[..5]).1.cut_bytes, 5);
+
+        // Garbage, with and without the magic: never a panic, lengths add up.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for i in 0..300 {
+            let len = rng.usize(0..400);
+            let mut g: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if i % 2 == 0 {
+                g.splice(0..0, MAGIC.iter().copied());
+            }
+            read(&g);
+        }
+        assert!(matches!(
+            read_segment(&dir.path().join("missing.wal"), |_| {}),
+            Err(StateError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn off_mode_write_failure_fails_the_lane_then_recovery_keeps_the_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), false);
+        let a = wal.append(b"A").expect("append");
+        block_on(wal.durable(a)).expect("A durable");
+
+        // Keep failing until told otherwise, so the failed state is observable.
+        wal.fail_next_writes_for_test(1_000_000);
+        let b = wal.append(b"B").expect("append B");
+        let r = block_on(wal.durable(b));
+        assert!(is_unavailable(&r), "{r:?}");
+        assert!(!wal.is_healthy());
+        assert!(!wal.is_durable(b));
+        assert!(is_unavailable(&wal.append(b"C")));
+        // A retry before the back-off elapsed does not write; a due one fails again.
+        assert!(wal.flush_buffers().is_ok());
+        std::thread::sleep(RETRY_MIN + Duration::from_millis(5));
+        assert!(wal.flush_buffers().is_err());
+        assert!(!wal.is_healthy());
+
+        wal.fail_next_writes_for_test(0);
+        wait_until("recovery", || {
+            let _ = wal.flush_buffers();
+            wal.is_healthy()
+        });
+        // The kept bytes (B) landed in the new segment.
+        assert!(wal.is_durable(b));
+        let d = wal.append(b"D").expect("append after recovery");
+        block_on(wal.durable(d)).expect("D durable");
+
+        let segs = wal.rotate().expect("rotate");
+        assert!(segs.len() >= 2, "{segs:?}");
+        let got = read_all(&segs);
+        assert_eq!(got, vec![b"A".to_vec(), b"B".to_vec(), b"D".to_vec()]);
+    }
+
+    #[test]
+    fn sync_mode_fdatasync_failure_then_recovery_without_repeated_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), true);
+        let a = wal.append(b"A").expect("append");
+        block_on(wal.durable(a)).expect("A durable");
+
+        // B reaches the file, its fdatasync fails (and keeps failing in the retries).
+        wal.fail_next_syncs_for_test(1_000_000);
+        let b = wal.append(b"B").expect("append B");
+        let r = monoio_block_on(wal.durable(b));
+        assert!(is_unavailable(&r), "{r:?}");
+        assert!(!wal.is_healthy());
+        assert!(is_unavailable(&wal.append(b"C")));
+        // A position that failed stays failed while the lane is failed.
+        assert!(is_unavailable(&block_on(wal.durable(b))));
+
+        wal.fail_next_syncs_for_test(0);
+        wait_until("recovery", || wal.is_healthy());
+        assert!(wal.is_durable(b));
+        let d = wal.append(b"D").expect("append after recovery");
+        monoio_block_on(wal.durable(d)).expect("D durable");
+
+        // Every failed segment was cut back to its last fdatasync: B exists once.
+        let got = read_all(&wal.rotate().expect("rotate"));
+        assert_eq!(got, vec![b"A".to_vec(), b"B".to_vec(), b"D".to_vec()]);
+    }
+
+    #[test]
+    fn sync_mode_write_failure_recovers_with_backoff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), true);
+        // The failed write, then two failed recovery attempts (20 ms, then 40 ms later).
+        wal.fail_next_writes_for_test(3);
+        let a = wal.append(b"A").expect("append");
+        let t0 = Instant::now();
+        assert!(is_unavailable(&block_on(wal.durable(a))));
+        wait_until("recovery", || wal.is_healthy());
+        assert!(t0.elapsed() >= RETRY_MIN * 3, "{:?}", t0.elapsed());
+        assert!(wal.is_durable(a));
+        let b = wal.append(b"B").expect("append");
+        block_on(wal.durable(b)).expect("B durable");
+        let got = read_all(&wal.rotate().expect("rotate"));
+        assert_eq!(got, vec![b"A".to_vec(), b"B".to_vec()]);
+    }
+
+    #[test]
+    fn rotate_lifecycle_and_generations_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Left by a crash right after create; and a file that is not a segment.
+        let empty = dir.path().join(segment_name(5, 0));
+        fs::write(&empty, b"").expect("write");
+        let notes = dir.path().join("notes.txt");
+        fs::write(&notes, b"x").expect("write");
+
+        let wal = open(dir.path(), false);
+        wal.append(b"A").expect("append");
+        let segs = wal.rotate().expect("rotate");
+        assert_eq!(segs.len(), 2);
+        assert_eq!(segs[0], empty);
+        assert!(generation_of(&segs[1]) > 5);
+        assert_eq!(read_all(&segs), vec![b"A".to_vec()]);
+        // Not removed yet: returned again.
+        assert_eq!(wal.rotate().expect("rotate"), segs);
+        assert!(matches!(
+            wal.remove_sealed(std::slice::from_ref(&notes)),
+            Err(StateError::Invalid(_))
+        ));
+        wal.remove_sealed(&segs).expect("remove");
+        assert!(segs.iter().all(|p| !p.exists()));
+        assert!(notes.exists());
+        assert!(wal.rotate().expect("rotate").is_empty());
+
+        wal.append(b"B").expect("append");
+        let b_segs = wal.rotate().expect("rotate");
+        assert_eq!(b_segs.len(), 1);
+        assert!(generation_of(&b_segs[0]) > generation_of(&segs[1]));
+        drop(wal);
+
+        let wal = open(dir.path(), false);
+        assert_eq!(list_segments(dir.path()).expect("list"), b_segs);
+        wal.append(b"C").expect("append");
+        let all = wal.rotate().expect("rotate");
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], b_segs[0], "found at open, oldest first");
+        assert!(generation_of(&all[1]) > generation_of(&b_segs[0]));
+        assert_eq!(read_all(&all), vec![b"B".to_vec(), b"C".to_vec()]);
+        assert_eq!(list_segments(dir.path()).expect("list"), all);
+        wal.remove_sealed(&all[..1]).expect("remove");
+        assert_eq!(wal.rotate().expect("rotate"), all[1..]);
+    }
+
+    #[test]
+    fn sync_mode_concurrent_tasks_group_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), true);
+        let ops = 8 * 100;
+        monoio_block_on(async {
+            let tasks: Vec<_> = (0..8)
+                .map(|t| {
+                    let wal = wal.clone();
+                    monoio::spawn(async move {
+                        for i in 0..100 {
+                            let pos = wal.append(format!("{t}-{i}").as_bytes())?;
+                            wal.durable(pos).await?;
+                        }
+                        Ok::<(), StateError>(())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        let syncs = wal.syncs_for_test();
+        assert!(syncs < ops, "{syncs} fdatasyncs for {ops} ops");
+        assert_eq!(read_all(&wal.rotate().expect("rotate")).len(), ops as usize);
+    }
+
+    #[test]
+    fn limits_answer_invalid_and_overloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = WalConfig::new(dir.path().to_path_buf(), false);
+        cfg.max_frame_bytes = 100;
+        cfg.max_lane_buffer_bytes = 1024;
+        let wal = Wal::open(cfg.clone()).expect("open");
+        assert!(matches!(wal.append(b""), Err(StateError::Invalid(_))));
+        assert!(matches!(wal.append(&[0; 101]), Err(StateError::Invalid(_))));
+        let mut last = Pos::default();
+        for _ in 0..1024 / 108 {
+            last = wal.append(&[1; 100]).expect("append");
+        }
+        assert_eq!(wal.append(&[1; 100]), Err(StateError::Overloaded));
+        block_on(wal.durable(last)).expect("durable");
+        wal.append(&[1; 100]).expect("room again once written");
+
+        for (lanes, frame) in [
+            (0, 100),
+            (MAX_LANES_LIMIT + 1, 100),
+            (1, MAX_FRAME_LIMIT + 1),
+        ] {
+            let mut c = cfg.clone();
+            c.max_lanes = lanes;
+            c.max_frame_bytes = frame;
+            c.max_lane_buffer_bytes = 64 << 20;
+            assert!(matches!(Wal::open(c), Err(StateError::Invalid(_))));
+        }
+        assert!(matches!(
+            block_on(wal.durable(Pos { lane: 9, end: 1 })),
+            Err(StateError::Invalid(_))
+        ));
+        assert!(block_on(wal.durable(Pos::default())).is_ok());
+    }
+
+    struct CountWake;
+    impl Wake for CountWake {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn sync_mode_repolls_and_cancelled_futures_do_not_grow_the_waiter_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), true);
+        let pos = wal.append(b"A").expect("append");
+        let lane = wal.lane(pos.lane).expect("lane").clone();
+        let mut fut = wal.durable(pos);
+        {
+            // Holding the writer lock keeps the sync thread from completing anything.
+            let _io = lock(&lane.io);
+            for _ in 0..100 {
+                let waker = Waker::from(Arc::new(CountWake));
+                let mut cx = Context::from_waker(&waker);
+                assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+            }
+            assert_eq!(lock(&lane.waiters).list.len(), 1);
+            for _ in 0..10 {
+                let mut other = wal.durable(pos);
+                let waker = Waker::from(Arc::new(CountWake));
+                assert!(
+                    Pin::new(&mut other)
+                        .poll(&mut Context::from_waker(&waker))
+                        .is_pending()
+                );
+            }
+            assert_eq!(lock(&lane.waiters).list.len(), 1, "cancelled ones left");
+        }
+        block_on(fut).expect("durable");
+        assert!(lock(&lane.waiters).list.is_empty());
+    }
+
+    #[test]
+    fn flush_buffers_writes_bytes_no_future_drives() {
+        for sync in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let wal = open(dir.path(), sync);
+            let pos = wal.append(b"orphan").expect("append");
+            assert!(!wal.is_durable(pos));
+            wait_until("flush", || {
+                wal.flush_buffers().expect("flush");
+                wal.is_durable(pos)
+            });
+            // In the OS (readable) before any rotate.
+            let segs = list_segments(dir.path()).expect("list");
+            assert_eq!(read_all(&segs), vec![b"orphan".to_vec()], "sync={sync}");
+        }
+    }
+
+    #[test]
+    fn dropping_the_wal_resolves_pending_futures_and_writes_buffers() {
+        for sync in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let wal = open(dir.path(), sync);
+            let pos = wal.append(b"last").expect("append");
+            let fut = wal.durable(pos);
+            drop(wal);
+            assert_eq!(block_on(fut), Ok(()), "sync={sync}");
+            let segs = list_segments(dir.path()).expect("list");
+            assert_eq!(read_all(&segs), vec![b"last".to_vec()]);
+        }
+    }
+
+    #[test]
+    fn sync_all_fdatasyncs_in_off_mode_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), false);
+        let pos = wal.append(b"A").expect("append");
+        let before = wal.syncs_for_test();
+        wal.sync_all().expect("sync_all");
+        assert!(wal.is_durable(pos));
+        assert_eq!(wal.syncs_for_test(), before + 1);
+        let lane = wal.lane(pos.lane).expect("lane");
+        assert_eq!(lane.synced.load(Ordering::Acquire), pos.end);
+    }
 }
