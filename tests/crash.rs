@@ -408,13 +408,12 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
 /// hand-over mark), `handed-N` accepted and marked (killed while the parts were with a
 /// session), `stale` never handed but accepted 2 h ago (over `resubmit_max_age_s`).
 fn write_crash_leftovers(state_dir: &Path, never: usize, handed: usize) {
-    use smsgw::state::{
-        EmbeddedConfig, EmbeddedStore, Encoding, MessageKey, MessageRecord, PartUpdate, StateStore,
-        unix_ms,
-    };
-    let store = EmbeddedStore::open(EmbeddedConfig {
+    use smsgw::state::journal::{JournalConfig, JournalStore};
+    use smsgw::state::{Encoding, MessageKey, MessageRecord, PartUpdate, StateStore, unix_ms};
+    // The gateway's default engine (journal): the same store `serve` opens next.
+    let store = JournalStore::open(JournalConfig {
         path: state_dir.to_path_buf(),
-        ..EmbeddedConfig::default()
+        ..JournalConfig::default()
     })
     .expect("open the stopped gateway's state");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -599,7 +598,10 @@ fn resubmission_off_fails_never_handed_leftovers() {
     assert_eq!(sim.submits_total(), 2, "a leftover was sent: {received:?}");
 }
 
-/// A real SIGKILL while many messages sit between `create` and the hand-over mark: the state
+/// A real SIGKILL while many messages sit between `create` and the hand-over mark, on the
+/// `writer` engine (the journal engine has no linger to widen that window; its hand-over
+/// window is covered by `sigkill_with_a_queue_behind_a_full_window_resubmits_the_waiting_messages`
+/// and `never_handed_messages_are_resubmitted_exactly_once`): the state
 /// writer lingers 100 ms per batch (`batch_delay_us`), so every state write waits up to
 /// 100 ms, the SMSC answers after 0–40 ms, and each of the 32 clients thinks 0–300 ms between
 /// requests, which spreads them over the write batches (with less think time they stay in
@@ -616,7 +618,11 @@ fn sigkill_between_accept_and_hand_over_resubmits_once() {
     let sim = Sim::start(&["--messages-capacity", "20000"]);
     sim.set_faults(r#"{"latency_ms": 20, "latency_jitter_ms": 20}"#);
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = configs_with(dir.path(), &sim, "batch_delay_us = 100000\n");
+    let (a, b) = configs_with(
+        dir.path(),
+        &sim,
+        "engine = \"writer\"\nbatch_delay_us = 100000\n",
+    );
     let (mut gw, url) = start_gw(&a, &b);
     common::wait_link_connected(&url, 100);
     // Think time: requests arrive at random moments, spread over the write batches (in

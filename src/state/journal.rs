@@ -1269,8 +1269,14 @@ impl StateStore for JournalStore {
         self.after(self.inner.expire(now_ms, limit))
     }
 
+    /// Syncs every log and folds them into the cold store (graceful shutdown: the next start
+    /// replays nothing). Blocking I/O on the caller's thread: it runs once, at shutdown.
     fn flush(&self) -> StoreFuture<()> {
-        ready(self.inner.wal.sync_all())
+        ready(self.inner.wal.sync_all().and_then(|()| {
+            self.inner.checkpoint()?;
+            let t = self.inner.cold()?;
+            t.db.persist(PersistMode::SyncAll).map_err(fjall_err)
+        }))
     }
 
     fn is_available(&self) -> bool {
