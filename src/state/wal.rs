@@ -589,6 +589,22 @@ impl Lane {
         Ok(end)
     }
 
+    /// Off mode, the write of a turn (by its driver, or by a self-woken future): writes the
+    /// lane's buffer and wakes the futures parked behind it; answers the outcome of `end`.
+    fn drive_turn(&self, end: u64) -> Result<(), StateError> {
+        // Cleared before taking the buffer: a future that still finds the flag set appended
+        // before this write takes the buffer, so the write covers its frame.
+        self.turn_driver.swap(false, Ordering::AcqRel);
+        if self.appended.load(Ordering::Acquire) > self.written.load(Ordering::Acquire) {
+            let mut io = lock(&self.io);
+            // An error is recorded in the lane and read back by `outcome`.
+            let _ = self.write_out(&mut io, false);
+        }
+        self.wake_durable();
+        self.outcome(end)
+            .unwrap_or_else(|| Err(unavailable("wal: frame not written")))
+    }
+
     /// Wakes the waiters whose position is durable.
     fn wake_durable(&self) {
         let d = self.durable_end();
@@ -839,10 +855,12 @@ impl Future for DurableFuture {
             this.lane = None;
             Poll::Ready(r)
         };
+        if this.stage == Stage::Driver {
+            // The turn's writer: write even if this frame already made it (e.g. through
+            // `flush_buffers`), since futures parked behind it wait for this write.
+            return decided(this, lane.drive_turn(end));
+        }
         if let Some(r) = lane.outcome(end) {
-            if this.stage == Stage::Driver {
-                lane.turn_driver.store(false, Ordering::Release);
-            }
             return decided(this, r);
         }
         if lane.shared.sync {
@@ -859,23 +877,7 @@ impl Future for DurableFuture {
             };
         }
         match this.stage {
-            Stage::Yielded | Stage::Driver => {
-                if this.stage == Stage::Driver {
-                    // Cleared before taking the buffer: a future that still finds the flag set
-                    // appended before this write takes the buffer, so the write covers it.
-                    lane.turn_driver.swap(false, Ordering::AcqRel);
-                }
-                {
-                    let mut io = lock(&lane.io);
-                    // An error is recorded in the lane and read back by `outcome`.
-                    let _ = lane.write_out(&mut io, false);
-                }
-                lane.wake_durable();
-                let r = lane
-                    .outcome(end)
-                    .unwrap_or_else(|| Err(unavailable("wal: frame not written")));
-                decided(this, r)
-            }
+            Stage::Yielded | Stage::Driver => decided(this, lane.drive_turn(end)),
             Stage::Fresh | Stage::Waiting => {
                 let Some(defer) = TURN_DEFER.try_with(Cell::get).ok().flatten() else {
                     // Yield once so the other ready tasks of this turn append too (tokio runs
@@ -1653,6 +1655,45 @@ mod tests {
         assert_eq!(wal.writes_for_test(), 1);
         assert!(wal.is_durable(a) && wal.is_durable(b));
         assert!(!flag_a.0.load(Ordering::SeqCst));
+        set_thread_turn_deferrer(None);
+        DEFERRED.with_borrow_mut(Vec::clear);
+    }
+
+    #[test]
+    fn off_mode_turn_driver_writes_for_parked_futures_even_if_its_own_frame_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), false);
+        set_thread_turn_deferrer(Some(test_defer));
+        let a = wal.append(b"A").expect("append");
+        let mut fa = wal.durable(a);
+        let flag_b = Arc::new(FlagWake(AtomicBool::new(false)));
+        let wb = Waker::from(flag_b.clone());
+        assert!(
+            Pin::new(&mut fa)
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending()
+        );
+        // The background flush writes A before the driver's turn ends...
+        wal.flush_buffers().expect("flush");
+        assert!(wal.is_durable(a));
+        // ...and B, appended after, parks behind the still-scheduled driver.
+        let b = wal.append(b"B").expect("append");
+        let mut fb = wal.durable(b);
+        assert!(
+            Pin::new(&mut fb)
+                .poll(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        assert_eq!(
+            Pin::new(&mut fa).poll(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(Ok(()))
+        );
+        assert!(wal.is_durable(b), "the driver wrote B");
+        assert!(flag_b.0.load(Ordering::SeqCst), "and woke it");
+        assert_eq!(
+            Pin::new(&mut fb).poll(&mut Context::from_waker(&wb)),
+            Poll::Ready(Ok(()))
+        );
         set_thread_turn_deferrer(None);
         DEFERRED.with_borrow_mut(Vec::clear);
     }
