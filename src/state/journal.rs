@@ -208,6 +208,8 @@ pub struct JournalStats {
     pub loaded: u64,
     /// Records replayed from the logs at open.
     pub replayed: u64,
+    /// Log bytes written since the last checkpoint sealed the logs.
+    pub log_bytes: u64,
 }
 
 struct Inner {
@@ -351,6 +353,7 @@ impl JournalStore {
             evicted: i.evicted.load(Ordering::Relaxed),
             loaded: i.loaded.load(Ordering::Relaxed),
             replayed: i.replayed.load(Ordering::Relaxed),
+            log_bytes: i.wal.unrotated_bytes(),
         }
     }
 
