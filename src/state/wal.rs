@@ -7,7 +7,9 @@
 //!
 //! * `sync == false` (durable = written to the OS): the future yields once (so the other ready
 //!   tasks of the same event-loop turn append their frames too), then writes the lane's whole
-//!   buffer itself: one `write(2)` per lane per turn, no thread hop.
+//!   buffer itself: one `write(2)` per lane per turn, no thread hop. On tokio a self-wake is
+//!   that yield; monoio re-polls a self-woken task at once, so monoio threads must install
+//!   [`monoio_turn_deferrer`] with [`set_thread_turn_deferrer`] (else: one write per op).
 //! * `sync == true` (durable = fdatasync'ed): each lane has a sync thread (`state-wal-<lane>`)
 //!   that writes and fdatasyncs whatever accumulated and wakes the futures it made durable.
 //!   While one fdatasync runs, new frames accumulate: group commit happens by itself.
@@ -316,6 +318,8 @@ struct Waiter {
     waker: Waker,
 }
 
+// Own cache lines: a lane's atomics are written per op by its thread only.
+#[repr(align(128))]
 struct Lane {
     index: u32,
     shared: Arc<Shared>,
@@ -608,9 +612,13 @@ impl Lane {
     /// Wakes the waiters whose position is durable.
     fn wake_durable(&self) {
         let d = self.durable_end();
-        let mut ready = Vec::new();
-        {
+        let ready = {
             let mut w = lock(&self.waiters);
+            if w.list.is_empty() {
+                return;
+            }
+            // Woken outside the lock: a waker may do real work (cross-thread unpark).
+            let mut ready = Vec::with_capacity(w.list.len());
             let mut i = 0;
             while i < w.list.len() {
                 if w.list[i].end <= d {
@@ -619,7 +627,8 @@ impl Lane {
                     i += 1;
                 }
             }
-        }
+            ready
+        };
         for waker in ready {
             waker.wake();
         }
@@ -1415,6 +1424,14 @@ mod tests {
 
     fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, StateError>) -> bool {
         matches!(r, Err(StateError::Unavailable(_)))
+    }
+
+    #[test]
+    fn types_are_shareable_across_runtimes() {
+        fn shared<T: Send + Sync + 'static>() {}
+        fn future<T: Future + Send + Unpin + 'static>() {}
+        shared::<Wal>();
+        future::<DurableFuture>();
     }
 
     #[test]
