@@ -126,19 +126,75 @@ fn head(gw: &Gateway) -> String {
         .to_ascii_lowercase()
 }
 
+/// The families of the embedded backend's journal engine (the default): present only with it.
+const JOURNAL_FAMILIES: [&str; 8] = [
+    "smsgw_state_hot_records",
+    "smsgw_state_log_bytes",
+    "smsgw_state_checkpoints_total",
+    "smsgw_state_checkpointed_records_total",
+    "smsgw_state_checkpoint_failures_total",
+    "smsgw_state_evicted_total",
+    "smsgw_state_cold_loads_total",
+    "smsgw_state_replayed_records",
+];
+
+/// The families of the embedded backend's writer engine: present only with it.
+const WRITER_FAMILIES: [&str; 3] = [
+    "smsgw_state_queue_len",
+    "smsgw_state_batches_total",
+    "smsgw_state_batched_ops_total",
+];
+
+/// Writes the test configs for `o` into a new temp dir with `state_extra` (lines) added to
+/// its `[state]` table, and starts the gateway. Returns it and the config paths (to restart
+/// it on the same state directory).
+fn start_with_state(
+    o: &GatewayOptions,
+    state_extra: &str,
+) -> (Gateway, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = common::write_configs(dir.path(), o);
+    let text = std::fs::read_to_string(&a).unwrap();
+    assert!(text.contains("[state]\n"), "{text}");
+    std::fs::write(
+        &a,
+        text.replacen("[state]\n", &format!("[state]\n{state_extra}"), 1),
+    )
+    .unwrap();
+    let gw = Gateway::spawn_in(dir, &a, &b);
+    (gw, a, b)
+}
+
 /// With room in the window, a message costs three state writes (accepted-and-marked,
 /// submitted, receipt): the hand-over mark rides on the create instead of being a fourth
-/// awaited write (the slow path, behind a full window, writes it separately).
+/// awaited write (the slow path, behind a full window, writes it separately). Counted by the
+/// `writer` engine, whose batches are the only place writes are counted one by one.
 #[test]
 fn a_message_with_room_in_the_window_costs_three_state_writes() {
     const N: u64 = 10;
     let sim = Sim::start(&[]);
-    let gw = Gateway::start(GatewayOptions {
-        links: vec![LinkSpec::new(100, sim.smpp_port)],
-        legacy_driver: common::legacy_from_env(),
-        ..Default::default()
-    });
+    let (gw, _, _) = start_with_state(
+        &GatewayOptions {
+            links: vec![LinkSpec::new(100, sim.smpp_port)],
+            ..Default::default()
+        },
+        "engine = \"writer\"\n",
+    );
     gw.wait_links(&[100], true, UP);
+    // The writer engine shows its queue families and none of the journal's.
+    let (s, _) = scrape(&gw);
+    for name in WRITER_FAMILIES {
+        assert!(
+            value(&s, name, &[]).is_some(),
+            "{name} with the writer engine"
+        );
+    }
+    for name in JOURNAL_FAMILIES {
+        assert!(
+            value(&s, name, &[]).is_none(),
+            "{name} with the writer engine"
+        );
+    }
     let ops = |gw: &Gateway| value(&scrape(gw).0, "smsgw_state_batched_ops_total", &[]);
     let before = ops(&gw).expect("state ops metric");
     let mut txids = Vec::new();
@@ -256,8 +312,31 @@ fn counters_histograms_and_link_state() {
         value(&samples, "smsgw_messages_failed_total", &[]),
         Some(0.0)
     );
-    // Process-wide sources are wired: state store queue, CDR backlog probe, routing view.
-    assert!(value(&samples, "smsgw_state_queue_len", &[]).is_some());
+    // Process-wide sources are wired: the state store (journal engine, the default), CDR
+    // backlog probe, routing view.
+    let hot = value(&samples, "smsgw_state_hot_records", &[]);
+    assert!(
+        hot.is_some_and(|v| v >= N as f64),
+        "{N} fresh messages are in memory: hot_records {hot:?}"
+    );
+    // `open` checkpoints once before serving, so at least one checkpoint is counted.
+    assert!(
+        value(&samples, "smsgw_state_checkpoints_total", &[]).is_some_and(|v| v >= 1.0),
+        "checkpoints {:?}",
+        value(&samples, "smsgw_state_checkpoints_total", &[])
+    );
+    assert!(value(&samples, "smsgw_state_checkpointed_records_total", &[]).is_some());
+    assert_eq!(
+        value(&samples, "smsgw_state_checkpoint_failures_total", &[]),
+        Some(0.0)
+    );
+    assert!(value(&samples, "smsgw_state_log_bytes", &[]).is_some());
+    for name in WRITER_FAMILIES {
+        assert!(
+            value(&samples, name, &[]).is_none(),
+            "{name} with the journal engine"
+        );
+    }
     assert!(
         value(&samples, "smsgw_cdr_queue_len", &[]).is_some(),
         "cdr probe not wired"
@@ -690,9 +769,83 @@ fn remote_policy_health_follows_the_mcp_service() {
     assert!(up, "remote_up never recovered after the service came back");
 }
 
+/// The journal engine's restart families: messages sent and then SIGKILLed before any
+/// periodic checkpoint (interval at its maximum, so only the one at open runs) are replayed
+/// from the logs at the next start, which `smsgw_state_replayed_records` shows, and the
+/// checkpoint at that open folds them into the cold store.
+#[test]
+fn journal_replay_after_sigkill_is_counted() {
+    const N: u64 = 6;
+    let sim = Sim::start(&[]);
+    let o = GatewayOptions {
+        links: vec![LinkSpec::new(100, sim.smpp_port)],
+        ..Default::default()
+    };
+    let (gw, a, b) = start_with_state(&o, "checkpoint_interval_ms = 600000\n");
+    gw.wait_links(&[100], true, UP);
+    let mut txids = Vec::new();
+    for i in 0..N {
+        let (st, v) = gw.send(100, &format!("49156{i:06}"), "journal");
+        assert_eq!(st, 200, "{v}");
+        txids.push(v["transaction_id"].as_str().unwrap().to_string());
+    }
+    for t in &txids {
+        gw.wait_status(t, "delivered", Duration::from_secs(10));
+    }
+    let (s, _) = scrape(&gw);
+    assert!(
+        value(&s, "smsgw_state_hot_records", &[]).is_some_and(|v| v >= N as f64),
+        "hot_records {:?}",
+        value(&s, "smsgw_state_hot_records", &[])
+    );
+    assert!(
+        value(&s, "smsgw_state_log_bytes", &[]).is_some_and(|v| v > 0.0),
+        "{N} messages written since the checkpoint at open: log_bytes {:?}",
+        value(&s, "smsgw_state_log_bytes", &[])
+    );
+    assert_eq!(value(&s, "smsgw_state_replayed_records", &[]), Some(0.0));
+    assert_eq!(
+        value(&s, "smsgw_state_checkpoint_failures_total", &[]),
+        Some(0.0)
+    );
+    let Gateway { mut proc, dir, .. } = gw;
+    proc.kill(); // SIGKILL: no flush, the logs stay
+
+    let gw = Gateway::spawn_in(dir, &a, &b);
+    let (s, _) = scrape(&gw);
+    assert_eq!(
+        value(&s, "smsgw_state_replayed_records", &[]),
+        Some(N as f64),
+        "one record per message replayed from the logs"
+    );
+    assert!(
+        value(&s, "smsgw_state_checkpoints_total", &[]).is_some_and(|v| v >= 1.0),
+        "open checkpoints the replayed records"
+    );
+    assert!(
+        value(&s, "smsgw_state_checkpointed_records_total", &[]).is_some_and(|v| v >= N as f64),
+        "checkpointed {:?}",
+        value(&s, "smsgw_state_checkpointed_records_total", &[])
+    );
+    assert!(
+        value(&s, "smsgw_state_hot_records", &[]).is_some_and(|v| v >= N as f64),
+        "replayed records stay in memory"
+    );
+    for t in &txids {
+        let (st, v) = gw.get(&format!("/api/v1/sms/{t}"));
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["status"], "delivered", "{v}");
+    }
+}
+
 /// Families present only when their source is configured (Redis for limits, the policy
-/// engine's Redis store or a remote MCP); documented like the rest.
-const CONDITIONAL: [&str; 9] = [
+/// engine's Redis store or a remote MCP, the embedded backend's writer engine; the default
+/// journal engine's families are emitted by the gateway of the test below); documented like
+/// the rest.
+const CONDITIONAL: [&str; 12] = [
+    "smsgw_state_queue_len",
+    "smsgw_state_batches_total",
+    "smsgw_state_batched_ops_total",
     "smsgw_redis_up",
     "smsgw_redis_round_trips_total",
     "smsgw_redis_transitions_total",

@@ -18,6 +18,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::registry::Registry;
 
+use crate::state::journal::JournalStats;
+
 use super::{
     CALLBACK_FAILURES, CdrBacklog, GRPC_CODES, GRPC_METHODS, HistogramSnapshot, LATENCY_BUCKETS,
     LinkSnapshot, Metrics, ROUTES, STATUSES, Snapshot, reason_label,
@@ -38,6 +40,8 @@ pub struct Gauges {
     pub state_queue_len: Option<u64>,
     pub state_batches: u64,
     pub state_batched_ops: u64,
+    /// `None`: the embedded backend does not run the journal engine (or the store is gone).
+    pub state_journal: Option<JournalStats>,
     /// CDRs the writer accepted / refused (backpressure) since start.
     pub cdr_accepted: u64,
     pub cdr_refused: u64,
@@ -469,6 +473,48 @@ fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Re
             g.state_batched_ops,
         )?;
     }
+    if let Some(j) = g.state_journal {
+        o.gauge(
+            "smsgw_state_hot_records",
+            "Message records held in memory by the journal engine (bounded by [state] hot_max_records).",
+            j.hot_records as u64,
+        )?;
+        o.gauge(
+            "smsgw_state_log_bytes",
+            "Journal log bytes written since the last checkpoint (what a crash restart replays).",
+            j.log_bytes,
+        )?;
+        o.counter(
+            "smsgw_state_checkpoints_total",
+            "Journal checkpoints completed (logs folded into the cold store, then deleted).",
+            j.checkpoints,
+        )?;
+        o.counter(
+            "smsgw_state_checkpointed_records_total",
+            "Record images written to the cold store by journal checkpoints.",
+            j.checkpointed_records,
+        )?;
+        o.counter(
+            "smsgw_state_checkpoint_failures_total",
+            "Journal checkpoints that failed (retried; the logs are kept and grow until one succeeds).",
+            j.checkpoint_failures,
+        )?;
+        o.counter(
+            "smsgw_state_evicted_total",
+            "Checkpointed, unchanged records dropped from memory by the journal engine.",
+            j.evicted,
+        )?;
+        o.counter(
+            "smsgw_state_cold_loads_total",
+            "Records read back from the cold store into memory (late receipts, queries, repeats).",
+            j.loaded,
+        )?;
+        o.gauge(
+            "smsgw_state_replayed_records",
+            "Records replayed from the journal logs at the last start (after a crash).",
+            j.replayed,
+        )?;
+    }
     o.counter(
         "smsgw_state_write_failed_after_submit_total",
         "Submitted messages whose outcome could not be written (their receipts will not correlate).",
@@ -667,6 +713,75 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn journal_families_appear_only_with_the_journal_engine() {
+        let m = Arc::new(Metrics::new(1, vec![]));
+        let journal = [
+            "smsgw_state_hot_records",
+            "smsgw_state_log_bytes",
+            "smsgw_state_checkpoints_total",
+            "smsgw_state_checkpointed_records_total",
+            "smsgw_state_checkpoint_failures_total",
+            "smsgw_state_evicted_total",
+            "smsgw_state_cold_loads_total",
+            "smsgw_state_replayed_records",
+        ];
+        // The writer engine: its queue families, none of the journal's.
+        let writer = render(
+            &m,
+            &Gauges {
+                state_queue_len: Some(0),
+                ..Gauges::default()
+            },
+        );
+        for name in journal {
+            assert!(!writer.contains(name), "{name} without the journal engine");
+        }
+        let text = render(
+            &m,
+            &Gauges {
+                state_journal: Some(JournalStats {
+                    hot_records: 12,
+                    checkpoints: 3,
+                    checkpointed_records: 40,
+                    checkpoint_failures: 1,
+                    evicted: 9,
+                    loaded: 2,
+                    replayed: 5,
+                    log_bytes: 4096,
+                }),
+                ..Gauges::default()
+            },
+        );
+        for line in [
+            "# TYPE smsgw_state_hot_records gauge\n",
+            "smsgw_state_hot_records 12\n",
+            "# TYPE smsgw_state_log_bytes gauge\n",
+            "smsgw_state_log_bytes 4096\n",
+            "# TYPE smsgw_state_checkpoints_total counter\n",
+            "smsgw_state_checkpoints_total 3\n",
+            "smsgw_state_checkpointed_records_total 40\n",
+            "# TYPE smsgw_state_checkpoint_failures_total counter\n",
+            "smsgw_state_checkpoint_failures_total 1\n",
+            "smsgw_state_evicted_total 9\n",
+            "smsgw_state_cold_loads_total 2\n",
+            "# TYPE smsgw_state_replayed_records gauge\n",
+            "smsgw_state_replayed_records 5\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        for name in journal {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+        assert!(
+            !text.contains("smsgw_state_queue_len"),
+            "writer families without the writer"
+        );
     }
 
     #[test]

@@ -418,13 +418,19 @@ impl ShardMetrics {
 /// Reads `(queue length, batches, batched ops)` of the state store at scrape time.
 pub type StateProbe = Box<dyn Fn() -> (u64, u64, u64) + Send + Sync>;
 
+/// Reads the journal engine's counters at scrape time; `None` once the store is gone (the
+/// probe holds it weakly), which drops its families from the page.
+pub type JournalProbe = Box<dyn Fn() -> Option<crate::state::journal::JournalStats> + Send + Sync>;
+
 /// All shards' slots, created once at startup.
 pub struct Metrics {
     shards: Box<[ShardMetrics]>,
     /// Link ids, in slot order.
     link_ids: Vec<u32>,
-    /// Set at startup when the state backend reports a backlog.
+    /// Set at startup when the state backend reports a backlog (embedded, writer engine).
     pub state_probe: OnceLock<StateProbe>,
+    /// Set at startup when the embedded backend runs the journal engine.
+    pub journal_probe: OnceLock<JournalProbe>,
     /// Set at startup by `serve` to read the CDR writer's backlog.
     pub cdr_probe: OnceLock<CdrProbe>,
     /// Delivery-status callbacks (side runtime).
@@ -451,6 +457,7 @@ impl Metrics {
                 .collect(),
             link_ids,
             state_probe: OnceLock::new(),
+            journal_probe: OnceLock::new(),
             cdr_probe: OnceLock::new(),
             callbacks: CallbackMetrics::default(),
             recovered_resubmitted: Counter::default(),

@@ -124,6 +124,9 @@ pub fn process_gauges(shared: &Shared) -> Gauges {
         g.state_batches = batches;
         g.state_batched_ops = ops;
     }
+    if let Some(probe) = shared.metrics.journal_probe.get() {
+        g.state_journal = probe();
+    }
     if shared.config.policy.remote.is_some() {
         let r = crate::policy::remote::stats();
         g.policy_remote = Some(PolicyRemoteHealth {

@@ -331,6 +331,13 @@ fn open_store(
                 },
             )
             .map_err(|e| ServeError::State(e.to_string()))?;
+            // Weak, like the writer's probe: the scrape must not keep the store (and its
+            // checkpoint thread) alive past shutdown. A scrape runs on a shard, which holds
+            // the store through `Shared`, so the upgraded handle is never the last one.
+            let probe = Arc::downgrade(&store);
+            let _ = metrics
+                .journal_probe
+                .set(Box::new(move || probe.upgrade().map(|s| s.stats())));
             Ok(store)
         }
         StateBackend::Embedded => {
