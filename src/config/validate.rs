@@ -274,8 +274,12 @@ impl Check<'_, '_, '_> {
             1,
             100_000_000,
         );
-        let hot_max_records =
-            self.int::<usize>("state.hot_max_records", f.hot_max_records, 1_000, 100_000_000);
+        let hot_max_records = self.int::<usize>(
+            "state.hot_max_records",
+            f.hot_max_records,
+            1_000,
+            100_000_000,
+        );
         let hot = self.secs("state.hot_s", f.hot_s, 1, 86_400);
         let checkpoint_interval = self
             .int::<u64>(

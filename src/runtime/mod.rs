@@ -208,6 +208,11 @@ where
                 );
                 let _ = ready_tx.send((id, Ok(driver)));
                 drop(ready_tx);
+                // The journal state engine's log writes batch per event-loop turn only with
+                // this hook on monoio threads (monoio re-polls a self-woken task at once).
+                crate::state::wal::set_thread_turn_deferrer(Some(
+                    crate::state::wal::monoio_turn_deferrer,
+                ));
                 let ctx = ShardContext {
                     id,
                     shard_count,

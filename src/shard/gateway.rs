@@ -318,8 +318,8 @@ fn open_store(
     match config.state.backend {
         StateBackend::Embedded if config.state.engine == crate::config::EmbeddedEngine::Journal => {
             let s = &config.state;
-            let store = crate::state::journal::JournalStore::open(
-                crate::state::journal::JournalConfig {
+            let store =
+                crate::state::journal::JournalStore::open(crate::state::journal::JournalConfig {
                     path: s.path.clone(),
                     ttl_secs: s.ttl.as_secs().max(1),
                     sync: s.fsync == ConfigFsync::Batch,
@@ -328,9 +328,8 @@ fn open_store(
                     checkpoint_interval_ms: (s.checkpoint_interval.as_millis() as u64).max(1),
                     checkpoint_bytes: s.checkpoint_bytes.max(1),
                     ..crate::state::journal::JournalConfig::default()
-                },
-            )
-            .map_err(|e| ServeError::State(e.to_string()))?;
+                })
+                .map_err(|e| ServeError::State(e.to_string()))?;
             // Weak, like the writer's probe: the scrape must not keep the store (and its
             // checkpoint thread) alive past shutdown. A scrape runs on a shard, which holds
             // the store through `Shared`, so the upgraded handle is never the last one.

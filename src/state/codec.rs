@@ -422,7 +422,10 @@ mod tests {
         assert_eq!(be_u64_at(&v, RECORD_EXPIRY_OFFSET), Some(r.expires_at_ms));
         assert_eq!(decode_versioned(&r.key(), &v), Ok((r.clone(), 300)));
         assert_eq!(decode_record(&r.key(), &v), Ok(r.clone()));
-        assert_eq!(decode_versioned(&r.key(), &encode_record(&r)), Ok((r.clone(), 0)));
+        assert_eq!(
+            decode_versioned(&r.key(), &encode_record(&r)),
+            Ok((r.clone(), 0))
+        );
         // A V3 value cut before its version is corrupt, not version 0.
         assert!(decode_versioned(&r.key(), &v[..v.len() - 2]).is_err());
     }

@@ -529,7 +529,11 @@ impl EmbeddedStore {
         let holds_frames = |p: &std::path::PathBuf| {
             super::wal::read_segment(p, |_| {}).map_or(true, |r| r.frames > 0)
         };
-        if wal_dir.exists() && super::wal::list_segments(&wal_dir)?.iter().any(holds_frames) {
+        if wal_dir.exists()
+            && super::wal::list_segments(&wal_dir)?
+                .iter()
+                .any(holds_frames)
+        {
             return Err(StateError::Invalid(format!(
                 "{} holds write-ahead logs of the journal engine not yet folded into {}: start \
                  once with engine = \"journal\" and stop it cleanly before switching engines",

@@ -32,11 +32,11 @@ pub mod aerospike;
 #[doc(hidden)]
 pub mod codec;
 pub mod embedded;
-/// In-memory backend: NOT durable (benchmark baseline, tests, development).
-pub mod memory;
 /// Journal backend: hot records in striped memory, per-thread write-ahead logs, fjall as the
 /// cold store filled by checkpoints.
 pub mod journal;
+/// In-memory backend: NOT durable (benchmark baseline, tests, development).
+pub mod memory;
 pub mod model;
 pub mod suite;
 /// Per-thread append-only write-ahead log (lanes, group commit) of the journal backend.
