@@ -298,7 +298,23 @@ impl JournalStore {
         } else {
             Vec::new()
         };
-        let wal = Wal::open(WalConfig::new(wal_dir, cfg.sync))?;
+        let mut wcfg = WalConfig::new(wal_dir, cfg.sync);
+        // EXPERIMENT (temporary): lanes and linger in sync mode.
+        if cfg.sync {
+            if let Some(n) = std::env::var("SMSGW_WAL_LANES_SYNC")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                wcfg.max_lanes = n;
+            }
+            if let Some(us) = std::env::var("SMSGW_WAL_LINGER_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                wcfg.sync_linger = Duration::from_micros(us);
+            }
+        }
+        let wal = Wal::open(wcfg)?;
         let inner = Arc::new(Inner {
             stripes: (0..STRIPES)
                 .map(|_| Mutex::new(Stripe::default()))
@@ -826,16 +842,28 @@ impl Inner {
                 }
             }
         }
-        // Cold records past expiry that nobody touched since they left memory.
-        if out.len() < limit && first_err.is_none() {
-            let t = self.cold()?;
+        // Cold records past expiry that nobody touched since they left memory. An error here
+        // must not lose the hot records above (already `Expired` and logged): it ends the
+        // walk, and is reported only if nothing was expired.
+        let cold = if out.len() < limit && first_err.is_none() {
+            self.cold().map_err(|e| first_err = Some(e)).ok()
+        } else {
+            None
+        };
+        if let Some(t) = cold {
             let end = now_ms.saturating_add(1).to_be_bytes();
             // Bounded: stale or hot entries at the head cannot make one sweep walk far.
             for kv in t.open.range(..end.to_vec()).take(2 * limit) {
                 if out.len() >= limit {
                     break;
                 }
-                let k = kv.key().map_err(fjall_err)?;
+                let k = match kv.key() {
+                    Ok(k) => k,
+                    Err(e) => {
+                        first_err = Some(fjall_err(e));
+                        break;
+                    }
+                };
                 let Some(exp) = codec::be_u64_at(&k, 0) else {
                     continue;
                 };
@@ -849,9 +877,16 @@ impl Inner {
                     // Hot: the hot sweep above owns it (or it is final / not due).
                     continue;
                 }
-                if !self.ensure_hot(s, si, &key)? {
-                    let _ = t.open.remove(k.to_vec());
-                    continue;
+                match self.ensure_hot(s, si, &key) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = t.open.remove(k.to_vec());
+                        continue;
+                    }
+                    Err(e) => {
+                        first_err = Some(e);
+                        break;
+                    }
                 }
                 let due = s.records.get(&key).is_some_and(|sl| {
                     sl.record.expires_at_ms == exp && sl.record.expires_at_ms <= now_ms
@@ -1405,6 +1440,14 @@ mod tests {
         monoio_block_on(suite::run_all(&Harness::new(false, true)));
     }
 
+    fn test_cfg(dir: &std::path::Path, sync: bool) -> JournalConfig {
+        JournalConfig {
+            path: dir.join("state"),
+            sync,
+            ..JournalConfig::default()
+        }
+    }
+
     fn record(tx: &str) -> MessageRecord {
         MessageRecord::new_accepted(
             MessageKey::new(1, tx),
@@ -1567,6 +1610,77 @@ mod tests {
             let r = monoio_block_on(s.apply_receipt(7, format!("m-{tx}"), delivered()));
             assert_eq!(r, Ok(ReceiptOutcome::Duplicate), "{tx}");
         }
+    }
+
+    #[test]
+    fn hot_set_bound_refuses_new_records_and_eviction_frees_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = JournalStore::open(JournalConfig {
+            max_hot_records: 3,
+            ..test_cfg(dir.path(), false)
+        })
+        .expect("open");
+        for i in 0..3 {
+            let r = monoio_block_on(s.create(record(&format!("b-{i}"))));
+            assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
+        }
+        let r = monoio_block_on(s.create(record("b-3")));
+        assert_eq!(r, Err(StateError::Overloaded));
+        // A repeat of a held id is still answered from memory, not refused.
+        let r = monoio_block_on(s.create(record("b-0")));
+        assert!(matches!(r, Ok(CreateOutcome::Exists(_))), "{r:?}");
+        // Once checkpointed, records may leave memory; they stay readable from fjall, and the
+        // room they free takes new records.
+        s.checkpoint_now().expect("checkpoint");
+        s.evict_all_for_test();
+        assert_eq!(s.stats().hot_records, 0);
+        let r = monoio_block_on(s.create(record("b-3")));
+        assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
+        let r = monoio_block_on(s.create(record("b-1")));
+        assert!(
+            matches!(r, Ok(CreateOutcome::Exists(_))),
+            "evicted id: {r:?}"
+        );
+        let got = monoio_block_on(s.get(MessageKey::new(1, "b-2"))).expect("get");
+        assert_eq!(got.map(|r| r.transaction_id), Some("b-2".to_string()));
+        assert!(
+            s.stats().loaded == 0,
+            "a repeat or a read does not load a record back"
+        );
+    }
+
+    #[test]
+    fn a_failed_log_sync_fails_the_op_and_reads_do_not_show_the_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = JournalStore::open(test_cfg(dir.path(), true)).expect("open");
+        let key = MessageKey::new(1, "f-1");
+        let r = tokio_block_on(s.create(record("f-1")));
+        assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
+        s.wal_for_test().fail_next_syncs_for_test(1);
+        let u = tokio_block_on(s.update(key.clone(), vec![submitted("f-1")], unix_ms()));
+        assert!(matches!(u, Err(StateError::Unavailable(_))), "{u:?}");
+        // The change is in memory but its frame is not durable: a read that would show it
+        // waits for that frame and fails rather than answer with a state a crash could undo.
+        let g = tokio_block_on(s.get(key.clone()));
+        assert!(
+            matches!(g, Err(StateError::Unavailable(_))),
+            "read of a not-durable change: {g:?}"
+        );
+        // The log recovers by itself (a fresh segment); a later change makes the record
+        // durable again, and the update that "failed" may have landed (outcome unknown).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let rec = loop {
+            let r = tokio_block_on(s.apply_receipt(7, "m-f-1".into(), delivered()));
+            if let Ok(ReceiptOutcome::Applied(rec)) = r {
+                break rec;
+            }
+            assert!(Instant::now() < deadline, "log never recovered: {r:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(rec.status, Status::Delivered);
+        let g = tokio_block_on(s.get(key)).expect("get after recovery");
+        assert_eq!(g.map(|r| r.status), Some(Status::Delivered));
+        assert!(s.is_available());
     }
 
     #[test]

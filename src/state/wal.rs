@@ -84,6 +84,10 @@ pub struct WalConfig {
     pub max_lane_buffer_bytes: usize,
     /// Largest payload (default 1 MiB, at most 16 MiB); bigger answers [`StateError::Invalid`].
     pub max_frame_bytes: usize,
+    /// Sync mode: least time from one fdatasync of a lane to the next (default 0). Every
+    /// fdatasync costs the kernel a device flush (on a VM, an exit to the host) whatever it
+    /// covers, so lingering makes each one cover more ops, at that much added latency.
+    pub sync_linger: std::time::Duration,
 }
 
 impl WalConfig {
@@ -95,6 +99,7 @@ impl WalConfig {
             max_lanes: 64,
             max_lane_buffer_bytes: 64 << 20,
             max_frame_bytes: 1 << 20,
+            sync_linger: std::time::Duration::ZERO,
         }
     }
 }
@@ -139,6 +144,7 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> StateError {
 struct Shared {
     dir: PathBuf,
     sync: bool,
+    sync_linger: std::time::Duration,
     max_buffer: u64,
     /// Generation of the next segment file (one per file).
     next_gen: AtomicU64,
@@ -310,12 +316,19 @@ struct Waiters {
     /// `flush_buffers` asked for the buffer to be written even without waiters.
     flush: bool,
     stop: bool,
+    /// Wake hand-offs: `(waiter id, wakers)`. A thread other than the waiters' own wakes one
+    /// waiter per thread and leaves it the others' wakers, which it wakes on its own thread
+    /// when polled (or dropped): one cross-thread wake per thread per sync instead of one per
+    /// op (each costs the shard a remote-queue push and often an eventfd round trip).
+    handoff: Vec<(u64, Vec<Waker>)>,
 }
 
 struct Waiter {
     id: u64,
     end: u64,
     waker: Waker,
+    /// The thread that polled it last (where its task runs).
+    thread: std::thread::ThreadId,
 }
 
 // Own cache lines: a lane's atomics are written per op by its thread only.
@@ -371,6 +384,7 @@ impl Lane {
                 sleeping: false,
                 flush: false,
                 stop: false,
+                handoff: Vec::new(),
             }),
             cv: Condvar::new(),
             error: Mutex::new(String::new()),
@@ -612,19 +626,36 @@ impl Lane {
     /// Wakes the waiters whose position is durable.
     fn wake_durable(&self) {
         let d = self.durable_end();
+        let me = std::thread::current().id();
         let ready = {
             let mut w = lock(&self.waiters);
             if w.list.is_empty() {
                 return;
             }
-            // Woken outside the lock: a waker may do real work (cross-thread unpark).
-            let mut ready = Vec::with_capacity(w.list.len());
+            // Woken outside the lock: a waker may do real work (cross-thread unpark). This
+            // thread's own waiters are woken directly (cheap, local); of another thread's, one
+            // is woken and carries the rest (see `Waiters::handoff`).
+            let mut ready: Vec<Waker> = Vec::new();
+            let mut heads: Vec<(std::thread::ThreadId, u64, Vec<Waker>)> = Vec::new();
             let mut i = 0;
             while i < w.list.len() {
-                if w.list[i].end <= d {
-                    ready.push(w.list.swap_remove(i).waker);
-                } else {
+                if w.list[i].end > d {
                     i += 1;
+                    continue;
+                }
+                let x = w.list.swap_remove(i);
+                if x.thread == me {
+                    ready.push(x.waker);
+                } else if let Some(h) = heads.iter_mut().find(|h| h.0 == x.thread) {
+                    h.2.push(x.waker);
+                } else {
+                    ready.push(x.waker);
+                    heads.push((x.thread, x.id, Vec::new()));
+                }
+            }
+            for (_, id, rest) in heads {
+                if !rest.is_empty() {
+                    w.handoff.push((id, rest));
                 }
             }
             ready
@@ -664,7 +695,8 @@ fn frame_boundary(frames: &[u8], reached: usize) -> usize {
 
 /// Body of a sync-mode lane's thread: write + fdatasync what accumulated while there are
 /// waiters (or a flush request), wake the futures made durable; retry recovery while failed.
-fn sync_loop(lane: Arc<Lane>) {
+fn sync_loop(lane: Arc<Lane>, linger: std::time::Duration) {
+    let mut last_sync: Option<std::time::Instant> = None;
     loop {
         {
             let mut w = lock(&lane.waiters);
@@ -692,6 +724,15 @@ fn sync_loop(lane: Arc<Lane>) {
                 w.sleeping = false;
             }
         }
+        if let Some(at) = last_sync {
+            let since = at.elapsed();
+            if since < linger {
+                // More frames of the same group arrive meanwhile; `stop` is seen on the next
+                // loop (at most `linger` late).
+                std::thread::sleep(linger - since);
+            }
+        }
+        last_sync = Some(std::time::Instant::now());
         {
             let mut io = lock(&lane.io);
             // Errors are recorded in the lane (failed flag, error text, woken futures).
@@ -803,10 +844,16 @@ fn register(
 ) -> Option<Result<(), StateError>> {
     let mut w = lock(&lane.waiters);
     if let Some(r) = lane.outcome(end) {
-        if let Some((id, _)) = waiter.take()
-            && let Some(i) = w.list.iter().position(|x| x.id == id)
-        {
-            w.list.swap_remove(i);
+        let mut handed = Vec::new();
+        if let Some((id, _)) = waiter.take() {
+            if let Some(i) = w.list.iter().position(|x| x.id == id) {
+                w.list.swap_remove(i);
+            }
+            handed = take_handoff(&mut w, id);
+        }
+        drop(w);
+        for k in handed {
+            k.wake();
         }
         return Some(r);
     }
@@ -824,6 +871,7 @@ fn register(
             id,
             end,
             waker: waker.clone(),
+            thread: std::thread::current().id(),
         }),
     }
     *waiter = Some((id, waker));
@@ -839,10 +887,24 @@ fn register(
 /// Takes a waiter's registration back (cancelled or re-roled future).
 fn deregister(lane: &Lane, waiter: &mut Option<(u64, Waker)>) {
     if let Some((id, _)) = waiter.take() {
-        let mut w = lock(&lane.waiters);
-        if let Some(i) = w.list.iter().position(|x| x.id == id) {
-            w.list.swap_remove(i);
+        let handed = {
+            let mut w = lock(&lane.waiters);
+            if let Some(i) = w.list.iter().position(|x| x.id == id) {
+                w.list.swap_remove(i);
+            }
+            take_handoff(&mut w, id)
+        };
+        // Woken or not, this waiter's hand-off must not be lost with it.
+        for k in handed {
+            k.wake();
         }
+    }
+}
+
+fn take_handoff(w: &mut Waiters, id: u64) -> Vec<Waker> {
+    match w.handoff.iter().position(|(h, _)| *h == id) {
+        Some(i) => w.handoff.swap_remove(i).1,
+        None => Vec::new(),
     }
 }
 
@@ -870,6 +932,13 @@ impl Future for DurableFuture {
             return decided(this, lane.drive_turn(end));
         }
         if let Some(r) = lane.outcome(end) {
+            // Woken as its thread's head: wake the waiters it carries (here, locally).
+            if let Some((id, _)) = this.waiter {
+                let handed = take_handoff(&mut lock(&lane.waiters), id);
+                for k in handed {
+                    k.wake();
+                }
+            }
             return decided(this, r);
         }
         if lane.shared.sync {
@@ -971,6 +1040,7 @@ impl Wal {
         let shared = Arc::new(Shared {
             dir: cfg.dir.clone(),
             sync: cfg.sync,
+            sync_linger: cfg.sync_linger,
             max_buffer: cfg.max_lane_buffer_bytes as u64,
             next_gen: AtomicU64::new(next_gen),
             sealed: Mutex::new(existing.into_iter().map(|(g, _, p)| (g, p)).collect()),
@@ -1044,7 +1114,10 @@ impl Wal {
             let l = lane.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("state-wal-{index}"))
-                .spawn(move || sync_loop(l))
+                .spawn(move || {
+                    let linger = l.shared.sync_linger;
+                    sync_loop(l, linger)
+                })
                 .map_err(|e| unavailable(format!("wal: cannot start a sync thread: {e}")))?;
             *lock(&lane.thread) = Some(handle);
         }
