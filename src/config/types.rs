@@ -113,6 +113,8 @@ pub struct StateConfig {
     pub checkpoint_interval: Duration,
     /// Journal engine: log bytes that trigger a checkpoint sooner.
     pub checkpoint_bytes: u64,
+    /// Journal engine with `fsync = batch`: least time between two fdatasyncs of the log.
+    pub sync_linger: Duration,
 }
 
 /// Engine of `backend = "embedded"`.

@@ -289,6 +289,9 @@ impl Check<'_, '_, '_> {
                 600_000,
             )
             .map(Duration::from_millis);
+        let sync_linger = self
+            .int::<u64>("state.sync_linger_us", f.sync_linger_us, 0, 100_000)
+            .map(Duration::from_micros);
         let checkpoint_bytes = self
             .int::<u64>("state.checkpoint_mib", f.checkpoint_mib, 1, 4096)
             .map(|m| m << 20);
@@ -320,6 +323,7 @@ impl Check<'_, '_, '_> {
             hot: hot?,
             checkpoint_interval: checkpoint_interval?,
             checkpoint_bytes: checkpoint_bytes?,
+            sync_linger: sync_linger?,
         })
     }
 
