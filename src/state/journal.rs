@@ -23,9 +23,14 @@
 //! * **Cold**: the embedded backend's fjall layout (`msg`, `smsc`, `open`; see
 //!   [`super::embedded`]), with record values in format V3 (carrying the version). A background
 //!   thread checkpoints: it seals the logs, writes each changed record's latest image once
-//!   (plus its `open` entry while non-final and its receipt index entries while receipts are
-//!   still expected) in one fjall batch, persists it, then deletes the sealed segments. A
-//!   message created and finished between two checkpoints costs one cold insert.
+//!   (plus its `open` entry while non-final, and its receipt index entries once per SMSC id,
+//!   so a late or repeated receipt finds an evicted record) in one fjall batch, persists it,
+//!   then deletes the sealed segments. A one-part message created and finished between two
+//!   checkpoints costs two cold inserts (against six memtable inserts in the writer engine).
+//! * **Logs and sync** ([`super::wal`]): with `sync` off every thread has its own lane, written
+//!   by that thread once per event-loop turn; with `sync` all threads share one lane that its
+//!   sync thread writes and fdatasyncs at most every `sync_linger_us` (each fdatasync costs a
+//!   device flush whatever it covers, so one stream of larger syncs measured best).
 //! * **Eviction**: a record that is checkpointed (its latest version is cold) and unchanged for
 //!   `hot_secs` leaves memory (sooner when the hot set is 3/4 full); a later op on it loads it
 //!   back from cold under its stripe lock.
