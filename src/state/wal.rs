@@ -2100,6 +2100,61 @@ mod tests {
         fn wake(self: Arc<Self>) {}
     }
 
+    struct Counted(AtomicU64);
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The sync thread wakes one waiter per thread and hands it the others' wakers; the
+    /// woken one wakes them when polled, or when dropped unpolled (none is left asleep).
+    #[test]
+    fn sync_wakes_one_waiter_per_thread_and_a_dropped_head_passes_the_wake_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), true);
+        let mut futs = Vec::new();
+        let counts: Vec<Arc<Counted>> = (0..3)
+            .map(|_| Arc::new(Counted(AtomicU64::new(0))))
+            .collect();
+        {
+            let p0 = wal.append(b"A").expect("append");
+            let lane = wal.lane(p0.lane).expect("lane").clone();
+            // Holding the writer lock keeps the sync thread from completing anything yet.
+            let _io = lock(&lane.io);
+            let mut pos = vec![p0];
+            pos.push(wal.append(b"B").expect("append"));
+            pos.push(wal.append(b"C").expect("append"));
+            for (p, c) in pos.into_iter().zip(&counts) {
+                let mut f = wal.durable(p);
+                let waker = Waker::from(Arc::clone(c));
+                let mut cx = Context::from_waker(&waker);
+                assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+                futs.push(Some(f));
+            }
+        }
+        let woken = |counts: &[Arc<Counted>]| -> Vec<u64> {
+            counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect()
+        };
+        wait_until("the head wake", || woken(&counts).iter().sum::<u64>() >= 1);
+        std::thread::sleep(Duration::from_millis(50));
+        let w = woken(&counts);
+        assert_eq!(
+            w.iter().sum::<u64>(),
+            1,
+            "one cross-thread wake for the thread: {w:?}"
+        );
+        let head = w.iter().position(|&n| n == 1).expect("a woken head");
+        // Dropped without being polled: it must wake the two it carries.
+        futs[head] = None;
+        assert_eq!(woken(&counts), vec![1, 1, 1]);
+        for f in futs.iter_mut().flatten() {
+            let waker = Waker::from(Arc::new(CountWake));
+            let mut cx = Context::from_waker(&waker);
+            assert!(matches!(Pin::new(f).poll(&mut cx), Poll::Ready(Ok(()))));
+        }
+    }
+
     #[test]
     fn sync_mode_repolls_and_cancelled_futures_do_not_grow_the_waiter_list() {
         let dir = tempfile::tempdir().expect("tempdir");
