@@ -1688,6 +1688,72 @@ mod tests {
         assert!(s.is_available());
     }
 
+    /// Switching engines on one `path`: writer → journal any time (its records are the
+    /// journal's cold data), journal → writer after a clean stop (logs folded), and the writer
+    /// refuses a path whose logs still hold frames instead of silently ignoring them.
+    #[test]
+    fn engines_switch_both_ways_and_the_writer_refuses_unfolded_logs() {
+        use crate::state::{EmbeddedConfig, EmbeddedStore};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state");
+        let writer_cfg = || EmbeddedConfig {
+            path: path.clone(),
+            ..EmbeddedConfig::default()
+        };
+        {
+            let w = EmbeddedStore::open(writer_cfg()).expect("writer open");
+            let r = monoio_block_on(w.create(record("w-1")));
+            assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
+            monoio_block_on(w.flush()).expect("flush");
+        }
+        {
+            let j = JournalStore::open(test_cfg(dir.path(), false)).expect("journal open");
+            // The writer's record (format V2, version 0) is found and can move on.
+            let r = monoio_block_on(j.create(record("w-1")));
+            assert!(matches!(r, Ok(CreateOutcome::Exists(_))), "{r:?}");
+            let u = monoio_block_on(j.update(
+                MessageKey::new(1, "w-1"),
+                vec![submitted("w-1")],
+                unix_ms(),
+            ));
+            assert!(
+                matches!(u, Ok(UpdateOutcome::Updated { changed: true, .. })),
+                "{u:?}"
+            );
+            let r = monoio_block_on(j.create(record("j-1")));
+            assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
+            // Dropped cleanly: the logs are folded into fjall.
+        }
+        {
+            let w = EmbeddedStore::open(writer_cfg()).expect("writer after a clean journal stop");
+            let g = monoio_block_on(w.get(MessageKey::new(1, "w-1"))).expect("get");
+            assert_eq!(g.map(|r| r.status), Some(Status::Submitted));
+            let g = monoio_block_on(w.get(MessageKey::new(1, "j-1"))).expect("get");
+            assert!(g.is_some(), "journal record readable by the writer");
+        }
+        // Frames the journal has not folded (as after a crash): the writer must not open.
+        {
+            let jc = test_cfg(dir.path(), false);
+            let wal = Wal::open(WalConfig::new(jc.wal_dir(), false)).expect("wal");
+            let mut buf = Vec::new();
+            let mut r = record("j-2");
+            r.expires_at_ms = unix_ms() + 3_600_000;
+            encode_event(&mut buf, &MessageKey::new(1, "j-2"), 1, &r);
+            wal.append(&buf).expect("append");
+            wal.sync_all().expect("sync");
+        }
+        match EmbeddedStore::open(writer_cfg()) {
+            Err(StateError::Invalid(m)) => assert!(m.contains("not yet folded"), "{m}"),
+            Err(e) => panic!("wrong error: {e:?}"),
+            Ok(_) => panic!("the writer opened a path with unfolded journal logs"),
+        }
+        // The journal folds them, after which the writer opens again and sees the record.
+        drop(JournalStore::open(test_cfg(dir.path(), false)).expect("journal replays"));
+        let w = EmbeddedStore::open(writer_cfg()).expect("writer after the fold");
+        let g = monoio_block_on(w.get(MessageKey::new(1, "j-2"))).expect("get");
+        assert!(g.is_some(), "replayed record folded into fjall");
+    }
+
     #[test]
     fn sigkill_loses_no_acknowledged_change_fsync_off() {
         crash_and_check(false);
