@@ -1,12 +1,12 @@
-//! Shared by the `state` and `handed` benches: one message's store life and the client threads
-//! that drive many of them through the embedded backend's batched writer.
+//! Shared by the `state`, `handed` and `state_engines` benches: one message's store life and
+//! the client threads (monoio, like the shards) that drive many of them through a store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smsgw::state::{
-    CreateOutcome, EmbeddedStore, Encoding, MessageKey, MessageRecord, PartUpdate, ReceiptInfo,
-    ReceiptOutcome, StateStore, Status, UpdateOutcome, unix_ms,
+    CreateOutcome, Encoding, MessageKey, MessageRecord, PartUpdate, ReceiptInfo, ReceiptOutcome,
+    StateStore, Status, UpdateOutcome, unix_ms,
 };
 
 pub fn env_usize(name: &str, default: usize) -> usize {
@@ -85,8 +85,8 @@ pub async fn one_message(s: &dyn StateStore, app: u64, i: usize, mark: bool) -> 
 
 /// `n` messages from `clients` threads (one monoio runtime each), `inflight` at a time per
 /// client, bounded by a 60 s deadline. Returns (messages done, failed, elapsed).
-pub fn drive(
-    store: &Arc<EmbeddedStore>,
+pub fn drive<S: StateStore>(
+    store: &Arc<S>,
     n: usize,
     clients: usize,
     inflight: usize,
@@ -103,6 +103,10 @@ pub fn drive(
                     .enable_timer()
                     .build()
                     .expect("monoio");
+                // As on the gateway's shards: the journal engine's log writes batch per turn.
+                smsgw::state::wal::set_thread_turn_deferrer(Some(
+                    smsgw::state::wal::monoio_turn_deferrer,
+                ));
                 rt.block_on(async move {
                     // `inflight` tasks each take every inflight-th message of this client.
                     let tasks: Vec<_> = (0..inflight)
