@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,13 +93,7 @@ impl SuiteHarness for Harness {
 
 /// Awaits on a runtime that is not tokio (the shards' monoio): the store's futures must not
 /// need the runtime that completes them.
-fn monoio_block_on<F: Future>(f: F) -> F::Output {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .expect("monoio runtime")
-        .block_on(f)
-}
+use smsgw::state::suite::monoio_block_on;
 
 fn run_prefix() -> String {
     format!("as-{:016x}", fastrand::u64(..))

@@ -62,7 +62,7 @@
 //! Needs Aerospike server 6.0 or later (batch writes, partition-aware secondary-index queries,
 //! filter expressions).
 
-use super::{check_smsc_id, check_txid, ready};
+use super::{check_smsc_id, check_txid, check_update, ready};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1322,17 +1322,8 @@ impl StateStore for AerospikeStore {
         updates: Vec<PartUpdate>,
         now_ms: u64,
     ) -> StoreFuture<UpdateOutcome> {
-        if let Err(e) = check_txid(&key.transaction_id) {
+        if let Err(e) = check_update(&key, &updates) {
             return ready(Err(e));
-        }
-        for u in &updates {
-            if let PartUpdate::Submitted {
-                smsc_message_id, ..
-            } = u
-                && let Err(e) = check_smsc_id(smsc_message_id)
-            {
-                return ready(Err(e));
-            }
         }
         let t = self.inner.cfg.op_timeout_ms;
         self.spawn(

@@ -97,7 +97,7 @@
 //! * If the writer thread ends (shutdown, panic), every pending future resolves to
 //!   `Unavailable` (op drop completes it); none hangs.
 
-use super::{check_smsc_id, check_txid, ready};
+use super::{check_smsc_id, check_txid, check_update, ready};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -521,11 +521,7 @@ impl EmbeddedStore {
             return Err(StateError::Invalid(format!("state.embedded.{key}: {why}")));
         }
         // The journal engine's logs beside the directory hold writes this engine cannot see.
-        let wal_dir = super::journal::JournalConfig {
-            path: cfg.path.clone(),
-            ..Default::default()
-        }
-        .wal_dir();
+        let wal_dir = super::journal::wal_dir_of(&cfg.path);
         let holds_frames = |p: &std::path::PathBuf| {
             super::wal::read_segment(p, |_| {}).map_or(true, |r| r.frames > 0)
         };
@@ -695,17 +691,8 @@ impl StateStore for EmbeddedStore {
         updates: Vec<PartUpdate>,
         now_ms: u64,
     ) -> StoreFuture<UpdateOutcome> {
-        if let Err(e) = check_txid(&key.transaction_id) {
+        if let Err(e) = check_update(&key, &updates) {
             return ready(Err(e));
-        }
-        for u in &updates {
-            if let PartUpdate::Submitted {
-                smsc_message_id, ..
-            } = u
-                && let Err(e) = check_smsc_id(smsc_message_id)
-            {
-                return ready(Err(e));
-            }
         }
         self.submit(|c| Op::Update(key, updates, now_ms, c))
     }
@@ -1438,13 +1425,7 @@ mod tests {
         }
     }
 
-    fn monoio_block_on<F: Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("monoio runtime")
-            .block_on(f)
-    }
+    use crate::state::suite::monoio_block_on;
 
     #[test]
     fn suite_on_monoio_fsync_none() {

@@ -79,7 +79,7 @@ use super::wal::{self, Pos, Wal, WalConfig};
 use super::{
     CreateOutcome, MAX_PAGE, MessageKey, MessageRecord, PartUpdate, ReceiptInfo, ReceiptOutcome,
     ScanCursor, ScanPage, StateError, StateStore, Status, StoreFuture, UpdateOutcome,
-    check_smsc_id, check_txid, ready, unix_ms,
+    check_smsc_id, check_txid, check_update, ready, unix_ms,
 };
 
 /// Lock stripes (records, and separately the receipt index): far above any shard count.
@@ -138,9 +138,7 @@ impl JournalConfig {
     /// Directory of the log segments: `<path>-wal`, beside the fjall directory (fjall owns
     /// its own directory).
     pub fn wal_dir(&self) -> PathBuf {
-        let mut s = self.path.clone().into_os_string();
-        s.push("-wal");
-        PathBuf::from(s)
+        wal_dir_of(&self.path)
     }
 
     fn problems(&self) -> Option<String> {
@@ -158,6 +156,14 @@ impl JournalConfig {
         }
         None
     }
+}
+
+/// The journal's log directory for a store at `path`: `<path>-wal` (also checked by the
+/// writer engine, which must not open a path whose logs are not folded yet).
+pub fn wal_dir_of(path: &std::path::Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push("-wal");
+    PathBuf::from(s)
 }
 
 /// One hot record.
@@ -638,15 +644,7 @@ impl Inner {
         at_ms: u64,
         now: u64,
     ) -> Result<(UpdateOutcome, Pos), StateError> {
-        check_txid(&key.transaction_id)?;
-        for u in updates {
-            if let PartUpdate::Submitted {
-                smsc_message_id, ..
-            } = u
-            {
-                check_smsc_id(smsc_message_id)?;
-            }
-        }
+        check_update(key, updates)?;
         let si = self.stripe_of(key);
         let mut g = lock(&self.stripes[si]);
         let s = &mut *g;
@@ -1331,7 +1329,6 @@ impl StateStore for JournalStore {
 mod tests {
     use super::*;
     use crate::state::suite::{self, SuiteHarness};
-    use std::future::Future;
 
     struct Harness {
         dir: tempfile::TempDir,
@@ -1415,20 +1412,7 @@ mod tests {
         }
     }
 
-    fn monoio_block_on<F: Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("monoio runtime")
-            .block_on(f)
-    }
-
-    fn tokio_block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("tokio runtime")
-            .block_on(f)
-    }
+    use crate::state::suite::{monoio_block_on, tokio_block_on};
 
     #[test]
     fn suite_on_monoio_fsync_off() {

@@ -60,7 +60,7 @@
 //!   submits of 1000: 38.6–44.0k / 21.9–22.6k / 7.6–8.7k msg/s; p50 at 1,000 msg/s 0.28–0.31 /
 //!   0.39–0.40 / 0.9–1.8 ms. Gateway CPU per message at max: 35–41 µs / 71–73 µs / 81–99 µs.
 
-use super::{check_smsc_id, check_txid, ready};
+use super::{check_smsc_id, check_txid, check_update, ready};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Bound;
@@ -359,15 +359,7 @@ impl MemoryStore {
         at_ms: u64,
         now: u64,
     ) -> Result<UpdateOutcome, StateError> {
-        check_txid(&key.transaction_id)?;
-        for u in updates {
-            if let PartUpdate::Submitted {
-                smsc_message_id, ..
-            } = u
-            {
-                check_smsc_id(smsc_message_id)?;
-            }
-        }
+        check_update(key, updates)?;
         let inner = &*self.inner;
         let mut g = lock(&inner.records[inner.record_stripe(key)]);
         let s = &mut *g;

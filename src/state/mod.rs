@@ -206,6 +206,21 @@ pub(crate) fn check_txid(t: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The arguments of [`StateStore::update`] every backend checks before anything else: the key's
+/// transaction id and the SMSC id of every `Submitted` update.
+pub(crate) fn check_update(key: &MessageKey, updates: &[PartUpdate]) -> Result<(), StateError> {
+    check_txid(&key.transaction_id)?;
+    for u in updates {
+        if let PartUpdate::Submitted {
+            smsc_message_id, ..
+        } = u
+        {
+            check_smsc_id(smsc_message_id)?;
+        }
+    }
+    Ok(())
+}
+
 /// SMSC message id bounds every backend enforces (the receipt index key).
 pub(crate) fn check_smsc_id(s: &str) -> Result<(), StateError> {
     if s.is_empty() || s.len() > model::MAX_SMSC_ID_LEN {

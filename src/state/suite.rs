@@ -21,6 +21,24 @@ pub trait SuiteHarness {
     fn open(&self, ttl_secs: u64) -> Arc<dyn StateStore>;
 }
 
+/// Awaits `f` on a fresh monoio runtime (the shards' runtime), as the backends' tests do: a
+/// store future must not need the runtime (or thread) that completes it.
+pub fn monoio_block_on<F: std::future::Future>(f: F) -> F::Output {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime")
+        .block_on(f)
+}
+
+/// Awaits `f` on a fresh current-thread tokio runtime (the side runtime's kind).
+pub fn tokio_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
 /// TTL used for everything except the expiry check.
 pub const SUITE_TTL_SECS: u64 = 3600;
 

@@ -1454,12 +1454,29 @@ mod tests {
     use std::collections::HashSet;
     use std::task::Wake;
 
-    fn monoio_block_on<F: Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("monoio runtime")
-            .block_on(f)
+    use crate::state::suite::monoio_block_on;
+
+    /// `tasks` monoio tasks on one runtime, each appending `per_task` frames
+    /// (`<prefix><task>-<i>`) and awaiting each one's durability.
+    fn monoio_appenders(wal: &Arc<Wal>, tasks: usize, per_task: usize, prefix: &str) {
+        monoio_block_on(async {
+            let handles: Vec<_> = (0..tasks)
+                .map(|t| {
+                    let wal = wal.clone();
+                    let prefix = prefix.to_string();
+                    monoio::spawn(async move {
+                        for i in 0..per_task {
+                            let pos = wal.append(format!("{prefix}{t}-{i}").as_bytes())?;
+                            wal.durable(pos).await?;
+                        }
+                        Ok::<(), StateError>(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.expect("monoio task");
+            }
+        });
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
@@ -1793,23 +1810,7 @@ mod tests {
         for sync in [false, true] {
             let dir = tempfile::tempdir().expect("tempdir");
             let wal = open(dir.path(), sync);
-            monoio_block_on(async {
-                let tasks: Vec<_> = (0..16)
-                    .map(|t| {
-                        let wal = wal.clone();
-                        monoio::spawn(async move {
-                            for i in 0..20 {
-                                let pos = wal.append(format!("m{t}-{i}").as_bytes())?;
-                                wal.durable(pos).await?;
-                            }
-                            Ok::<(), StateError>(())
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.expect("monoio task");
-                }
-            });
+            monoio_appenders(&wal, 16, 20, "m");
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .build()
@@ -2038,23 +2039,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = open(dir.path(), true);
         let ops = 8 * 100;
-        monoio_block_on(async {
-            let tasks: Vec<_> = (0..8)
-                .map(|t| {
-                    let wal = wal.clone();
-                    monoio::spawn(async move {
-                        for i in 0..100 {
-                            let pos = wal.append(format!("{t}-{i}").as_bytes())?;
-                            wal.durable(pos).await?;
-                        }
-                        Ok::<(), StateError>(())
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("task");
-            }
-        });
+        monoio_appenders(&wal, 8, 100, "");
         let syncs = wal.syncs_for_test();
         assert!(syncs < ops, "{syncs} fdatasyncs for {ops} ops");
         assert_eq!(read_all(&wal.rotate().expect("rotate")).len(), ops as usize);
