@@ -328,6 +328,7 @@ fn open_store(
                     checkpoint_interval_ms: (s.checkpoint_interval.as_millis() as u64).max(1),
                     checkpoint_bytes: s.checkpoint_bytes.max(1),
                     sync_linger_us: s.sync_linger.as_micros() as u64,
+                    op_timeout_ms: s.op_timeout.as_millis() as u64,
                     ..crate::state::journal::JournalConfig::default()
                 })
                 .map_err(|e| ServeError::State(e.to_string()))?;

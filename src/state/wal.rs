@@ -32,6 +32,13 @@
 //! writes the kept bytes into a new segment. So after a failure a frame may exist twice only
 //! if that cut itself failed (or was lost with power) and the frame's op was answered
 //! `Unavailable` ("outcome unknown"): replay must tolerate a repeated frame.
+//!
+//! A write or fdatasync that does not *return* (a hung disk) is caught by the watchdog
+//! ([`WalConfig::io_timeout`]): a `state-wal-watchdog` thread fails the lane once one I/O call
+//! has run longer than that, exactly as an error would (waiters and appends answer
+//! `Unavailable`); when the call finally returns, the lane recovers as after an error. The
+//! thread that made the call stays blocked in the kernel: in sync mode that is the lane's sync
+//! thread, in off mode the appending thread itself (whose other tasks wait with it).
 
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
@@ -88,6 +95,10 @@ pub struct WalConfig {
     /// fdatasync costs the kernel a device flush (on a VM, an exit to the host) whatever it
     /// covers, so lingering makes each one cover more ops, at that much added latency.
     pub sync_linger: std::time::Duration,
+    /// Watchdog: a lane whose write or fdatasync has not returned after this long fails (its
+    /// waiters and new appends answer `Unavailable`) until the call returns. `None` (default):
+    /// no watchdog.
+    pub io_timeout: Option<Duration>,
 }
 
 impl WalConfig {
@@ -100,6 +111,7 @@ impl WalConfig {
             max_lane_buffer_bytes: 64 << 20,
             max_frame_bytes: 1 << 20,
             sync_linger: std::time::Duration::ZERO,
+            io_timeout: None,
         }
     }
 }
@@ -154,14 +166,30 @@ struct Shared {
     fail_writes: AtomicU64,
     /// Test hook: this many next fdatasyncs fail (writes succeed).
     fail_syncs: AtomicU64,
+    /// Test hook: the next segment write or fdatasync sleeps this long first (a hung disk).
+    stall_next_io: Mutex<Option<Duration>>,
     /// Segment frame writes (`write_all` calls) and fdatasyncs so far (tests, benches).
     writes: AtomicU64,
     syncs: AtomicU64,
+    /// Origin of `Lane::io_since`.
+    epoch: Instant,
 }
 
 impl Shared {
     fn seal(&self, generation: u64, path: PathBuf) {
         lock(&self.sealed).push((generation, path));
+    }
+
+    fn injected_stall(&self) {
+        let stall = lock(&self.stall_next_io).take();
+        if let Some(d) = stall {
+            std::thread::sleep(d);
+        }
+    }
+
+    /// Microseconds since `epoch`, plus one (0 means "no I/O running" in `Lane::io_since`).
+    fn now_mark(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64 + 1
     }
 
     fn take_injected(counter: &AtomicU64) -> bool {
@@ -206,6 +234,7 @@ impl Shared {
     /// error (so the caller knows which frames made it).
     fn write_segment(&self, file: &mut File, data: &[u8]) -> (usize, io::Result<()>) {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        self.injected_stall();
         if Self::take_injected(&self.fail_writes) {
             return (0, Err(io::Error::other("injected write failure")));
         }
@@ -228,6 +257,7 @@ impl Shared {
 
     fn sync_segment(&self, file: &File) -> io::Result<()> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.injected_stall();
         if Self::take_injected(&self.fail_writes) || Self::take_injected(&self.fail_syncs) {
             return Err(io::Error::other("injected fdatasync failure"));
         }
@@ -358,6 +388,9 @@ struct Lane {
     flush_mark: AtomicU64,
     /// Off mode with a turn deferral: a driver future is scheduled to write this turn.
     turn_driver: AtomicBool,
+    /// While a write/fdatasync of this lane runs: when it started (`Shared::now_mark`); else
+    /// 0. Read by the watchdog.
+    io_since: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -397,6 +430,7 @@ impl Lane {
             rotated_at: AtomicU64::new(0),
             flush_mark: AtomicU64::new(0),
             turn_driver: AtomicBool::new(false),
+            io_since: AtomicU64::new(0),
             thread: Mutex::new(None),
         }
     }
@@ -489,6 +523,16 @@ impl Lane {
     }
 
     fn write_pending(&self, io: &mut Io, sync: bool) -> Result<u64, String> {
+        // Marks the lane busy for the watchdog, whatever way this returns.
+        struct Busy<'a>(&'a AtomicU64);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
+        self.io_since
+            .store(self.shared.now_mark(), Ordering::Release);
+        let _busy = Busy(&self.io_since);
         let end = self.take_buffer(io);
         debug_assert_eq!(io.pending_end(), end);
         if io.pending_written < io.pending.len() {
@@ -572,6 +616,34 @@ impl Lane {
         tracing::warn!(lane = self.index, error = %text, "wal lane failed");
         self.wake_all();
         text
+    }
+
+    /// Watchdog: fails the lane if the I/O call that started at `since` (a `Lane::io_since`
+    /// value) is still running, as an error would, but without touching `Io` (the stuck
+    /// thread holds it). When the call returns, the lane recovers like after an error: the
+    /// sync thread, `flush_buffers` or `rotate` retry into a fresh segment. Answers whether it
+    /// failed the lane.
+    fn stall(&self, since: u64, waited: Duration) -> bool {
+        if self.failed.load(Ordering::Acquire) || self.io_since.load(Ordering::Acquire) != since {
+            return false;
+        }
+        let text = format!(
+            "wal lane {}: a write or fdatasync in {} has not returned for {} ms (disk hung?)",
+            self.index,
+            self.shared.dir.display(),
+            waited.as_millis()
+        );
+        *lock(&self.error) = text.clone();
+        {
+            // Same order as `fail`: appends after this see `failed`, earlier ones are covered
+            // by `failed_upto`.
+            let b = lock(&self.buf);
+            self.failed_upto.fetch_max(b.end, Ordering::AcqRel);
+            self.failed.store(true, Ordering::Release);
+        }
+        tracing::warn!(lane = self.index, error = %text, "wal lane stalled");
+        self.wake_all();
+        true
     }
 
     /// True when a failed lane may try to recover now.
@@ -765,6 +837,34 @@ pub struct Wal {
     created: AtomicUsize,
     create_lock: Mutex<()>,
     rotate_lock: Mutex<()>,
+    /// Tells the watchdog thread (if any) to end.
+    watchdog_stop: Arc<(Mutex<bool>, Condvar)>,
+}
+
+/// Body of the watchdog thread: checks the lanes every quarter of `timeout` (5..=250 ms).
+/// Holds the `Wal` only while checking; ends when told to or when the `Wal` is gone. Not
+/// joined by `Drop` (which may even run on this thread, if its upgrade held the last `Arc`).
+fn watchdog(wal: &Weak<Wal>, stop: &(Mutex<bool>, Condvar), timeout: Duration) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    loop {
+        {
+            let stopped = lock(&stop.0);
+            if *stopped {
+                return;
+            }
+            let (stopped, _) = stop
+                .1
+                .wait_timeout(stopped, tick)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *stopped {
+                return;
+            }
+        }
+        let Some(wal) = wal.upgrade() else {
+            return;
+        };
+        wal.check_stalls(timeout);
+    }
 }
 
 thread_local! {
@@ -1046,10 +1146,13 @@ impl Wal {
             sealed: Mutex::new(existing.into_iter().map(|(g, _, p)| (g, p)).collect()),
             fail_writes: AtomicU64::new(0),
             fail_syncs: AtomicU64::new(0),
+            stall_next_io: Mutex::new(None),
             writes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
-        Ok(Arc::new(Wal {
+        let watchdog_stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let wal = Arc::new(Wal {
             id: NEXT_WAL_ID.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
             shared,
@@ -1058,7 +1161,31 @@ impl Wal {
             created: AtomicUsize::new(0),
             create_lock: Mutex::new(()),
             rotate_lock: Mutex::new(()),
-        }))
+            watchdog_stop: Arc::clone(&watchdog_stop),
+        });
+        if let Some(timeout) = cfg.io_timeout {
+            let weak = Arc::downgrade(&wal);
+            std::thread::Builder::new()
+                .name("state-wal-watchdog".into())
+                .spawn(move || watchdog(&weak, &watchdog_stop, timeout))
+                .map_err(|e| unavailable(format!("cannot spawn the watchdog: {e}")))?;
+        }
+        Ok(wal)
+    }
+
+    /// Fails every lane whose current write/fdatasync started more than `timeout` ago.
+    /// Answers how many it failed.
+    fn check_stalls(&self, timeout: Duration) -> usize {
+        let now = self.shared.now_mark();
+        let limit = timeout.as_micros() as u64;
+        self.lanes()
+            .filter(|lane| {
+                let since = lane.io_since.load(Ordering::Acquire);
+                since != 0
+                    && now.saturating_sub(since) > limit
+                    && lane.stall(since, Duration::from_micros(now - since))
+            })
+            .count()
     }
 
     /// The lanes created so far.
@@ -1320,6 +1447,12 @@ impl Wal {
         self.shared.fail_writes.store(n, Ordering::Release);
     }
 
+    /// Test hook: the next segment write or fdatasync (whichever comes first) sleeps `d`
+    /// before it runs, as on a hung disk.
+    pub fn stall_next_io_for_test(&self, d: Duration) {
+        *lock(&self.shared.stall_next_io) = Some(d);
+    }
+
     /// Test hook: the next `n` fdatasyncs fail (writes still succeed).
     pub fn fail_next_syncs_for_test(&self, n: u64) {
         self.shared.fail_syncs.store(n, Ordering::Release);
@@ -1340,6 +1473,8 @@ impl Drop for Wal {
     /// Stops (joins) the sync threads, then writes out the buffers best effort (fdatasync'ed
     /// when `sync`); futures still pending resolve (durable, or `Unavailable`).
     fn drop(&mut self) {
+        *lock(&self.watchdog_stop.0) = true;
+        self.watchdog_stop.1.notify_all();
         for lane in self.lanes() {
             lock(&lane.waiters).stop = true;
             lane.cv.notify_all();
@@ -1968,6 +2103,89 @@ mod tests {
         // Every failed segment was cut back to its last fdatasync: B exists once.
         let got = read_all(&wal.rotate().expect("rotate"));
         assert_eq!(got, vec![b"A".to_vec(), b"B".to_vec(), b"D".to_vec()]);
+    }
+
+    /// A hung fdatasync (sync mode) or write (off mode): the watchdog fails the lane's waiters
+    /// and new appends after `io_timeout`, not when the call returns; once it returns the lane
+    /// recovers by itself and the stalled frame is in the log exactly once.
+    #[test]
+    fn watchdog_fails_a_hung_io_call_after_the_timeout_then_the_lane_recovers() {
+        for sync in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut cfg = WalConfig::new(dir.path().to_path_buf(), sync);
+            cfg.io_timeout = Some(Duration::from_millis(100));
+            let wal = Wal::open(cfg).expect("open wal");
+            let a = wal.append(b"A").expect("append");
+            block_on(wal.durable(a)).expect("A durable");
+
+            wal.stall_next_io_for_test(Duration::from_millis(1_500));
+            let t0 = Instant::now();
+            let (r, waited) = if sync {
+                // The sync thread hangs; this thread's future is answered by the watchdog.
+                let b = wal.append(b"B").expect("append B");
+                let r = monoio_block_on(wal.durable(b));
+                (r, t0.elapsed())
+            } else {
+                // Off mode: the appending thread itself makes the hung write; another thread
+                // sees the lane fail while it hangs.
+                let w = Arc::clone(&wal);
+                let hung = std::thread::spawn(move || {
+                    let b = w.append(b"B").expect("append B");
+                    monoio_block_on(w.durable(b))
+                });
+                wait_until("lane failed by the watchdog", || !wal.is_healthy());
+                let waited = t0.elapsed();
+                // The write itself returned in the end: durable wins.
+                let r = hung.join().expect("join");
+                assert!(r.is_ok(), "off mode: {r:?}");
+                (
+                    Err(StateError::Unavailable("seen by the watchdog".into())),
+                    waited,
+                )
+            };
+            assert!(is_unavailable(&r), "sync={sync}: {r:?}");
+            assert!(
+                waited < Duration::from_millis(1_000),
+                "sync={sync}: the watchdog took {waited:?}"
+            );
+            if sync {
+                assert!(!wal.is_healthy());
+                let t1 = Instant::now();
+                assert!(
+                    is_unavailable(&wal.append(b"C")),
+                    "appends refused while hung"
+                );
+                assert!(t1.elapsed() < Duration::from_millis(50));
+            }
+            // Off mode recovers from the background `flush_buffers` (the journal's tick).
+            wait_until("recovery", || {
+                let _ = wal.flush_buffers();
+                wal.is_healthy()
+            });
+            let d = wal.append(b"D").expect("append after recovery");
+            monoio_block_on(wal.durable(d)).expect("D durable");
+            let mut got = read_all(&wal.rotate().expect("rotate"));
+            // Off mode: B is on the hung thread's own lane (lanes have no order between them).
+            got.sort();
+            assert_eq!(
+                got,
+                vec![b"A".to_vec(), b"B".to_vec(), b"D".to_vec()],
+                "sync={sync}"
+            );
+        }
+    }
+
+    /// Without `io_timeout` a slow fdatasync is simply waited for.
+    #[test]
+    fn without_a_watchdog_a_slow_fdatasync_is_waited_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), true);
+        wal.stall_next_io_for_test(Duration::from_millis(300));
+        let t0 = Instant::now();
+        let b = wal.append(b"B").expect("append B");
+        monoio_block_on(wal.durable(b)).expect("B durable");
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert!(wal.is_healthy());
     }
 
     #[test]
