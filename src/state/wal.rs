@@ -19,18 +19,20 @@
 //! Segment `<generation:016x>-<lane:04x>.wal`, starting with the magic `SMSGWAL2` and the
 //! generation (u64 LE), then frames `len: u32 LE, crc: u32 LE, payload`, where `crc` is the
 //! payload's CRC32 XOR a mask of the generation (`SMSGWAL1` segments of older builds, with the
-//! plain CRC32 and no generation, are still read).
+//! plain CRC32 and no generation, are still read). Every segment file gets a generation of its
+//! own from one counter (above every generation found at open, free files' included), so per
+//! lane the generations order the frames, and a segment opened after a [`Wal::rotate`] sorts
+//! after every segment that rotate sealed. Positions ([`Pos`]) are offsets in a lane's frame
+//! stream (header bytes not counted), valid for this `Wal` instance only.
 //!
 //! With [`WalConfig::recycle_segments`], a segment is closed at `segment_bytes` and
-//! [`Wal::remove_sealed`] keeps removed segments (padded to full length) as `free-<n>.wal` for
-//! reuse: a new segment renames one and overwrites it from the start, so the file's size and
-//! extents never change and its fdatasyncs need no filesystem journal commit. Whatever the
-//! file held before is left behind its new frames; the generation mask makes those old frames
-//! fail their CRC, so a read stops at the end of the new ones. Every segment file gets a generation of its own from
-//! one counter (above every file found at open), so per lane the generations order the frames,
-//! and a segment opened after a [`Wal::rotate`] sorts after every segment that rotate sealed.
-//! Positions ([`Pos`]) are offsets in a lane's frame stream (magic bytes not counted), valid
-//! for this `Wal` instance only.
+//! [`Wal::remove_sealed`] keeps removed segments (padded to full length) as
+//! `free-<generation of its last use:016x>.wal` for reuse: a new segment renames one and
+//! overwrites it from the start, so the file's size and extents never change and its
+//! fdatasyncs need no filesystem journal commit. Whatever the file held before is left behind
+//! its new frames, all of generations below the new one (the counter starts above the free
+//! files' names too); the generation mask makes those old frames fail their CRC, so a read
+//! stops at the end of the new ones.
 //!
 //! # Failures
 //!
@@ -238,8 +240,6 @@ struct Shared {
     recycle_max: usize,
     /// Recycled files ready for reuse.
     free: Mutex<Vec<PathBuf>>,
-    /// Number of the next `free-<n>.wal` name.
-    next_free: AtomicU64,
 }
 
 impl Shared {
@@ -359,8 +359,16 @@ impl Shared {
             // changes extents again (and its fdatasync commits the journal).
             f.sync_all()?;
         }
-        let n = self.next_free.fetch_add(1, Ordering::Relaxed);
-        let free = self.dir.join(format!("{FREE_PREFIX}{n:016x}.wal"));
+        // Named by the generation of its last use: the highest of any frame in it, which the
+        // generation counter must stay above (see `scan_free`).
+        let Some((generation, _)) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_segment_name)
+        else {
+            return fs::remove_file(path);
+        };
+        let free = self.dir.join(format!("{FREE_PREFIX}{generation:016x}.wal"));
         fs::rename(path, &free)?;
         lock(&self.free).push(free);
         Ok(())
@@ -1299,8 +1307,8 @@ impl Wal {
             }
         }
         let existing = scan_segments(&cfg.dir)?;
-        let (free, next_free) = scan_free(&cfg.dir, cfg.recycle_segments, cfg.segment_bytes)?;
-        let next_gen = match existing.iter().map(|s| s.0).max() {
+        let (free, free_max_gen) = scan_free(&cfg.dir, cfg.recycle_segments, cfg.segment_bytes)?;
+        let next_gen = match existing.iter().map(|s| s.0).chain(free_max_gen).max() {
             None => 1,
             Some(g) => g.checked_add(1).ok_or_else(|| {
                 StateError::Corrupt("wal: segment generation at its maximum".into())
@@ -1322,7 +1330,6 @@ impl Wal {
             segment_bytes: cfg.segment_bytes.max(SEG_HEADER as u64 + 1),
             recycle_max: cfg.recycle_segments,
             free: Mutex::new(free),
-            next_free: AtomicU64::new(next_free),
         });
         let watchdog_stop = Arc::new((Mutex::new(false), Condvar::new()));
         let wal = Arc::new(Wal {
@@ -1692,31 +1699,33 @@ fn scan_segments(dir: &Path) -> Result<Vec<(u64, u32, PathBuf)>, StateError> {
     Ok(out)
 }
 
-/// Recycled files in `dir` to keep (at most `keep`, full-length) and the next free number;
-/// the others are deleted (a pool that shrank, a file cut short by a crash while padding).
+/// Recycled files in `dir` to keep (at most `keep`, full-length; the others are deleted: a pool
+/// that shrank, a file cut short by a crash while padding) and the highest generation named by
+/// any of them. Every frame in a free file is of that generation or below, so a counter
+/// starting above it never gives a new segment the generation of a frame it may still hold.
 fn scan_free(
     dir: &Path,
     keep: usize,
     segment_bytes: u64,
-) -> Result<(Vec<PathBuf>, u64), StateError> {
+) -> Result<(Vec<PathBuf>, Option<u64>), StateError> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
         Err(e) => return Err(io_error("cannot list", dir, e)),
     };
     let mut free = Vec::new();
-    let mut next = 0u64;
+    let mut max_gen = None;
     for entry in rd {
         let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
         let name = entry.file_name();
-        let Some(n) = name
+        let Some(generation) = name
             .to_str()
             .and_then(|n| n.strip_prefix(FREE_PREFIX)?.strip_suffix(".wal"))
             .and_then(|n| u64::from_str_radix(n, 16).ok())
         else {
             continue;
         };
-        next = next.max(n.saturating_add(1));
+        max_gen = max_gen.max(Some(generation));
         let full = entry
             .metadata()
             .is_ok_and(|m| m.is_file() && m.len() >= segment_bytes);
@@ -1727,7 +1736,7 @@ fn scan_free(
                 .map_err(|e| io_error("cannot remove", &entry.path(), e))?;
         }
     }
-    Ok((free, next))
+    Ok((free, max_gen))
 }
 
 /// Existing segment files in `dir`, oldest generation first (lane order within a generation
@@ -2366,6 +2375,49 @@ mod tests {
         let wal = mk(0);
         assert!(free_files(dir.path()).is_empty());
         drop(wal);
+    }
+
+    /// Across a restart with no segment left (all folded and recycled), the generation counter
+    /// starts above the free files' generations: a reused file never gets the generation of
+    /// frames it still holds, which would make them read as valid.
+    #[test]
+    fn generations_after_a_restart_stay_above_recycled_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mk = || {
+            let mut cfg = WalConfig::new(dir.path().to_path_buf(), true);
+            cfg.segment_bytes = 4096;
+            cfg.recycle_segments = 2;
+            Wal::open(cfg).expect("open wal")
+        };
+        let frame = |tag: &str, i: usize| format!("{tag}-{i:04}-{}", "x".repeat(88)).into_bytes();
+        let wal = mk();
+        monoio_block_on(async {
+            for i in 0..30 {
+                let pos = wal.append(&frame("old", i)).expect("append");
+                wal.durable(pos).await.expect("durable");
+            }
+        });
+        let sealed = wal.rotate().expect("rotate");
+        assert_eq!(sealed.len(), 1, "30 frames fit one 4 KiB segment");
+        wal.remove_sealed(&sealed).expect("remove");
+        drop(wal);
+        assert_eq!(free_files(dir.path()).len(), 1);
+        assert!(list_segments(dir.path()).expect("list").is_empty());
+
+        let wal = mk();
+        let new: Vec<Vec<u8>> = (0..5).map(|i| frame("new", i)).collect();
+        monoio_block_on(async {
+            for p in &new {
+                let pos = wal.append(p).expect("append");
+                wal.durable(pos).await.expect("durable");
+            }
+        });
+        assert!(
+            free_files(dir.path()).is_empty(),
+            "the free file was reused"
+        );
+        let live = list_segments(dir.path()).expect("list");
+        assert_eq!(read_all(&live), new, "no frame of the previous run is read");
     }
 
     /// The reader takes both formats, and a recycled file whose header still names its
