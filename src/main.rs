@@ -81,6 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Signals must be blocked before any thread exists so every thread inherits the mask
             // and only the watcher thread receives them.
             let signals = smsgw::runtime::block_termination_signals()?;
+            // Before the shards allocate their working memory (see the function's docs).
+            let thp = smsgw::runtime::disable_transparent_huge_pages();
             let config = match smsgw::config::load(&config, &rules) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -96,6 +98,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             for w in &config.warnings {
                 tracing::warn!("config: {w}");
+            }
+            if let Err(e) = thp {
+                // Only a performance matter (older kernels, seccomp): keep serving.
+                tracing::warn!(error = %e, "cannot turn transparent huge pages off for this process");
             }
             smsgw::shard::gateway::serve(config, signals).context("serve")?;
             Ok(ExitCode::SUCCESS)

@@ -439,3 +439,23 @@ on_both_drivers!(
     sigterm_exits_zero,
     receipt_before_submit_resp_is_applied,
 );
+
+/// `serve` turns transparent huge pages off for its process (`prctl(PR_SET_THP_DISABLE)`,
+/// see `runtime::disable_transparent_huge_pages`): the kernel reports it in
+/// `/proc/<pid>/status`. Not per driver: it happens before the runtime starts.
+#[test]
+fn serve_runs_with_transparent_huge_pages_off() {
+    let sim = Sim::start(&[]);
+    let gw = one_link_gateway(&sim, common::legacy_from_env());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.proc.pid()))
+        .expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .expect("kernel reports THP_enabled");
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some("0"),
+        "huge pages still on for serve: {line}"
+    );
+}
