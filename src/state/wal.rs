@@ -98,6 +98,11 @@ fn gen_mask(generation: u64) -> u32 {
     (generation as u32).wrapping_mul(0x9E37_79B1) ^ (generation >> 32) as u32
 }
 
+/// The little-endian u32 at `at` (the caller checked `at + 4 <= b.len()`).
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 /// XORs the CRC field of every whole frame in `frames` (which starts at a frame boundary).
 fn xor_frame_crcs(frames: &mut [u8], mask: u32) {
     if mask == 0 {
@@ -105,18 +110,8 @@ fn xor_frame_crcs(frames: &mut [u8], mask: u32) {
     }
     let mut off = 0;
     while off + HEADER <= frames.len() {
-        let len = u32::from_le_bytes([
-            frames[off],
-            frames[off + 1],
-            frames[off + 2],
-            frames[off + 3],
-        ]) as usize;
-        let crc = u32::from_le_bytes([
-            frames[off + 4],
-            frames[off + 5],
-            frames[off + 6],
-            frames[off + 7],
-        ]) ^ mask;
+        let len = u32_at(frames, off) as usize;
+        let crc = u32_at(frames, off + 4) ^ mask;
         frames[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
         off += HEADER + len;
     }
@@ -926,12 +921,7 @@ impl Lane {
 fn frame_boundary(frames: &[u8], reached: usize) -> usize {
     let mut off = 0;
     while off + HEADER <= frames.len() {
-        let len = u32::from_le_bytes([
-            frames[off],
-            frames[off + 1],
-            frames[off + 2],
-            frames[off + 3],
-        ]) as usize;
+        let len = u32_at(frames, off) as usize;
         let next = off + HEADER + len;
         if next > reached {
             break;
