@@ -776,7 +776,14 @@ impl Lane {
         };
         io.retry_at = Some(Instant::now() + io.backoff);
         let text = format!("wal lane {}: {what} {path}: {e}", self.index);
-        *lock(&self.error) = text.clone();
+        self.mark_failed(&text);
+        text
+    }
+
+    /// Records `text`, marks the lane failed and wakes every waiter (each reads its outcome).
+    /// Touches no `Io`, so the watchdog can call it while a stuck thread holds that lock.
+    fn mark_failed(&self, text: &str) {
+        *lock(&self.error) = text.to_string();
         {
             // Under the buffer lock: appends after this see `failed`, appends before it are
             // covered by `failed_upto`.
@@ -786,7 +793,6 @@ impl Lane {
         }
         tracing::warn!(lane = self.index, error = %text, "wal lane failed");
         self.wake_all();
-        text
     }
 
     /// Watchdog: fails the lane if the I/O call that started at `since` (a `Lane::io_since`
@@ -804,16 +810,7 @@ impl Lane {
             self.shared.dir.display(),
             waited.as_millis()
         );
-        *lock(&self.error) = text.clone();
-        {
-            // Same order as `fail`: appends after this see `failed`, earlier ones are covered
-            // by `failed_upto`.
-            let b = lock(&self.buf);
-            self.failed_upto.fetch_max(b.end, Ordering::AcqRel);
-            self.failed.store(true, Ordering::Release);
-        }
-        tracing::warn!(lane = self.index, error = %text, "wal lane stalled");
-        self.wake_all();
+        self.mark_failed(&text);
         true
     }
 
@@ -2292,6 +2289,32 @@ mod tests {
         v
     }
 
+    /// A sync-mode wal in `dir` with 4 KiB segments and a pool of `recycle` free files.
+    fn recycling_wal(dir: &Path, recycle: usize) -> Arc<Wal> {
+        let mut cfg = WalConfig::new(dir.to_path_buf(), true);
+        cfg.segment_bytes = 4096;
+        cfg.recycle_segments = recycle;
+        Wal::open(cfg).expect("open wal")
+    }
+
+    /// `n` frames of 100 bytes (108 with the header) tagged `tag`: the same sizes for every
+    /// tag, so frames of two uses of a file sit at the same offsets.
+    fn sized_frames(tag: &str, n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("{tag}-{i:04}-{}", "x".repeat(88)).into_bytes())
+            .collect()
+    }
+
+    /// Appends each frame and waits until it is durable.
+    fn append_durably(wal: &Arc<Wal>, frames: &[Vec<u8>]) {
+        monoio_block_on(async {
+            for p in frames {
+                let pos = wal.append(p).expect("append");
+                wal.durable(pos).await.expect("durable");
+            }
+        });
+    }
+
     /// Recycling: full segments are closed at `segment_bytes`, removed ones become free files
     /// of full length (at most `recycle_segments`), a new segment reuses one without growing
     /// it, and the frames its earlier use left behind (same sizes, same offsets) are never
@@ -2299,21 +2322,9 @@ mod tests {
     #[test]
     fn recycled_segments_keep_their_length_and_never_replay_earlier_frames() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mk = |recycle: usize| {
-            let mut cfg = WalConfig::new(dir.path().to_path_buf(), true);
-            cfg.segment_bytes = 4096;
-            cfg.recycle_segments = recycle;
-            Wal::open(cfg).expect("open wal")
-        };
-        let frame = |tag: &str, i: usize| format!("{tag}-{i:04}-{}", "x".repeat(88)).into_bytes();
-        let wal = mk(2);
-        let old: Vec<Vec<u8>> = (0..100).map(|i| frame("old", i)).collect();
-        monoio_block_on(async {
-            for p in &old {
-                let pos = wal.append(p).expect("append");
-                wal.durable(pos).await.expect("durable");
-            }
-        });
+        let wal = recycling_wal(dir.path(), 2);
+        let old = sized_frames("old", 100);
+        append_durably(&wal, &old);
         let sealed = wal.rotate().expect("rotate");
         assert!(
             sealed.len() >= 3,
@@ -2334,13 +2345,8 @@ mod tests {
         assert!(list_segments(dir.path()).expect("list").is_empty());
 
         // New frames of the same size land at the same offsets as the old ones.
-        let new: Vec<Vec<u8>> = (0..10).map(|i| frame("new", i)).collect();
-        monoio_block_on(async {
-            for p in &new {
-                let pos = wal.append(p).expect("append");
-                wal.durable(pos).await.expect("durable");
-            }
-        });
+        let new = sized_frames("new", 10);
+        append_durably(&wal, &new);
         assert_eq!(free_files(dir.path()).len(), 1, "one free file reused");
         let live = list_segments(dir.path()).expect("list");
         assert_eq!(live.len(), 1);
@@ -2359,10 +2365,10 @@ mod tests {
         drop(wal);
 
         // Reopen with a smaller pool: the surplus is deleted; with none, all are.
-        let wal = mk(1);
+        let wal = recycling_wal(dir.path(), 1);
         assert_eq!(free_files(dir.path()).len(), 1);
         drop(wal);
-        let wal = mk(0);
+        let wal = recycling_wal(dir.path(), 0);
         assert!(free_files(dir.path()).is_empty());
         drop(wal);
     }
@@ -2373,20 +2379,8 @@ mod tests {
     #[test]
     fn generations_after_a_restart_stay_above_recycled_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mk = || {
-            let mut cfg = WalConfig::new(dir.path().to_path_buf(), true);
-            cfg.segment_bytes = 4096;
-            cfg.recycle_segments = 2;
-            Wal::open(cfg).expect("open wal")
-        };
-        let frame = |tag: &str, i: usize| format!("{tag}-{i:04}-{}", "x".repeat(88)).into_bytes();
-        let wal = mk();
-        monoio_block_on(async {
-            for i in 0..30 {
-                let pos = wal.append(&frame("old", i)).expect("append");
-                wal.durable(pos).await.expect("durable");
-            }
-        });
+        let wal = recycling_wal(dir.path(), 2);
+        append_durably(&wal, &sized_frames("old", 30));
         let sealed = wal.rotate().expect("rotate");
         assert_eq!(sealed.len(), 1, "30 frames fit one 4 KiB segment");
         wal.remove_sealed(&sealed).expect("remove");
@@ -2394,14 +2388,9 @@ mod tests {
         assert_eq!(free_files(dir.path()).len(), 1);
         assert!(list_segments(dir.path()).expect("list").is_empty());
 
-        let wal = mk();
-        let new: Vec<Vec<u8>> = (0..5).map(|i| frame("new", i)).collect();
-        monoio_block_on(async {
-            for p in &new {
-                let pos = wal.append(p).expect("append");
-                wal.durable(pos).await.expect("durable");
-            }
-        });
+        let wal = recycling_wal(dir.path(), 2);
+        let new = sized_frames("new", 5);
+        append_durably(&wal, &new);
         assert!(
             free_files(dir.path()).is_empty(),
             "the free file was reused"
