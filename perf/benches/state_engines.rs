@@ -6,7 +6,9 @@
 //!
 //! Run: `cargo bench --bench state_engines` (env: `STATE_BENCH_N` messages per configuration,
 //! default 60000; `STATE_BENCH_CLIENTS` client threads, default 2; `STATE_BENCH_INFLIGHT`
-//! concurrent messages per client, default 128). Every loop is bounded in count and by a 60 s
+//! concurrent messages per client, default 128; `STATE_BENCH_CONFIGS` a comma-separated subset
+//! of the configurations, e.g. `memory,journal-off` for a profile; `STATE_BENCH_ROUNDS`, default
+//! 2). Every loop is bounded in count and by a 60 s
 //! deadline per configuration.
 
 use std::time::Duration;
@@ -46,15 +48,21 @@ fn main() {
     println!(
         "state engines: {n} messages x (create+mark, submitted, receipt), {clients} client threads x {inflight} in flight"
     );
-    let configs = [
+    let all = [
         "memory",
         "journal-off",
         "writer-off",
         "journal-batch",
         "writer-batch",
     ];
-    for round in 1..=2 {
-        for name in configs {
+    let only = std::env::var("STATE_BENCH_CONFIGS").unwrap_or_default();
+    let configs: Vec<&str> = all
+        .into_iter()
+        .filter(|c| only.is_empty() || only.split(',').any(|o| o.trim() == *c))
+        .collect();
+    let rounds = env_usize("STATE_BENCH_ROUNDS", 2).clamp(1, 20);
+    for round in 1..=rounds {
+        for &name in &configs {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("state");
             let cpu0 = process_cpu();

@@ -63,9 +63,8 @@
 //!   memory (and may still reach a log): outcome unknown, as with the other backends, and a
 //!   client retry with the same id finds it.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -197,9 +196,14 @@ struct Slot {
     last: Pos,
 }
 
+/// Keyed (random per store), and much cheaper than std's SipHash on these short keys: every op
+/// hashes its key a few times (stripe, map), and SipHash was ~2 µs of the ~7 µs per message
+/// the journal cost over the memory store (`perf record` of `state_engines`, 2026-11-26).
+type Hasher64 = foldhash::quality::RandomState;
+
 #[derive(Default)]
 struct Stripe {
-    records: HashMap<Arc<MessageKey>, Slot>,
+    records: HashMap<Arc<MessageKey>, Slot, Hasher64>,
     /// Hot non-final records by `(expires_at_ms, key)`: the order of the cold `open` keys.
     open: BTreeSet<(u64, Arc<MessageKey>)>,
     /// Keys changed since the last checkpoint.
@@ -216,7 +220,44 @@ struct ReceiptEntry {
     inc: u64,
 }
 
-type ReceiptStripe = HashMap<(u32, String), ReceiptEntry>;
+/// Receipt index key: `(link, SMSC id)`.
+#[derive(PartialEq, Eq)]
+struct RKey {
+    link: u32,
+    id: Box<str>,
+}
+
+/// A borrowed [`RKey`] for lookups: no allocation per receipt.
+struct RRef<'a> {
+    link: u32,
+    id: &'a str,
+}
+
+// `RKey` and `RRef` must hash alike (hashbrown looks one up by the other).
+impl Hash for RKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        RRef {
+            link: self.link,
+            id: &self.id,
+        }
+        .hash(h);
+    }
+}
+
+impl Hash for RRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u32(self.link);
+        self.id.hash(h);
+    }
+}
+
+impl hashbrown::Equivalent<RKey> for RRef<'_> {
+    fn equivalent(&self, k: &RKey) -> bool {
+        self.link == k.link && self.id == &*k.id
+    }
+}
+
+type ReceiptStripe = hashbrown::HashMap<RKey, ReceiptEntry, Hasher64>;
 
 /// Counters for tests, logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +283,7 @@ pub struct JournalStats {
 struct Inner {
     stripes: Vec<Mutex<Stripe>>,
     receipts: Vec<Mutex<ReceiptStripe>>,
-    hasher: RandomState,
+    hasher: Hasher64,
     count: AtomicUsize,
     cfg: JournalConfig,
     ttl_ms: u64,
@@ -350,7 +391,7 @@ impl JournalStore {
             receipts: (0..STRIPES)
                 .map(|_| Mutex::new(ReceiptStripe::default()))
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: Hasher64::default(),
             count: AtomicUsize::new(0),
             ttl_ms: cfg.ttl_secs.saturating_mul(1000),
             cfg,
@@ -469,7 +510,11 @@ impl Inner {
     }
 
     fn receipt_stripe(&self, link_id: u32, smsc_id: &str) -> usize {
-        (self.hasher.hash_one((link_id, smsc_id)) as usize) & (STRIPES - 1)
+        let k = RRef {
+            link: link_id,
+            id: smsc_id,
+        };
+        (self.hasher.hash_one(k) as usize) & (STRIPES - 1)
     }
 
     fn cold(&self) -> Result<Arc<Trees>, StateError> {
@@ -507,20 +552,26 @@ impl Inner {
     /// Index entry for one part (latest wins, unless the entry is a newer record's).
     fn index_part(&self, link: u32, id: &str, e: ReceiptEntry, only_if_newer: bool) {
         let mut g = lock(&self.receipts[self.receipt_stripe(link, id)]);
-        if only_if_newer
-            && g.get(&(link, id.to_string()))
-                .is_some_and(|old| old.expires_at_ms > e.expires_at_ms)
-        {
-            return;
+        match g.get_mut(&RRef { link, id }) {
+            Some(old) if only_if_newer && old.expires_at_ms > e.expires_at_ms => {}
+            Some(old) => *old = e,
+            None => {
+                g.insert(
+                    RKey {
+                        link,
+                        id: id.into(),
+                    },
+                    e,
+                );
+            }
         }
-        g.insert((link, id.to_string()), e);
     }
 
     /// Removes `slot`'s index entries that still point at it.
     fn unindex(&self, slot: &Slot) {
         for (_, link, id) in indexable(&slot.record) {
             let mut g = lock(&self.receipts[self.receipt_stripe(link, id)]);
-            let k = (link, id.to_string());
+            let k = RRef { link, id };
             if g.get(&k).is_some_and(|e| e.inc == slot.inc) {
                 g.remove(&k);
             }
@@ -543,16 +594,15 @@ impl Inner {
         }
     }
 
-    fn mark_dirty(s: &mut Stripe, key: &Arc<MessageKey>) {
-        if let Some(slot) = s.records.get_mut(&**key)
-            && !slot.dirty_listed
-        {
+    fn list_dirty(slot: &mut Slot, dirty: &mut Vec<Arc<MessageKey>>) {
+        if !slot.dirty_listed {
             slot.dirty_listed = true;
-            s.dirty.push(Arc::clone(key));
+            dirty.push(Arc::clone(&slot.key));
         }
     }
 
-    /// Inserts a slot (no index, no dirty mark) and returns its key handle.
+    /// Inserts a slot and its receipt index entries (on the dirty list with `dirty`) and
+    /// returns its key handle.
     #[allow(clippy::too_many_arguments)]
     fn insert_slot(
         &self,
@@ -564,6 +614,7 @@ impl Inner {
         ckpt_version: u64,
         cold_open: Option<u64>,
         last: Pos,
+        dirty: bool,
     ) -> Arc<MessageKey> {
         let inc = s.next_inc * STRIPES as u64 + si as u64;
         s.next_inc += 1;
@@ -584,9 +635,12 @@ impl Inner {
             version,
             ckpt_version,
             cold_open,
-            dirty_listed: false,
+            dirty_listed: dirty,
             last,
         };
+        if dirty {
+            s.dirty.push(Arc::clone(&key));
+        }
         self.index_all(&slot, true);
         s.records.insert(Arc::clone(&key), slot);
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -612,7 +666,17 @@ impl Inner {
             return Ok(false);
         };
         let cold_open = (!rec.status.is_final()).then_some(rec.expires_at_ms);
-        let k = self.insert_slot(s, si, key.clone(), rec, v, v, cold_open, Pos::default());
+        let k = self.insert_slot(
+            s,
+            si,
+            key.clone(),
+            rec,
+            v,
+            v,
+            cold_open,
+            Pos::default(),
+            false,
+        );
         let inc = s.records.get(&*k).map_or(0, |sl| sl.inc);
         s.evict.push_back((unix_ms(), inc, k));
         self.loaded.fetch_add(1, Ordering::Relaxed);
@@ -626,31 +690,45 @@ impl Inner {
         let mut g = lock(&self.stripes[si]);
         let s = &mut *g;
         // The version to follow and the cold state a replaced record leaves behind.
-        let (prev_version, ckpt_version, cold_open) = match s.records.get(&key) {
+        let (hot, prev_version, ckpt_version, cold_open) = match s.records.get(&key) {
             Some(slot) if slot.record.expires_at_ms > now => {
                 return Ok((CreateOutcome::Exists(slot.record.clone()), slot.last));
             }
-            Some(slot) => (slot.version, slot.ckpt_version, slot.cold_open),
+            Some(slot) => (true, slot.version, slot.ckpt_version, slot.cold_open),
             None => match self.cold_get(&key)? {
                 Some((rec, _)) if rec.expires_at_ms > now => {
                     return Ok((CreateOutcome::Exists(rec), Pos::default()));
                 }
-                Some((rec, v)) => (v, v, (!rec.status.is_final()).then_some(rec.expires_at_ms)),
-                None => (0, 0, None),
+                Some((rec, v)) => (
+                    false,
+                    v,
+                    v,
+                    (!rec.status.is_final()).then_some(rec.expires_at_ms),
+                ),
+                None => (false, 0, 0, None),
             },
         };
-        if !s.records.contains_key(&key)
-            && self.count.load(Ordering::Relaxed) >= self.cfg.max_hot_records
-        {
+        if !hot && self.count.load(Ordering::Relaxed) >= self.cfg.max_hot_records {
             return Err(StateError::Overloaded);
         }
         r.expires_at_ms = now.saturating_add(self.ttl_ms);
         r.status = r.derive_status();
         let version = prev_version + 1;
         let pos = self.log(&key, version, &r)?;
-        self.remove_slot(s, &key);
-        let k = self.insert_slot(s, si, key, r.clone(), version, ckpt_version, cold_open, pos);
-        Self::mark_dirty(s, &k);
+        if hot {
+            self.remove_slot(s, &key);
+        }
+        self.insert_slot(
+            s,
+            si,
+            key,
+            r.clone(),
+            version,
+            ckpt_version,
+            cold_open,
+            pos,
+            true,
+        );
         Ok((CreateOutcome::Created(r), pos))
     }
 
@@ -668,7 +746,13 @@ impl Inner {
         if !self.ensure_hot(s, si, key)? {
             return Ok((UpdateOutcome::NotFound, Pos::default()));
         }
-        let Some(slot) = s.records.get_mut(key) else {
+        let Stripe {
+            records,
+            open,
+            dirty,
+            ..
+        } = s;
+        let Some(slot) = records.get_mut(key) else {
             return Ok((UpdateOutcome::NotFound, Pos::default()));
         };
         if slot.record.expires_at_ms <= now {
@@ -685,67 +769,51 @@ impl Inner {
                 slot.last,
             ));
         }
-        let pos = self.commit(s, key, rec)?;
-        let record = s.records.get(key).map(|sl| sl.record.clone());
-        let record = record.ok_or_else(|| StateError::Unavailable("record vanished".into()))?;
+        let pos = self.commit(slot, open, dirty, rec)?;
         Ok((
             UpdateOutcome::Updated {
-                record,
+                record: slot.record.clone(),
                 changed: true,
             },
             pos,
         ))
     }
 
-    /// Logs `rec` as the next version of the hot record `key` and installs it (index, `open`,
-    /// dirty mark). Nothing changes if the log append fails.
+    /// Logs `rec` as the next version of the hot record in `slot` and installs it (receipt
+    /// index entries of new SMSC ids, `open`, dirty mark). Nothing changes if the log append
+    /// fails. Takes the stripe's parts, not the stripe: one map lookup per op, by the caller.
     fn commit(
         &self,
-        s: &mut Stripe,
-        key: &MessageKey,
+        slot: &mut Slot,
+        open: &mut BTreeSet<(u64, Arc<MessageKey>)>,
+        dirty: &mut Vec<Arc<MessageKey>>,
         rec: MessageRecord,
     ) -> Result<Pos, StateError> {
-        let Some(slot) = s.records.get_mut(key) else {
-            return Err(StateError::Unavailable("record vanished".into()));
-        };
         let version = slot.version + 1;
-        let pos = self.log(key, version, &rec)?;
-        let was_open = !slot.record.status.is_final();
-        let newly_indexed: Vec<(u16, u32, String)> = indexable(&rec)
-            .filter(|(part, _, id)| {
-                slot.record
-                    .parts
-                    .get(usize::from(*part))
-                    .is_none_or(|p| p.smsc_message_id.as_deref() != Some(*id))
-            })
-            .map(|(p, l, id)| (p, l, id.to_string()))
-            .collect();
-        slot.record = rec;
+        let pos = self.log(&slot.key, version, &rec)?;
+        let old = std::mem::replace(&mut slot.record, rec);
         slot.version = version;
         slot.last = pos;
-        let k = Arc::clone(&slot.key);
-        let (inc, exp, now_final) = (
-            slot.inc,
-            slot.record.expires_at_ms,
-            slot.record.status.is_final(),
-        );
-        for (part, link, id) in newly_indexed {
-            self.index_part(
-                link,
-                &id,
-                ReceiptEntry {
-                    key: Arc::clone(&k),
+        let exp = slot.record.expires_at_ms;
+        for (part, link, id) in indexable(&slot.record) {
+            let known = old
+                .parts
+                .get(usize::from(part))
+                .is_some_and(|p| p.smsc_message_id.as_deref() == Some(id));
+            if !known {
+                let e = ReceiptEntry {
+                    key: Arc::clone(&slot.key),
                     part,
                     expires_at_ms: exp,
-                    inc,
-                },
-                false,
-            );
+                    inc: slot.inc,
+                };
+                self.index_part(link, id, e, false);
+            }
         }
-        if was_open && now_final {
-            s.open.remove(&(exp, Arc::clone(&k)));
+        if !old.status.is_final() && slot.record.status.is_final() {
+            open.remove(&(exp, Arc::clone(&slot.key)));
         }
-        Self::mark_dirty(s, &k);
+        Self::list_dirty(slot, dirty);
         Ok(pos)
     }
 
@@ -758,8 +826,10 @@ impl Inner {
     ) -> Result<Option<(MessageKey, u16, Option<u64>)>, StateError> {
         {
             let g = lock(&self.receipts[self.receipt_stripe(link_id, smsc_id)]);
-            if let Some(e) = g.get(&(link_id, smsc_id.to_string()))
-                && e.expires_at_ms > now
+            if let Some(e) = g.get(&RRef {
+                link: link_id,
+                id: smsc_id,
+            }) && e.expires_at_ms > now
             {
                 return Ok(Some(((*e.key).clone(), e.part, Some(e.inc))));
             }
@@ -789,7 +859,13 @@ impl Inner {
         if !self.ensure_hot(s, si, &key)? {
             return Ok((ReceiptOutcome::NotFound, Pos::default()));
         }
-        let Some(slot) = s.records.get(&key) else {
+        let Stripe {
+            records,
+            open,
+            dirty,
+            ..
+        } = s;
+        let Some(slot) = records.get_mut(&key) else {
             return Ok((ReceiptOutcome::NotFound, Pos::default()));
         };
         // The entry must still describe this record: same incarnation (hot entry), or the
@@ -808,10 +884,8 @@ impl Inner {
         if !rec.apply_receipt(part, receipt, at) {
             return Ok((ReceiptOutcome::Duplicate, slot.last));
         }
-        let pos = self.commit(s, &key, rec)?;
-        let record = s.records.get(&key).map(|sl| sl.record.clone());
-        let record = record.ok_or_else(|| StateError::Unavailable("record vanished".into()))?;
-        Ok((ReceiptOutcome::Applied(record), pos))
+        let pos = self.commit(slot, open, dirty, rec)?;
+        Ok((ReceiptOutcome::Applied(slot.record.clone()), pos))
     }
 
     fn get(&self, key: &MessageKey, now: u64) -> Result<(Option<MessageRecord>, Pos), StateError> {
@@ -943,7 +1017,13 @@ impl Inner {
         key: &MessageKey,
         now_ms: u64,
     ) -> Result<Option<(MessageRecord, Pos)>, StateError> {
-        let Some(slot) = s.records.get(key) else {
+        let Stripe {
+            records,
+            open,
+            dirty,
+            ..
+        } = s;
+        let Some(slot) = records.get_mut(key) else {
             return Ok(None);
         };
         if slot.record.status.is_final() {
@@ -957,9 +1037,8 @@ impl Inner {
             },
             now_ms,
         );
-        let out = rec.clone();
-        let pos = self.commit(s, key, rec)?;
-        Ok(Some((out, pos)))
+        let pos = self.commit(slot, open, dirty, rec)?;
+        Ok(Some((slot.record.clone(), pos)))
     }
 
     fn scan(
@@ -1069,8 +1148,7 @@ impl Inner {
             let si = self.stripe_of(&key);
             let mut g = lock(&self.stripes[si]);
             let s = &mut *g;
-            let k = self.insert_slot(s, si, key, rec, v, cold_v, cold_open, Pos::default());
-            Self::mark_dirty(s, &k);
+            self.insert_slot(s, si, key, rec, v, cold_v, cold_open, Pos::default(), true);
             replayed += 1;
         }
         self.replayed.fetch_add(replayed, Ordering::Relaxed);
@@ -1106,6 +1184,9 @@ impl Inner {
     fn checkpoint_inner(&self) -> Result<usize, StateError> {
         struct Item {
             key: Arc<MessageKey>,
+            /// Its stripe: items are collected stripe by stripe, and the pass after the write
+            /// takes each stripe lock once for all of its items.
+            si: usize,
             inc: u64,
             version: u64,
             /// Cold key and encoded image, made under the stripe lock (no record clone).
@@ -1122,7 +1203,7 @@ impl Inner {
         let sealed = self.wal.rotate()?;
         let t = self.cold()?;
         let mut items: Vec<Item> = Vec::new();
-        for stripe in &self.stripes {
+        for (si, stripe) in self.stripes.iter().enumerate() {
             let mut g = lock(stripe);
             let s = &mut *g;
             for key in std::mem::take(&mut s.dirty) {
@@ -1149,6 +1230,7 @@ impl Inner {
                         };
                         items.push(Item {
                             key: Arc::clone(&slot.key),
+                            si,
                             inc: slot.inc,
                             version: slot.version,
                             expires_at_ms: rec.expires_at_ms,
@@ -1171,11 +1253,12 @@ impl Inner {
             // walked once from left to right instead of searched from its top per entry at
             // random places. Measured: the memtable search was ~60% of this thread's CPU
             // with the entries in stripe order.
-            items.sort_unstable_by(|a, b| a.mk.cmp(&b.mk));
+            let mut order: Vec<&Item> = items.iter().collect();
+            order.sort_unstable_by(|a, b| a.mk.cmp(&b.mk));
             let mut batch = t.db.batch();
             let mut open_ops: Vec<(Vec<u8>, bool)> = Vec::new();
             let mut smsc_ops: Vec<(&[u8], &[u8])> = Vec::new();
-            for it in &items {
+            for it in order {
                 batch.insert(&t.msg, it.mk.as_slice(), it.val.as_slice());
                 let exp = it.expires_at_ms;
                 if let Some(old) = it.cold_open
@@ -1213,27 +1296,28 @@ impl Inner {
             t.db.persist(mode).map_err(fjall_err)
         })();
         let now = unix_ms();
-        for it in &items {
-            let si = self.stripe_of(&it.key);
-            let mut g = lock(&self.stripes[si]);
+        for run in items.chunk_by(|a, b| a.si == b.si) {
+            let mut g = lock(&self.stripes[run[0].si]);
             let s = &mut *g;
-            let Some(slot) = s.records.get_mut(&*it.key) else {
-                continue;
-            };
-            if slot.inc != it.inc {
-                continue;
-            }
-            if written.is_ok() {
-                slot.ckpt_version = slot.ckpt_version.max(it.version);
-                slot.cold_open = it.open_now.then_some(it.expires_at_ms);
-                if let Some(n) = it.index_parts {
-                    slot.cold_smsc = slot.cold_smsc.max(n);
+            for it in run {
+                let Some(slot) = s.records.get_mut(&*it.key) else {
+                    continue;
+                };
+                if slot.inc != it.inc {
+                    continue;
                 }
-                if slot.version == slot.ckpt_version {
-                    s.evict.push_back((now, it.inc, Arc::clone(&it.key)));
+                if written.is_ok() {
+                    slot.ckpt_version = slot.ckpt_version.max(it.version);
+                    slot.cold_open = it.open_now.then_some(it.expires_at_ms);
+                    if let Some(n) = it.index_parts {
+                        slot.cold_smsc = slot.cold_smsc.max(n);
+                    }
+                    if slot.version == slot.ckpt_version {
+                        s.evict.push_back((now, it.inc, Arc::clone(&it.key)));
+                    }
+                } else {
+                    Self::list_dirty(slot, &mut s.dirty);
                 }
-            } else {
-                Self::mark_dirty(s, &it.key);
             }
         }
         written?;
