@@ -495,6 +495,11 @@ fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Re
             j.checkpointed_records,
         )?;
         o.counter(
+            "smsgw_state_ingested_checkpoints_total",
+            "Journal checkpoints written to the cold store as new sorted tables (large ones) instead of a write batch.",
+            j.ingested_checkpoints,
+        )?;
+        o.counter(
             "smsgw_state_checkpoint_failures_total",
             "Journal checkpoints that failed (retried; the logs are kept and grow until one succeeds).",
             j.checkpoint_failures,
@@ -747,6 +752,7 @@ mod tests {
                     checkpoints: 3,
                     checkpointed_records: 40,
                     checkpoint_failures: 1,
+                    ingested_checkpoints: 2,
                     evicted: 9,
                     loaded: 2,
                     replayed: 5,
@@ -763,6 +769,7 @@ mod tests {
             "# TYPE smsgw_state_checkpoints_total counter\n",
             "smsgw_state_checkpoints_total 3\n",
             "smsgw_state_checkpointed_records_total 40\n",
+            "smsgw_state_ingested_checkpoints_total 2\n",
             "# TYPE smsgw_state_checkpoint_failures_total counter\n",
             "smsgw_state_checkpoint_failures_total 1\n",
             "smsgw_state_evicted_total 9\n",
