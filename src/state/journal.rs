@@ -219,6 +219,20 @@ struct Stripe {
     next_inc: u64,
 }
 
+/// A hot record with the parts of its stripe a change also writes (see `Inner::commit`).
+type SlotMut<'a> = (
+    &'a mut Slot,
+    &'a mut BTreeSet<(u64, Arc<MessageKey>)>,
+    &'a mut Vec<Arc<MessageKey>>,
+);
+
+impl Stripe {
+    fn slot_mut(&mut self, key: &MessageKey) -> Option<SlotMut<'_>> {
+        let slot = self.records.get_mut(key)?;
+        Some((slot, &mut self.open, &mut self.dirty))
+    }
+}
+
 struct ReceiptEntry {
     key: Arc<MessageKey>,
     part: u16,
@@ -822,13 +836,7 @@ impl Inner {
         if !self.ensure_hot(s, si, key)? {
             return Ok((UpdateOutcome::NotFound, Pos::default()));
         }
-        let Stripe {
-            records,
-            open,
-            dirty,
-            ..
-        } = s;
-        let Some(slot) = records.get_mut(key) else {
+        let Some((slot, open, dirty)) = s.slot_mut(key) else {
             return Ok((UpdateOutcome::NotFound, Pos::default()));
         };
         if slot.record.expires_at_ms <= now {
@@ -947,13 +955,7 @@ impl Inner {
         if !self.ensure_hot(s, si, &key)? {
             return Ok((ReceiptOutcome::NotFound, Pos::default()));
         }
-        let Stripe {
-            records,
-            open,
-            dirty,
-            ..
-        } = s;
-        let Some(slot) = records.get_mut(&key) else {
+        let Some((slot, open, dirty)) = s.slot_mut(&key) else {
             return Ok((ReceiptOutcome::NotFound, Pos::default()));
         };
         // The entry must still describe this record: same incarnation (hot entry), or the
@@ -1107,13 +1109,7 @@ impl Inner {
         key: &MessageKey,
         now_ms: u64,
     ) -> Result<Option<(MessageRecord, Pos)>, StateError> {
-        let Stripe {
-            records,
-            open,
-            dirty,
-            ..
-        } = s;
-        let Some(slot) = records.get_mut(key) else {
+        let Some((slot, open, dirty)) = s.slot_mut(key) else {
             return Ok(None);
         };
         if slot.record.status.is_final() {
