@@ -211,7 +211,7 @@ type Hasher64 = foldhash::quality::RandomState;
 struct Stripe {
     records: HashMap<Arc<MessageKey>, Slot, Hasher64>,
     /// Hot non-final records by `(expires_at_ms, key)`: the order of the cold `open` keys.
-    open: BTreeSet<(u64, Arc<MessageKey>)>,
+    open: BTreeSet<OpenKey>,
     /// Keys changed since the last checkpoint.
     dirty: Vec<Arc<MessageKey>>,
     /// `(checkpointed at, inc, key)`, oldest first: eviction candidates.
@@ -222,9 +222,60 @@ struct Stripe {
 /// A hot record with the parts of its stripe a change also writes (see `Inner::commit`).
 type SlotMut<'a> = (
     &'a mut Slot,
-    &'a mut BTreeSet<(u64, Arc<MessageKey>)>,
+    &'a mut BTreeSet<OpenKey>,
     &'a mut Vec<Arc<MessageKey>>,
 );
+
+/// A hot non-final record in its stripe's `open` set, ordered as the cold `open` keys are
+/// (expiry, then message key: app, then transaction id bytes). Many records share an expiry
+/// millisecond, so the order compares the app and the transaction id's first 16 bytes kept
+/// inline (zero-padded: a difference there orders the full ids the same way) and reads the
+/// key behind the `Arc` only on a tie: an insert or removal in a set of a few 100k records
+/// no longer misses the cache on every key it passes.
+#[derive(Clone)]
+struct OpenKey {
+    exp: u64,
+    app: u64,
+    prefix: [u8; 16],
+    key: Arc<MessageKey>,
+}
+
+impl OpenKey {
+    fn new(exp: u64, key: &Arc<MessageKey>) -> OpenKey {
+        let mut prefix = [0u8; 16];
+        let id = key.transaction_id.as_bytes();
+        let n = id.len().min(16);
+        prefix[..n].copy_from_slice(&id[..n]);
+        OpenKey {
+            exp,
+            app: key.app_id,
+            prefix,
+            key: Arc::clone(key),
+        }
+    }
+}
+
+impl Ord for OpenKey {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.exp, self.app, self.prefix)
+            .cmp(&(o.exp, o.app, o.prefix))
+            .then_with(|| self.key.transaction_id.cmp(&o.key.transaction_id))
+    }
+}
+
+impl PartialOrd for OpenKey {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq for OpenKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+
+impl Eq for OpenKey {}
 
 impl Stripe {
     fn slot_mut(&mut self, key: &MessageKey) -> Option<SlotMut<'_>> {
@@ -710,7 +761,7 @@ impl Inner {
         s.next_inc += 1;
         let key = Arc::new(key);
         if !record.status.is_final() {
-            s.open.insert((record.expires_at_ms, Arc::clone(&key)));
+            s.open.insert(OpenKey::new(record.expires_at_ms, &key));
         }
         let slot = Slot {
             key: Arc::clone(&key),
@@ -740,7 +791,7 @@ impl Inner {
     fn remove_slot(&self, s: &mut Stripe, key: &MessageKey) -> Option<Slot> {
         let slot = s.records.remove(key)?;
         s.open
-            .remove(&(slot.record.expires_at_ms, Arc::clone(&slot.key)));
+            .remove(&OpenKey::new(slot.record.expires_at_ms, &slot.key));
         self.unindex(&slot);
         self.count.fetch_sub(1, Ordering::Relaxed);
         Some(slot)
@@ -875,7 +926,7 @@ impl Inner {
     fn commit(
         &self,
         slot: &mut Slot,
-        open: &mut BTreeSet<(u64, Arc<MessageKey>)>,
+        open: &mut BTreeSet<OpenKey>,
         dirty: &mut Vec<Arc<MessageKey>>,
         rec: &MessageRecord,
         apply: impl FnOnce(&mut MessageRecord),
@@ -907,7 +958,7 @@ impl Inner {
         slot.version = version;
         slot.last = pos;
         if was_open && slot.record.status.is_final() {
-            open.remove(&(exp, Arc::clone(&slot.key)));
+            open.remove(&OpenKey::new(exp, &slot.key));
         }
         Self::list_dirty(slot, dirty);
         Ok(pos)
@@ -1007,7 +1058,7 @@ impl Inner {
             let mut g = lock(&self.stripes[si]);
             let s = &mut *g;
             while out.len() < limit {
-                let Some((exp, key)) = s.open.first().cloned() else {
+                let Some(OpenKey { exp, key, .. }) = s.open.first().cloned() else {
                     break;
                 };
                 if exp > now_ms {
@@ -1019,7 +1070,7 @@ impl Inner {
                         last = pos;
                     }
                     Ok(None) => {
-                        s.open.remove(&(exp, key));
+                        s.open.remove(&OpenKey::new(exp, &key));
                     }
                     Err(e) => {
                         first_err = Some(e);
@@ -1150,11 +1201,11 @@ impl Inner {
                 cand.push((k.to_vec(), key));
             }
         }
-        let low = (from_exp, Arc::new(MessageKey::new(0, "")));
+        let low = OpenKey::new(from_exp, &Arc::new(MessageKey::new(0, "")));
         for stripe in &self.stripes {
             let g = lock(stripe);
             let mut taken = 0;
-            for (exp, key) in g
+            for OpenKey { exp, key, .. } in g
                 .open
                 .range((Bound::Included(low.clone()), Bound::Unbounded))
             {
@@ -2025,6 +2076,49 @@ mod tests {
         let w = EmbeddedStore::open(writer_cfg()).expect("writer after the fold");
         let g = monoio_block_on(w.get(MessageKey::new(1, "j-2"))).expect("get");
         assert!(g.is_some(), "replayed record folded into fjall");
+    }
+
+    /// The hot `open` order must be the cold `open` keys' byte order (scans merge the two).
+    #[test]
+    fn open_keys_sort_as_the_cold_open_keys_do() {
+        let ids = [
+            "",
+            "a",
+            "a\0",
+            "a\0b",
+            "ab",
+            "abcdefghijklmnop",
+            "abcdefghijklmnop\0",
+            "abcdefghijklmnopq",
+            "abcdefghijklmnopr",
+            "abcdefghijklmnoq",
+            "abcdefghijklmno",
+            "\u{ff}",
+            "zz",
+            "0123456789abcdef0",
+            "0123456789abcdef",
+        ];
+        let mut keys = Vec::new();
+        for exp in [5u64, 6, 1 << 40] {
+            for app in [0u64, 1, 300] {
+                for id in ids {
+                    keys.push(OpenKey::new(exp, &Arc::new(MessageKey::new(app, id))));
+                }
+            }
+        }
+        let cold = |k: &OpenKey| {
+            codec::open_key(k.exp, &codec::msg_key(k.key.app_id, &k.key.transaction_id))
+        };
+        let mut by_hot = keys.clone();
+        by_hot.sort();
+        let mut by_cold = keys;
+        by_cold.sort_by_key(|k| cold(k));
+        let hot: Vec<Vec<u8>> = by_hot.iter().map(cold).collect();
+        let want: Vec<Vec<u8>> = by_cold.iter().map(cold).collect();
+        assert_eq!(hot, want);
+        for w in by_hot.windows(2) {
+            assert!(w[0] < w[1], "distinct keys never compare equal");
+        }
     }
 
     #[test]
