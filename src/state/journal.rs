@@ -66,7 +66,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -432,16 +432,30 @@ struct CkptItem {
     si: usize,
     inc: u64,
     version: u64,
-    /// Cold key and encoded image, made under the stripe lock (no record clone).
-    mk: Vec<u8>,
-    val: Vec<u8>,
+    /// Cold key and encoded image in the pass's byte arena, made under the stripe lock (no
+    /// record clone, no allocation per record).
+    mk: Range<usize>,
+    val: Range<usize>,
     expires_at_ms: u64,
     open_now: bool,
     cold_open: Option<u64>,
     /// Parts with an SMSC id, when the cold index lacks some of them, and their
-    /// receipt index entries.
+    /// receipt index entries (key and value ranges in the arena) in the pass's entry list.
     index_parts: Option<usize>,
-    smsc: Vec<(Vec<u8>, Vec<u8>)>,
+    smsc: Range<usize>,
+}
+
+/// One checkpoint pass's bytes: every key and value of its items, end to end.
+struct CkptArena {
+    bytes: Vec<u8>,
+    /// Receipt index entries: (key, value) ranges in `bytes`.
+    smsc: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl CkptArena {
+    fn at(&self, r: &Range<usize>) -> &[u8] {
+        &self.bytes[r.clone()]
+    }
 }
 
 /// Checkpoints of at least this many records are written to fjall as new sorted tables
@@ -459,6 +473,7 @@ pub const INGEST_MIN_RECORDS: usize = 4096;
 /// again and the next checkpoint writes the same entries again: all three are idempotent.
 fn ingest(
     t: &Trees,
+    arena: &CkptArena,
     msgs: &[&CkptItem],
     open_ops: &[(Vec<u8>, bool)],
     smsc_ops: &[(&[u8], &[u8], u64)],
@@ -483,7 +498,7 @@ fn ingest(
     }
     let mut ing = t.msg.start_ingestion().map_err(fjall_err)?;
     for it in msgs {
-        ing.write(it.mk.as_slice(), it.val.as_slice())
+        ing.write(arena.at(&it.mk), arena.at(&it.val))
             .map_err(fjall_err)?;
     }
     ing.finish().map_err(fjall_err)
@@ -1322,6 +1337,10 @@ impl Inner {
         let sealed = self.wal.rotate()?;
         let t = self.cold()?;
         let mut items: Vec<CkptItem> = Vec::new();
+        let mut arena = CkptArena {
+            bytes: Vec::new(),
+            smsc: Vec::new(),
+        };
         for (si, stripe) in self.stripes.iter().enumerate() {
             let mut g = lock(stripe);
             let s = &mut *g;
@@ -1330,23 +1349,26 @@ impl Inner {
                     slot.dirty_listed = false;
                     if slot.version > slot.ckpt_version {
                         let rec = &slot.record;
-                        let mk = codec::msg_key(slot.key.app_id, &slot.key.transaction_id);
-                        let mut val = Vec::new();
-                        codec::encode_versioned_into(&mut val, rec, slot.version);
+                        let b = &mut arena.bytes;
+                        let start = b.len();
+                        codec::msg_key_into(b, slot.key.app_id, &slot.key.transaction_id);
+                        let mk = start..b.len();
+                        codec::encode_versioned_into(b, rec, slot.version);
+                        let val = mk.end..b.len();
                         let n = indexable(rec).count();
                         let index_parts = (n > slot.cold_smsc).then_some(n);
-                        let smsc = if index_parts.is_some() {
-                            indexable(rec)
-                                .map(|(part, link, id)| {
-                                    (
-                                        codec::smsc_key(link, id),
-                                        codec::smsc_value(rec.expires_at_ms, part, &mk),
-                                    )
-                                })
-                                .collect()
-                        } else {
-                            Vec::new()
-                        };
+                        let first = arena.smsc.len();
+                        if index_parts.is_some() {
+                            for (part, link, id) in indexable(rec) {
+                                let k0 = b.len();
+                                codec::smsc_key_into(b, link, id);
+                                let v0 = b.len();
+                                codec::smsc_value_head_into(b, rec.expires_at_ms, part);
+                                b.extend_from_within(mk.clone());
+                                arena.smsc.push((k0..v0, v0..b.len()));
+                            }
+                        }
+                        let smsc = first..arena.smsc.len();
                         items.push(CkptItem {
                             key: Arc::clone(&slot.key),
                             si,
@@ -1373,11 +1395,12 @@ impl Inner {
             // walked once from left to right instead of searched from its top per entry at
             // random places (measured: the search was ~60% of this thread's CPU with the
             // entries in stripe order), and an ingestion needs it.
+            let at = |r: &Range<usize>| arena.at(r);
             let mut order: Vec<&CkptItem> = items.iter().collect();
-            order.sort_unstable_by(|a, b| a.mk.cmp(&b.mk));
+            order.sort_unstable_by(|a, b| at(&a.mk).cmp(at(&b.mk)));
             // A key listed twice on its stripe's dirty list (a record replaced since the last
             // pass) gives two items of the same slot and version.
-            order.dedup_by(|a, b| a.mk == b.mk);
+            order.dedup_by(|a, b| at(&a.mk) == at(&b.mk));
             let mut open_ops: Vec<(Vec<u8>, bool)> = Vec::new();
             let mut smsc_ops: Vec<(&[u8], &[u8], u64)> = Vec::new();
             for it in &order {
@@ -1385,17 +1408,17 @@ impl Inner {
                 if let Some(old) = it.cold_open
                     && (!it.open_now || old != exp)
                 {
-                    open_ops.push((codec::open_key(old, &it.mk), false));
+                    open_ops.push((codec::open_key(old, at(&it.mk)), false));
                 }
                 if it.open_now && it.cold_open != Some(exp) {
-                    open_ops.push((codec::open_key(exp, &it.mk), true));
+                    open_ops.push((codec::open_key(exp, at(&it.mk)), true));
                 }
                 // Once per SMSC id: a receipt (or a repeated final one, which re-notifies the
                 // callback) for an evicted record finds it.
                 smsc_ops.extend(
-                    it.smsc
+                    arena.smsc[it.smsc.clone()]
                         .iter()
-                        .map(|(k, v)| (k.as_slice(), v.as_slice(), exp)),
+                        .map(|(k, v)| (at(k), at(v), exp)),
                 );
             }
             // Keys are distinct per item (an item's removal and insert have different
@@ -1412,11 +1435,11 @@ impl Inner {
             smsc_ops.sort_unstable_by(|a, b| a.0.cmp(b.0).then(b.2.cmp(&a.2)));
             smsc_ops.dedup_by(|later, kept| later.0 == kept.0);
             if order.len() >= self.cfg.ingest_min_records.max(1) {
-                return ingest(&t, &order, &open_ops, &smsc_ops).map(|()| true);
+                return ingest(&t, &arena, &order, &open_ops, &smsc_ops).map(|()| true);
             }
             let mut batch = t.db.batch();
             for it in &order {
-                batch.insert(&t.msg, it.mk.as_slice(), it.val.as_slice());
+                batch.insert(&t.msg, at(&it.mk), at(&it.val));
             }
             for (k, insert) in &open_ops {
                 if *insert {
