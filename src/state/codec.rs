@@ -34,14 +34,9 @@ pub const RECORD_EXPIRY_OFFSET: usize = 1;
 /// concatenation unambiguous without a separator.
 pub fn msg_key(app_id: u64, transaction_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + transaction_id.len());
-    msg_key_into(&mut k, app_id, transaction_id);
+    k.extend_from_slice(&app_id.to_be_bytes());
+    k.extend_from_slice(transaction_id.as_bytes());
     k
-}
-
-/// [`msg_key`] appended to `out`.
-pub fn msg_key_into(out: &mut Vec<u8>, app_id: u64, transaction_id: &str) {
-    out.extend_from_slice(&app_id.to_be_bytes());
-    out.extend_from_slice(transaction_id.as_bytes());
 }
 
 /// Inverse of [`msg_key`].
@@ -54,29 +49,18 @@ pub fn parse_msg_key(k: &[u8]) -> Result<MessageKey, String> {
 /// Receipt index key: `link_id` (u32 BE) ++ normalised SMSC id bytes.
 pub fn smsc_key(link_id: u32, smsc_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + smsc_id.len());
-    smsc_key_into(&mut k, link_id, smsc_id);
+    k.extend_from_slice(&link_id.to_be_bytes());
+    k.extend_from_slice(smsc_id.as_bytes());
     k
-}
-
-/// [`smsc_key`] appended to `out`.
-pub fn smsc_key_into(out: &mut Vec<u8>, link_id: u32, smsc_id: &str) {
-    out.extend_from_slice(&link_id.to_be_bytes());
-    out.extend_from_slice(smsc_id.as_bytes());
 }
 
 /// Receipt index value: `expires_at_ms` (u64 BE) ++ `part` (u16 BE) ++ message key.
 pub fn smsc_value(expires_at_ms: u64, part: u16, msg_key: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(10 + msg_key.len());
-    smsc_value_head_into(&mut v, expires_at_ms, part);
+    v.extend_from_slice(&expires_at_ms.to_be_bytes());
+    v.extend_from_slice(&part.to_be_bytes());
     v.extend_from_slice(msg_key);
     v
-}
-
-/// The part of [`smsc_value`] before the message key, appended to `out` (the caller appends
-/// the key: it may live in `out` already).
-pub fn smsc_value_head_into(out: &mut Vec<u8>, expires_at_ms: u64, part: u16) {
-    out.extend_from_slice(&expires_at_ms.to_be_bytes());
-    out.extend_from_slice(&part.to_be_bytes());
 }
 
 /// Inverse of [`smsc_value`]: `(expires_at_ms, part, message key bytes)`.

@@ -66,7 +66,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::ops::{Bound, Range};
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -211,7 +211,7 @@ type Hasher64 = foldhash::quality::RandomState;
 struct Stripe {
     records: HashMap<Arc<MessageKey>, Slot, Hasher64>,
     /// Hot non-final records by `(expires_at_ms, key)`: the order of the cold `open` keys.
-    open: BTreeSet<OpenKey>,
+    open: BTreeSet<(u64, Arc<MessageKey>)>,
     /// Keys changed since the last checkpoint.
     dirty: Vec<Arc<MessageKey>>,
     /// `(checkpointed at, inc, key)`, oldest first: eviction candidates.
@@ -222,60 +222,9 @@ struct Stripe {
 /// A hot record with the parts of its stripe a change also writes (see `Inner::commit`).
 type SlotMut<'a> = (
     &'a mut Slot,
-    &'a mut BTreeSet<OpenKey>,
+    &'a mut BTreeSet<(u64, Arc<MessageKey>)>,
     &'a mut Vec<Arc<MessageKey>>,
 );
-
-/// A hot non-final record in its stripe's `open` set, ordered as the cold `open` keys are
-/// (expiry, then message key: app, then transaction id bytes). Many records share an expiry
-/// millisecond, so the order compares the app and the transaction id's first 16 bytes kept
-/// inline (zero-padded: a difference there orders the full ids the same way) and reads the
-/// key behind the `Arc` only on a tie: an insert or removal in a set of a few 100k records
-/// no longer misses the cache on every key it passes.
-#[derive(Clone)]
-struct OpenKey {
-    exp: u64,
-    app: u64,
-    prefix: [u8; 16],
-    key: Arc<MessageKey>,
-}
-
-impl OpenKey {
-    fn new(exp: u64, key: &Arc<MessageKey>) -> OpenKey {
-        let mut prefix = [0u8; 16];
-        let id = key.transaction_id.as_bytes();
-        let n = id.len().min(16);
-        prefix[..n].copy_from_slice(&id[..n]);
-        OpenKey {
-            exp,
-            app: key.app_id,
-            prefix,
-            key: Arc::clone(key),
-        }
-    }
-}
-
-impl Ord for OpenKey {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.exp, self.app, self.prefix)
-            .cmp(&(o.exp, o.app, o.prefix))
-            .then_with(|| self.key.transaction_id.cmp(&o.key.transaction_id))
-    }
-}
-
-impl PartialOrd for OpenKey {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-
-impl PartialEq for OpenKey {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o).is_eq()
-    }
-}
-
-impl Eq for OpenKey {}
 
 impl Stripe {
     fn slot_mut(&mut self, key: &MessageKey) -> Option<SlotMut<'_>> {
@@ -432,30 +381,16 @@ struct CkptItem {
     si: usize,
     inc: u64,
     version: u64,
-    /// Cold key and encoded image in the pass's byte arena, made under the stripe lock (no
-    /// record clone, no allocation per record).
-    mk: Range<usize>,
-    val: Range<usize>,
+    /// Cold key and encoded image, made under the stripe lock (no record clone).
+    mk: Vec<u8>,
+    val: Vec<u8>,
     expires_at_ms: u64,
     open_now: bool,
     cold_open: Option<u64>,
     /// Parts with an SMSC id, when the cold index lacks some of them, and their
-    /// receipt index entries (key and value ranges in the arena) in the pass's entry list.
+    /// receipt index entries.
     index_parts: Option<usize>,
-    smsc: Range<usize>,
-}
-
-/// One checkpoint pass's bytes: every key and value of its items, end to end.
-struct CkptArena {
-    bytes: Vec<u8>,
-    /// Receipt index entries: (key, value) ranges in `bytes`.
-    smsc: Vec<(Range<usize>, Range<usize>)>,
-}
-
-impl CkptArena {
-    fn at(&self, r: &Range<usize>) -> &[u8] {
-        &self.bytes[r.clone()]
-    }
+    smsc: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Checkpoints of at least this many records are written to fjall as new sorted tables
@@ -473,7 +408,6 @@ pub const INGEST_MIN_RECORDS: usize = 4096;
 /// again and the next checkpoint writes the same entries again: all three are idempotent.
 fn ingest(
     t: &Trees,
-    arena: &CkptArena,
     msgs: &[&CkptItem],
     open_ops: &[(Vec<u8>, bool)],
     smsc_ops: &[(&[u8], &[u8], u64)],
@@ -498,7 +432,7 @@ fn ingest(
     }
     let mut ing = t.msg.start_ingestion().map_err(fjall_err)?;
     for it in msgs {
-        ing.write(arena.at(&it.mk), arena.at(&it.val))
+        ing.write(it.mk.as_slice(), it.val.as_slice())
             .map_err(fjall_err)?;
     }
     ing.finish().map_err(fjall_err)
@@ -776,7 +710,7 @@ impl Inner {
         s.next_inc += 1;
         let key = Arc::new(key);
         if !record.status.is_final() {
-            s.open.insert(OpenKey::new(record.expires_at_ms, &key));
+            s.open.insert((record.expires_at_ms, Arc::clone(&key)));
         }
         let slot = Slot {
             key: Arc::clone(&key),
@@ -806,7 +740,7 @@ impl Inner {
     fn remove_slot(&self, s: &mut Stripe, key: &MessageKey) -> Option<Slot> {
         let slot = s.records.remove(key)?;
         s.open
-            .remove(&OpenKey::new(slot.record.expires_at_ms, &slot.key));
+            .remove(&(slot.record.expires_at_ms, Arc::clone(&slot.key)));
         self.unindex(&slot);
         self.count.fetch_sub(1, Ordering::Relaxed);
         Some(slot)
@@ -941,7 +875,7 @@ impl Inner {
     fn commit(
         &self,
         slot: &mut Slot,
-        open: &mut BTreeSet<OpenKey>,
+        open: &mut BTreeSet<(u64, Arc<MessageKey>)>,
         dirty: &mut Vec<Arc<MessageKey>>,
         rec: &MessageRecord,
         apply: impl FnOnce(&mut MessageRecord),
@@ -973,7 +907,7 @@ impl Inner {
         slot.version = version;
         slot.last = pos;
         if was_open && slot.record.status.is_final() {
-            open.remove(&OpenKey::new(exp, &slot.key));
+            open.remove(&(exp, Arc::clone(&slot.key)));
         }
         Self::list_dirty(slot, dirty);
         Ok(pos)
@@ -1073,7 +1007,7 @@ impl Inner {
             let mut g = lock(&self.stripes[si]);
             let s = &mut *g;
             while out.len() < limit {
-                let Some(OpenKey { exp, key, .. }) = s.open.first().cloned() else {
+                let Some((exp, key)) = s.open.first().cloned() else {
                     break;
                 };
                 if exp > now_ms {
@@ -1085,7 +1019,7 @@ impl Inner {
                         last = pos;
                     }
                     Ok(None) => {
-                        s.open.remove(&OpenKey::new(exp, &key));
+                        s.open.remove(&(exp, key));
                     }
                     Err(e) => {
                         first_err = Some(e);
@@ -1216,11 +1150,11 @@ impl Inner {
                 cand.push((k.to_vec(), key));
             }
         }
-        let low = OpenKey::new(from_exp, &Arc::new(MessageKey::new(0, "")));
+        let low = (from_exp, Arc::new(MessageKey::new(0, "")));
         for stripe in &self.stripes {
             let g = lock(stripe);
             let mut taken = 0;
-            for OpenKey { exp, key, .. } in g
+            for (exp, key) in g
                 .open
                 .range((Bound::Included(low.clone()), Bound::Unbounded))
             {
@@ -1337,10 +1271,6 @@ impl Inner {
         let sealed = self.wal.rotate()?;
         let t = self.cold()?;
         let mut items: Vec<CkptItem> = Vec::new();
-        let mut arena = CkptArena {
-            bytes: Vec::new(),
-            smsc: Vec::new(),
-        };
         for (si, stripe) in self.stripes.iter().enumerate() {
             let mut g = lock(stripe);
             let s = &mut *g;
@@ -1349,26 +1279,23 @@ impl Inner {
                     slot.dirty_listed = false;
                     if slot.version > slot.ckpt_version {
                         let rec = &slot.record;
-                        let b = &mut arena.bytes;
-                        let start = b.len();
-                        codec::msg_key_into(b, slot.key.app_id, &slot.key.transaction_id);
-                        let mk = start..b.len();
-                        codec::encode_versioned_into(b, rec, slot.version);
-                        let val = mk.end..b.len();
+                        let mk = codec::msg_key(slot.key.app_id, &slot.key.transaction_id);
+                        let mut val = Vec::new();
+                        codec::encode_versioned_into(&mut val, rec, slot.version);
                         let n = indexable(rec).count();
                         let index_parts = (n > slot.cold_smsc).then_some(n);
-                        let first = arena.smsc.len();
-                        if index_parts.is_some() {
-                            for (part, link, id) in indexable(rec) {
-                                let k0 = b.len();
-                                codec::smsc_key_into(b, link, id);
-                                let v0 = b.len();
-                                codec::smsc_value_head_into(b, rec.expires_at_ms, part);
-                                b.extend_from_within(mk.clone());
-                                arena.smsc.push((k0..v0, v0..b.len()));
-                            }
-                        }
-                        let smsc = first..arena.smsc.len();
+                        let smsc = if index_parts.is_some() {
+                            indexable(rec)
+                                .map(|(part, link, id)| {
+                                    (
+                                        codec::smsc_key(link, id),
+                                        codec::smsc_value(rec.expires_at_ms, part, &mk),
+                                    )
+                                })
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
                         items.push(CkptItem {
                             key: Arc::clone(&slot.key),
                             si,
@@ -1395,12 +1322,11 @@ impl Inner {
             // walked once from left to right instead of searched from its top per entry at
             // random places (measured: the search was ~60% of this thread's CPU with the
             // entries in stripe order), and an ingestion needs it.
-            let at = |r: &Range<usize>| arena.at(r);
             let mut order: Vec<&CkptItem> = items.iter().collect();
-            order.sort_unstable_by(|a, b| at(&a.mk).cmp(at(&b.mk)));
+            order.sort_unstable_by(|a, b| a.mk.cmp(&b.mk));
             // A key listed twice on its stripe's dirty list (a record replaced since the last
             // pass) gives two items of the same slot and version.
-            order.dedup_by(|a, b| at(&a.mk) == at(&b.mk));
+            order.dedup_by(|a, b| a.mk == b.mk);
             let mut open_ops: Vec<(Vec<u8>, bool)> = Vec::new();
             let mut smsc_ops: Vec<(&[u8], &[u8], u64)> = Vec::new();
             for it in &order {
@@ -1408,17 +1334,17 @@ impl Inner {
                 if let Some(old) = it.cold_open
                     && (!it.open_now || old != exp)
                 {
-                    open_ops.push((codec::open_key(old, at(&it.mk)), false));
+                    open_ops.push((codec::open_key(old, &it.mk), false));
                 }
                 if it.open_now && it.cold_open != Some(exp) {
-                    open_ops.push((codec::open_key(exp, at(&it.mk)), true));
+                    open_ops.push((codec::open_key(exp, &it.mk), true));
                 }
                 // Once per SMSC id: a receipt (or a repeated final one, which re-notifies the
                 // callback) for an evicted record finds it.
                 smsc_ops.extend(
-                    arena.smsc[it.smsc.clone()]
+                    it.smsc
                         .iter()
-                        .map(|(k, v)| (at(k), at(v), exp)),
+                        .map(|(k, v)| (k.as_slice(), v.as_slice(), exp)),
                 );
             }
             // Keys are distinct per item (an item's removal and insert have different
@@ -1435,11 +1361,11 @@ impl Inner {
             smsc_ops.sort_unstable_by(|a, b| a.0.cmp(b.0).then(b.2.cmp(&a.2)));
             smsc_ops.dedup_by(|later, kept| later.0 == kept.0);
             if order.len() >= self.cfg.ingest_min_records.max(1) {
-                return ingest(&t, &arena, &order, &open_ops, &smsc_ops).map(|()| true);
+                return ingest(&t, &order, &open_ops, &smsc_ops).map(|()| true);
             }
             let mut batch = t.db.batch();
             for it in &order {
-                batch.insert(&t.msg, at(&it.mk), at(&it.val));
+                batch.insert(&t.msg, it.mk.as_slice(), it.val.as_slice());
             }
             for (k, insert) in &open_ops {
                 if *insert {
@@ -2099,49 +2025,6 @@ mod tests {
         let w = EmbeddedStore::open(writer_cfg()).expect("writer after the fold");
         let g = monoio_block_on(w.get(MessageKey::new(1, "j-2"))).expect("get");
         assert!(g.is_some(), "replayed record folded into fjall");
-    }
-
-    /// The hot `open` order must be the cold `open` keys' byte order (scans merge the two).
-    #[test]
-    fn open_keys_sort_as_the_cold_open_keys_do() {
-        let ids = [
-            "",
-            "a",
-            "a\0",
-            "a\0b",
-            "ab",
-            "abcdefghijklmnop",
-            "abcdefghijklmnop\0",
-            "abcdefghijklmnopq",
-            "abcdefghijklmnopr",
-            "abcdefghijklmnoq",
-            "abcdefghijklmno",
-            "\u{ff}",
-            "zz",
-            "0123456789abcdef0",
-            "0123456789abcdef",
-        ];
-        let mut keys = Vec::new();
-        for exp in [5u64, 6, 1 << 40] {
-            for app in [0u64, 1, 300] {
-                for id in ids {
-                    keys.push(OpenKey::new(exp, &Arc::new(MessageKey::new(app, id))));
-                }
-            }
-        }
-        let cold = |k: &OpenKey| {
-            codec::open_key(k.exp, &codec::msg_key(k.key.app_id, &k.key.transaction_id))
-        };
-        let mut by_hot = keys.clone();
-        by_hot.sort();
-        let mut by_cold = keys;
-        by_cold.sort_by_key(|k| cold(k));
-        let hot: Vec<Vec<u8>> = by_hot.iter().map(cold).collect();
-        let want: Vec<Vec<u8>> = by_cold.iter().map(cold).collect();
-        assert_eq!(hot, want);
-        for w in by_hot.windows(2) {
-            assert!(w[0] < w[1], "distinct keys never compare equal");
-        }
     }
 
     #[test]
