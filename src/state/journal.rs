@@ -26,8 +26,9 @@
 //!   (plus its `open` entry while non-final, and its receipt index entries once per SMSC id,
 //!   so a late or repeated receipt finds an evicted record) in one fjall batch, or, from
 //!   [`INGEST_MIN_RECORDS`] records on, as new sorted tables per keyspace (see [`ingest`]),
-//!   persists it, then deletes the sealed segments. A one-part message created and finished between two
-//!   checkpoints costs two cold inserts (against six memtable inserts in the writer engine).
+//!   persists it, then deletes the sealed segments. A one-part message created and finished
+//!   between two checkpoints costs two cold inserts (against six memtable inserts in the
+//!   writer engine).
 //! * **Logs and sync** ([`super::wal`]): with `sync` off every thread has its own lane, written
 //!   by that thread once per event-loop turn; with `sync` all threads share one lane that its
 //!   sync thread writes and fdatasyncs at most every `sync_linger_us` (each fdatasync costs a
