@@ -80,9 +80,9 @@ use super::codec;
 use super::embedded::{EmbeddedConfig, Trees, fjall_err, lookup_smsc, open_trees};
 use super::wal::{self, Pos, Wal, WalConfig};
 use super::{
-    CreateOutcome, MAX_PAGE, MessageKey, MessageRecord, PartUpdate, ReceiptInfo, ReceiptOutcome,
-    ScanCursor, ScanPage, StateError, StateStore, Status, StoreFuture, UpdateOutcome,
-    check_smsc_id, check_txid, check_update, ready, unix_ms,
+    CreateOutcome, FastHash, MAX_PAGE, MessageKey, MessageRecord, PartUpdate, ReceiptInfo,
+    ReceiptOutcome, ScanCursor, ScanPage, StateError, StateStore, Status, StoreFuture,
+    UpdateOutcome, check_smsc_id, check_txid, check_update, ready, unix_ms,
 };
 
 /// Lock stripes (records, and separately the receipt index): far above any shard count.
@@ -203,14 +203,9 @@ struct Slot {
     last: Pos,
 }
 
-/// Keyed (random per store), and much cheaper than std's SipHash on these short keys: every op
-/// hashes its key a few times (stripe, map), and SipHash was ~2 µs of the ~7 µs per message
-/// the journal cost over the memory store (`perf record` of `state_engines`, 2026-11-26).
-type Hasher64 = foldhash::quality::RandomState;
-
 #[derive(Default)]
 struct Stripe {
-    records: HashMap<Arc<MessageKey>, Slot, Hasher64>,
+    records: HashMap<Arc<MessageKey>, Slot, FastHash>,
     /// Hot non-final records by `(expires_at_ms, key)`: the order of the cold `open` keys.
     open: BTreeSet<(u64, Arc<MessageKey>)>,
     /// Keys changed since the last checkpoint.
@@ -278,7 +273,7 @@ impl hashbrown::Equivalent<RKey> for RRef<'_> {
     }
 }
 
-type ReceiptStripe = hashbrown::HashMap<RKey, ReceiptEntry, Hasher64>;
+type ReceiptStripe = hashbrown::HashMap<RKey, ReceiptEntry, FastHash>;
 
 /// Counters for tests, logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -306,7 +301,7 @@ pub struct JournalStats {
 struct Inner {
     stripes: Vec<Mutex<Stripe>>,
     receipts: Vec<Mutex<ReceiptStripe>>,
-    hasher: Hasher64,
+    hasher: FastHash,
     count: AtomicUsize,
     cfg: JournalConfig,
     ttl_ms: u64,
@@ -480,7 +475,7 @@ impl JournalStore {
             receipts: (0..STRIPES)
                 .map(|_| Mutex::new(ReceiptStripe::default()))
                 .collect(),
-            hasher: Hasher64::default(),
+            hasher: FastHash::default(),
             count: AtomicUsize::new(0),
             ttl_ms: cfg.ttl_secs.saturating_mul(1000),
             cfg,

@@ -115,7 +115,7 @@ struct Slot {
 
 #[derive(Default)]
 struct RecordStripe {
-    records: HashMap<Arc<MessageKey>, Slot, Hasher64>,
+    records: HashMap<Arc<MessageKey>, Slot, super::FastHash>,
     /// Non-final records by `(expires_at_ms, seq)`: the expiry sweep takes the head, the
     /// recovery scan walks it in order.
     open: BTreeMap<(u64, u64), Arc<MessageKey>>,
@@ -132,11 +132,7 @@ struct ReceiptEntry {
     seq: u64,
 }
 
-type ReceiptStripe = HashMap<(u32, String), ReceiptEntry, Hasher64>;
-
-/// The same keyed hash as the journal backend's maps, so the two stay comparable as baseline
-/// and measured store (`perf/RESULTS.md`).
-type Hasher64 = foldhash::quality::RandomState;
+type ReceiptStripe = HashMap<(u32, String), ReceiptEntry, super::FastHash>;
 
 /// The storage, shared by every handle of one store.
 struct Inner {
@@ -146,7 +142,7 @@ struct Inner {
     count: AtomicUsize,
     max_records: usize,
     /// Stripe hashing; random per store so that chosen ids cannot pile onto one stripe.
-    hasher: Hasher64,
+    hasher: super::FastHash,
     /// Where the next `expire_due` starts, so a busy stripe does not starve the others.
     sweep_start: AtomicUsize,
 }

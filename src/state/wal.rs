@@ -1124,24 +1124,22 @@ fn register(
     // A first registration is a push: a search for it would make every turn (off mode) or
     // sync (batch mode) quadratic in the waiters (measured: ~0.8 µs per message with a few
     // hundred ops in flight per shard). Only a re-poll with another waker searches.
-    let known = match waiter {
-        Some((id, _)) => {
-            let id = *id;
-            w.list
-                .iter_mut()
-                .find(|x| x.id == id)
-                .map(|x| x.waker = waker.clone())
-                .map(|()| id)
-                .ok_or(id)
-        }
+    let existing = waiter.as_ref().and_then(|(id, _)| {
+        let x = w.list.iter_mut().find(|x| x.id == *id)?;
+        x.waker = waker.clone();
+        Some(*id)
+    });
+    let id = match existing {
+        Some(id) => id,
         None => {
-            w.next_id += 1;
-            Err(w.next_id)
-        }
-    };
-    let id = match known {
-        Ok(id) => id,
-        Err(id) => {
+            // A known id whose entry a wake-up took keeps it; a new waiter gets the next one.
+            let id = match waiter {
+                Some((id, _)) => *id,
+                None => {
+                    w.next_id += 1;
+                    w.next_id
+                }
+            };
             w.list.push(Waiter {
                 id,
                 end,
