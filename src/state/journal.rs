@@ -201,6 +201,13 @@ struct Slot {
     dirty_listed: bool,
     /// Log position of the latest image (`Pos::default()`: nothing pending).
     last: Pos,
+    /// The logged event of `version` (cold key and cold value, see [`encode_event`]), kept
+    /// until a checkpoint takes it: the checkpoint then moves bytes instead of encoding the
+    /// record again, which reads its strings and parts from memory long out of cache (the
+    /// encode was a quarter of the checkpoint thread's CPU). Empty once taken, after a
+    /// failed log append, and for a record made hot by a replay or a cold load: the
+    /// checkpoint encodes those.
+    image: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -335,19 +342,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-thread_local! {
-    /// Encoding scratch for log frames (one per thread: no allocation per op).
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Log frame payload: key length (u16 LE), message key ([`codec::msg_key`]), V3 record.
+/// Log frame payload: `klen` (u16 LE), the cold key ([`codec::msg_key`]), then the cold value
+/// ([`codec::encode_versioned_into`]): a checkpoint writes an event's two parts as they are.
 fn encode_event(out: &mut Vec<u8>, key: &MessageKey, version: u64, r: &MessageRecord) {
     out.clear();
-    let klen = 8 + key.transaction_id.len();
+    let klen = event_klen(key);
     out.extend_from_slice(&(klen as u16).to_le_bytes());
     out.extend_from_slice(&key.app_id.to_be_bytes());
     out.extend_from_slice(key.transaction_id.as_bytes());
     codec::encode_versioned_into(out, r, version);
+}
+
+fn event_klen(key: &MessageKey) -> usize {
+    8 + key.transaction_id.len()
 }
 
 fn decode_event(p: &[u8]) -> Result<(MessageKey, MessageRecord, u64), String> {
@@ -377,9 +384,10 @@ struct CkptItem {
     si: usize,
     inc: u64,
     version: u64,
-    /// Cold key and encoded image, made under the stripe lock (no record clone).
-    mk: Vec<u8>,
-    val: Vec<u8>,
+    /// The record's event (see [`encode_event`]): cold key at `2..2 + klen`, cold value
+    /// after it. Taken from the slot under the stripe lock (no record clone, no encode).
+    ev: Vec<u8>,
+    klen: usize,
     expires_at_ms: u64,
     open_now: bool,
     cold_open: Option<u64>,
@@ -387,6 +395,16 @@ struct CkptItem {
     /// receipt index entries.
     index_parts: Option<usize>,
     smsc: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CkptItem {
+    fn mk(&self) -> &[u8] {
+        &self.ev[2..2 + self.klen]
+    }
+
+    fn val(&self) -> &[u8] {
+        &self.ev[2 + self.klen..]
+    }
 }
 
 /// Checkpoints of at least this many records are written to fjall as new sorted tables
@@ -428,8 +446,7 @@ fn ingest(
     }
     let mut ing = t.msg.start_ingestion().map_err(fjall_err)?;
     for it in msgs {
-        ing.write(it.mk.as_slice(), it.val.as_slice())
-            .map_err(fjall_err)?;
+        ing.write(it.mk(), it.val()).map_err(fjall_err)?;
     }
     ing.finish().map_err(fjall_err)
 }
@@ -626,13 +643,17 @@ impl Inner {
             .map_err(StateError::Corrupt)
     }
 
-    /// Appends the image of `key` at `version` to the calling thread's log lane.
-    fn log(&self, key: &MessageKey, version: u64, r: &MessageRecord) -> Result<Pos, StateError> {
-        SCRATCH.with(|s| {
-            let mut buf = s.borrow_mut();
-            encode_event(&mut buf, key, version, r);
-            self.wal.append(&buf)
-        })
+    /// Encodes the image of `key` at `version` into `ev` (which the slot keeps for the
+    /// checkpoint) and appends it to the calling thread's log lane.
+    fn log(
+        &self,
+        ev: &mut Vec<u8>,
+        key: &MessageKey,
+        version: u64,
+        r: &MessageRecord,
+    ) -> Result<Pos, StateError> {
+        encode_event(ev, key, version, r);
+        self.wal.append(ev)
     }
 
     /// Index entry for one part (latest wins, unless the entry is a newer record's).
@@ -688,7 +709,8 @@ impl Inner {
     }
 
     /// Inserts a slot and its receipt index entries (on the dirty list with `dirty`) and
-    /// returns its key handle.
+    /// returns its key handle. `logged`: the position and bytes of its latest log event, if
+    /// this store logged it.
     #[allow(clippy::too_many_arguments)]
     fn insert_slot(
         &self,
@@ -699,9 +721,10 @@ impl Inner {
         version: u64,
         ckpt_version: u64,
         cold_open: Option<u64>,
-        last: Pos,
+        logged: (Pos, Vec<u8>),
         dirty: bool,
     ) -> Arc<MessageKey> {
+        let (last, image) = logged;
         let inc = s.next_inc * STRIPES as u64 + si as u64;
         s.next_inc += 1;
         let key = Arc::new(key);
@@ -723,6 +746,7 @@ impl Inner {
             cold_open,
             dirty_listed: dirty,
             last,
+            image,
         };
         if dirty {
             s.dirty.push(Arc::clone(&key));
@@ -760,7 +784,7 @@ impl Inner {
             v,
             v,
             cold_open,
-            Pos::default(),
+            (Pos::default(), Vec::new()),
             false,
         );
         let inc = s.records.get(&*k).map_or(0, |sl| sl.inc);
@@ -800,7 +824,8 @@ impl Inner {
         r.expires_at_ms = now.saturating_add(self.ttl_ms);
         r.status = r.derive_status();
         let version = prev_version + 1;
-        let pos = self.log(&key, version, &r)?;
+        let mut ev = Vec::new();
+        let pos = self.log(&mut ev, &key, version, &r)?;
         if hot {
             self.remove_slot(s, &key);
         }
@@ -812,7 +837,7 @@ impl Inner {
             version,
             ckpt_version,
             cold_open,
-            pos,
+            (pos, ev),
             true,
         );
         Ok((CreateOutcome::Created(r), pos))
@@ -877,7 +902,10 @@ impl Inner {
         apply: impl FnOnce(&mut MessageRecord),
     ) -> Result<Pos, StateError> {
         let version = slot.version + 1;
-        let pos = self.log(&slot.key, version, rec)?;
+        // The slot's buffer, reused when no checkpoint took it since the last change. Left
+        // empty if the append fails: the checkpoint then encodes the (unchanged) record.
+        let mut ev = std::mem::take(&mut slot.image);
+        let pos = self.log(&mut ev, &slot.key, version, rec)?;
         let exp = rec.expires_at_ms;
         // Under the stripe lock, like the in-place change below: a receipt that finds a new
         // entry waits for this lock and then sees the part submitted.
@@ -902,6 +930,7 @@ impl Inner {
         debug_assert!(slot.record == *rec, "a change applied twice must agree");
         slot.version = version;
         slot.last = pos;
+        slot.image = ev;
         if was_open && slot.record.status.is_final() {
             open.remove(&(exp, Arc::clone(&slot.key)));
         }
@@ -1230,7 +1259,17 @@ impl Inner {
             let si = self.stripe_of(&key);
             let mut g = lock(&self.stripes[si]);
             let s = &mut *g;
-            self.insert_slot(s, si, key, rec, v, cold_v, cold_open, Pos::default(), true);
+                        self.insert_slot(
+                s,
+                si,
+                key,
+                rec,
+                v,
+                cold_v,
+                cold_open,
+                (Pos::default(), Vec::new()),
+                true,
+            );
             replayed += 1;
         }
         self.replayed.fetch_add(replayed, Ordering::Relaxed);
@@ -1270,14 +1309,22 @@ impl Inner {
         for (si, stripe) in self.stripes.iter().enumerate() {
             let mut g = lock(stripe);
             let s = &mut *g;
+            items.reserve(s.dirty.len());
             for key in std::mem::take(&mut s.dirty) {
                 if let Some(slot) = s.records.get_mut(&*key) {
                     slot.dirty_listed = false;
+                    let ev = std::mem::take(&mut slot.image);
                     if slot.version > slot.ckpt_version {
                         let rec = &slot.record;
-                        let mk = codec::msg_key(slot.key.app_id, &slot.key.transaction_id);
-                        let mut val = Vec::new();
-                        codec::encode_versioned_into(&mut val, rec, slot.version);
+                        let ev = if ev.is_empty() {
+                            let mut ev = ev;
+                            encode_event(&mut ev, &slot.key, slot.version, rec);
+                            ev
+                        } else {
+                            ev
+                        };
+                        let klen = event_klen(&slot.key);
+                        let mk = &ev[2..2 + klen];
                         let n = indexable(rec).count();
                         let index_parts = (n > slot.cold_smsc).then_some(n);
                         let smsc = if index_parts.is_some() {
@@ -1285,7 +1332,7 @@ impl Inner {
                                 .map(|(part, link, id)| {
                                     (
                                         codec::smsc_key(link, id),
-                                        codec::smsc_value(rec.expires_at_ms, part, &mk),
+                                        codec::smsc_value(rec.expires_at_ms, part, mk),
                                     )
                                 })
                                 .collect()
@@ -1299,8 +1346,8 @@ impl Inner {
                             version: slot.version,
                             expires_at_ms: rec.expires_at_ms,
                             open_now: !rec.status.is_final(),
-                            mk,
-                            val,
+                            ev,
+                            klen,
                             cold_open: slot.cold_open,
                             index_parts,
                             smsc,
@@ -1319,10 +1366,10 @@ impl Inner {
             // random places (measured: the search was ~60% of this thread's CPU with the
             // entries in stripe order), and an ingestion needs it.
             let mut order: Vec<&CkptItem> = items.iter().collect();
-            order.sort_unstable_by(|a, b| a.mk.cmp(&b.mk));
+            order.sort_unstable_by(|a, b| a.mk().cmp(b.mk()));
             // A key listed twice on its stripe's dirty list (a record replaced since the last
             // pass) gives two items of the same slot and version.
-            order.dedup_by(|a, b| a.mk == b.mk);
+            order.dedup_by(|a, b| a.mk() == b.mk());
             let mut open_ops: Vec<(Vec<u8>, bool)> = Vec::new();
             let mut smsc_ops: Vec<(&[u8], &[u8], u64)> = Vec::new();
             for it in &order {
@@ -1330,10 +1377,10 @@ impl Inner {
                 if let Some(old) = it.cold_open
                     && (!it.open_now || old != exp)
                 {
-                    open_ops.push((codec::open_key(old, &it.mk), false));
+                    open_ops.push((codec::open_key(old, it.mk()), false));
                 }
                 if it.open_now && it.cold_open != Some(exp) {
-                    open_ops.push((codec::open_key(exp, &it.mk), true));
+                    open_ops.push((codec::open_key(exp, it.mk()), true));
                 }
                 // Once per SMSC id: a receipt (or a repeated final one, which re-notifies the
                 // callback) for an evicted record finds it.
@@ -1361,7 +1408,7 @@ impl Inner {
             }
             let mut batch = t.db.batch();
             for it in &order {
-                batch.insert(&t.msg, it.mk.as_slice(), it.val.as_slice());
+                batch.insert(&t.msg, it.mk(), it.val());
             }
             for (k, insert) in &open_ops {
                 if *insert {
@@ -1385,7 +1432,7 @@ impl Inner {
             self.ingested_checkpoints.fetch_add(1, Ordering::Relaxed);
         }
         let now = unix_ms();
-        for run in items.chunk_by(|a, b| a.si == b.si) {
+        for run in items.chunk_by_mut(|a, b| a.si == b.si) {
             let mut g = lock(&self.stripes[run[0].si]);
             let s = &mut *g;
             for it in run {
@@ -1405,6 +1452,10 @@ impl Inner {
                         s.evict.push_back((now, it.inc, Arc::clone(&it.key)));
                     }
                 } else {
+                    // The event goes back for the retry, unless a newer one replaced it.
+                    if slot.version == it.version && slot.image.is_empty() {
+                        slot.image = std::mem::take(&mut it.ev);
+                    }
                     Self::list_dirty(slot, &mut s.dirty);
                 }
             }
