@@ -88,6 +88,13 @@ use super::{
 /// Lock stripes (records, and separately the receipt index): far above any shard count.
 pub const STRIPES: usize = 64;
 
+/// The stripe of a key's hash: bits 32.. of it, which a stripe's table does not use to place
+/// slots (hashbrown takes the low bits for the bucket and the top seven as its tag), so the
+/// keys of one stripe still spread over all of its table.
+fn stripe_index(h: u64) -> usize {
+    (h >> 32) as usize & (STRIPES - 1)
+}
+
 /// How often the background thread wakes: writes log bytes no future is driving, checks
 /// whether a checkpoint is due, evicts.
 const TICK: Duration = Duration::from_millis(10);
@@ -186,6 +193,8 @@ pub fn wal_dir_of(path: &std::path::Path) -> PathBuf {
 struct Slot {
     /// The map's own key (shared by index, `open` and eviction entries).
     key: Arc<MessageKey>,
+    /// `Inner::hash_of(key)`: the table's hash and the stripe's bits (see `stripe_index`).
+    hash: u64,
     record: MessageRecord,
     /// Unique per store: ties receipt index and eviction entries to this incarnation.
     inc: u64,
@@ -212,13 +221,17 @@ struct Slot {
 
 #[derive(Default)]
 struct Stripe {
-    records: HashMap<Arc<MessageKey>, Slot, FastHash>,
+    /// Slots by their stored hash: a lookup hashes its key once per op (stripe and table
+    /// share the hash), and the checkpoint and eviction passes, whose lists carry the hash
+    /// and the slot's own key handle, find a slot without reading the key's strings
+    /// (measured: hashing and comparing those keys was a fifth of the checkpoint thread).
+    records: hashbrown::HashTable<Slot>,
     /// Hot non-final records by `(expires_at_ms, key)`: the order of the cold `open` keys.
     open: BTreeSet<(u64, Arc<MessageKey>)>,
-    /// Keys changed since the last checkpoint.
-    dirty: Vec<Arc<MessageKey>>,
-    /// `(checkpointed at, inc, key)`, oldest first: eviction candidates.
-    evict: VecDeque<(u64, u64, Arc<MessageKey>)>,
+    /// Keys changed since the last checkpoint, with their hash.
+    dirty: Vec<(u64, Arc<MessageKey>)>,
+    /// `(checkpointed at, inc, hash, key)`, oldest first: eviction candidates.
+    evict: VecDeque<(u64, u64, u64, Arc<MessageKey>)>,
     next_inc: u64,
 }
 
@@ -226,18 +239,30 @@ struct Stripe {
 type SlotMut<'a> = (
     &'a mut Slot,
     &'a mut BTreeSet<(u64, Arc<MessageKey>)>,
-    &'a mut Vec<Arc<MessageKey>>,
+    &'a mut Vec<(u64, Arc<MessageKey>)>,
 );
 
 impl Stripe {
-    fn slot_mut(&mut self, key: &MessageKey) -> Option<SlotMut<'_>> {
-        let slot = self.records.get_mut(key)?;
+    fn get(&self, h: u64, key: &MessageKey) -> Option<&Slot> {
+        self.records.find(h, |s| *s.key == *key)
+    }
+
+    /// The slot whose own key handle is `key` (the dirty and eviction lists' handles): a
+    /// pointer compare. A replaced record's slot has a new handle and is not found.
+    fn handle_mut(&mut self, h: u64, key: &Arc<MessageKey>) -> Option<&mut Slot> {
+        self.records.find_mut(h, |s| Arc::ptr_eq(&s.key, key))
+    }
+
+    fn slot_mut(&mut self, h: u64, key: &MessageKey) -> Option<SlotMut<'_>> {
+        let slot = self.records.find_mut(h, |s| *s.key == *key)?;
         Some((slot, &mut self.open, &mut self.dirty))
     }
 }
 
 struct ReceiptEntry {
     key: Arc<MessageKey>,
+    /// `Inner::hash_of(key)`.
+    hash: u64,
     part: u16,
     expires_at_ms: u64,
     inc: u64,
@@ -279,6 +304,9 @@ impl hashbrown::Equivalent<RKey> for RRef<'_> {
         self.link == k.link && self.id == &*k.id
     }
 }
+
+/// A receipt's record: key handle, `hash_of(key)`, part, and the incarnation of a hot entry.
+type Found = (Arc<MessageKey>, u64, u16, Option<u64>);
 
 type ReceiptStripe = hashbrown::HashMap<RKey, ReceiptEntry, FastHash>;
 
@@ -379,6 +407,7 @@ fn indexable(r: &MessageRecord) -> impl Iterator<Item = (u16, u32, &str)> {
 /// One record of a checkpoint pass.
 struct CkptItem {
     key: Arc<MessageKey>,
+    hash: u64,
     /// Its stripe: items are collected stripe by stripe, and the pass after the write
     /// takes each stripe lock once for all of its items.
     si: usize,
@@ -608,8 +637,8 @@ impl Drop for JournalStore {
 }
 
 impl Inner {
-    fn stripe_of(&self, key: &MessageKey) -> usize {
-        (self.hasher.hash_one(key) as usize) & (STRIPES - 1)
+    fn hash_of(&self, key: &MessageKey) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     fn receipt_stripe(&self, link_id: u32, smsc_id: &str) -> usize {
@@ -692,6 +721,7 @@ impl Inner {
                 id,
                 ReceiptEntry {
                     key: Arc::clone(&slot.key),
+                    hash: slot.hash,
                     part,
                     expires_at_ms: slot.record.expires_at_ms,
                     inc: slot.inc,
@@ -701,21 +731,21 @@ impl Inner {
         }
     }
 
-    fn list_dirty(slot: &mut Slot, dirty: &mut Vec<Arc<MessageKey>>) {
+    fn list_dirty(slot: &mut Slot, dirty: &mut Vec<(u64, Arc<MessageKey>)>) {
         if !slot.dirty_listed {
             slot.dirty_listed = true;
-            dirty.push(Arc::clone(&slot.key));
+            dirty.push((slot.hash, Arc::clone(&slot.key)));
         }
     }
 
     /// Inserts a slot and its receipt index entries (on the dirty list with `dirty`) and
-    /// returns its key handle. `logged`: the position and bytes of its latest log event, if
-    /// this store logged it.
+    /// returns its key handle and incarnation. `h`: `hash_of(key)`. `logged`: the position
+    /// and bytes of its latest log event, if this store logged it.
     #[allow(clippy::too_many_arguments)]
     fn insert_slot(
         &self,
         s: &mut Stripe,
-        si: usize,
+        h: u64,
         key: MessageKey,
         record: MessageRecord,
         version: u64,
@@ -723,9 +753,9 @@ impl Inner {
         cold_open: Option<u64>,
         logged: (Pos, Vec<u8>),
         dirty: bool,
-    ) -> Arc<MessageKey> {
+    ) -> (Arc<MessageKey>, u64) {
         let (last, image) = logged;
-        let inc = s.next_inc * STRIPES as u64 + si as u64;
+        let inc = s.next_inc * STRIPES as u64 + stripe_index(h) as u64;
         s.next_inc += 1;
         let key = Arc::new(key);
         if !record.status.is_final() {
@@ -733,6 +763,7 @@ impl Inner {
         }
         let slot = Slot {
             key: Arc::clone(&key),
+            hash: h,
             // A record read from (or replacing one in) the cold store has its index there.
             cold_smsc: if ckpt_version > 0 && version == ckpt_version {
                 indexable(&record).count()
@@ -749,16 +780,16 @@ impl Inner {
             image,
         };
         if dirty {
-            s.dirty.push(Arc::clone(&key));
+            s.dirty.push((h, Arc::clone(&key)));
         }
         self.index_all(&slot, true);
-        s.records.insert(Arc::clone(&key), slot);
+        s.records.insert_unique(h, slot, |sl| sl.hash);
         self.count.fetch_add(1, Ordering::Relaxed);
-        key
+        (key, inc)
     }
 
-    fn remove_slot(&self, s: &mut Stripe, key: &MessageKey) -> Option<Slot> {
-        let slot = s.records.remove(key)?;
+    fn remove_slot(&self, s: &mut Stripe, h: u64, key: &MessageKey) -> Option<Slot> {
+        let (slot, _) = s.records.find_entry(h, |sl| *sl.key == *key).ok()?.remove();
         s.open
             .remove(&(slot.record.expires_at_ms, Arc::clone(&slot.key)));
         self.unindex(&slot);
@@ -768,17 +799,17 @@ impl Inner {
 
     /// Makes `key` hot from the cold store if it is there (expired ones too: callers check).
     /// Returns whether the key is hot now.
-    fn ensure_hot(&self, s: &mut Stripe, si: usize, key: &MessageKey) -> Result<bool, StateError> {
-        if s.records.contains_key(key) {
+    fn ensure_hot(&self, s: &mut Stripe, h: u64, key: &MessageKey) -> Result<bool, StateError> {
+        if s.get(h, key).is_some() {
             return Ok(true);
         }
         let Some((rec, v)) = self.cold_get(key)? else {
             return Ok(false);
         };
         let cold_open = (!rec.status.is_final()).then_some(rec.expires_at_ms);
-        let k = self.insert_slot(
+        let (k, inc) = self.insert_slot(
             s,
-            si,
+            h,
             key.clone(),
             rec,
             v,
@@ -787,8 +818,7 @@ impl Inner {
             (Pos::default(), Vec::new()),
             false,
         );
-        let inc = s.records.get(&*k).map_or(0, |sl| sl.inc);
-        s.evict.push_back((unix_ms(), inc, k));
+        s.evict.push_back((unix_ms(), inc, h, k));
         self.loaded.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -796,11 +826,11 @@ impl Inner {
     fn create(&self, mut r: MessageRecord, now: u64) -> Result<(CreateOutcome, Pos), StateError> {
         r.validate().map_err(StateError::Invalid)?;
         let key = r.key();
-        let si = self.stripe_of(&key);
-        let mut g = lock(&self.stripes[si]);
+        let h = self.hash_of(&key);
+        let mut g = lock(&self.stripes[stripe_index(h)]);
         let s = &mut *g;
         // The version to follow and the cold state a replaced record leaves behind.
-        let (hot, prev_version, ckpt_version, cold_open) = match s.records.get(&key) {
+        let (hot, prev_version, ckpt_version, cold_open) = match s.get(h, &key) {
             Some(slot) if slot.record.expires_at_ms > now => {
                 return Ok((CreateOutcome::Exists(slot.record.clone()), slot.last));
             }
@@ -827,11 +857,11 @@ impl Inner {
         let mut ev = Vec::new();
         let pos = self.log(&mut ev, &key, version, &r)?;
         if hot {
-            self.remove_slot(s, &key);
+            self.remove_slot(s, h, &key);
         }
         self.insert_slot(
             s,
-            si,
+            h,
             key,
             r.clone(),
             version,
@@ -851,13 +881,13 @@ impl Inner {
         now: u64,
     ) -> Result<(UpdateOutcome, Pos), StateError> {
         check_update(key, updates)?;
-        let si = self.stripe_of(key);
-        let mut g = lock(&self.stripes[si]);
+        let h = self.hash_of(key);
+        let mut g = lock(&self.stripes[stripe_index(h)]);
         let s = &mut *g;
-        if !self.ensure_hot(s, si, key)? {
+        if !self.ensure_hot(s, h, key)? {
             return Ok((UpdateOutcome::NotFound, Pos::default()));
         }
-        let Some((slot, open, dirty)) = s.slot_mut(key) else {
+        let Some((slot, open, dirty)) = s.slot_mut(h, key) else {
             return Ok((UpdateOutcome::NotFound, Pos::default()));
         };
         if slot.record.expires_at_ms <= now {
@@ -897,7 +927,7 @@ impl Inner {
         &self,
         slot: &mut Slot,
         open: &mut BTreeSet<(u64, Arc<MessageKey>)>,
-        dirty: &mut Vec<Arc<MessageKey>>,
+        dirty: &mut Vec<(u64, Arc<MessageKey>)>,
         rec: &MessageRecord,
         apply: impl FnOnce(&mut MessageRecord),
     ) -> Result<Pos, StateError> {
@@ -918,6 +948,7 @@ impl Inner {
             if !known {
                 let e = ReceiptEntry {
                     key: Arc::clone(&slot.key),
+                    hash: slot.hash,
                     part,
                     expires_at_ms: exp,
                     inc: slot.inc,
@@ -938,13 +969,13 @@ impl Inner {
         Ok(pos)
     }
 
-    /// `(key, part, inc)` of a receipt: hot index first, then the cold one (`inc` unknown).
+    /// The record of a receipt: hot index first, then the cold one (`inc` unknown).
     fn find_receipt(
         &self,
         link_id: u32,
         smsc_id: &str,
         now: u64,
-    ) -> Result<Option<(MessageKey, u16, Option<u64>)>, StateError> {
+    ) -> Result<Option<Found>, StateError> {
         {
             let g = lock(&self.receipts[self.receipt_stripe(link_id, smsc_id)]);
             if let Some(e) = g.get(&RRef {
@@ -952,7 +983,7 @@ impl Inner {
                 id: smsc_id,
             }) && e.expires_at_ms > now
             {
-                return Ok(Some(((*e.key).clone(), e.part, Some(e.inc))));
+                return Ok(Some((Arc::clone(&e.key), e.hash, e.part, Some(e.inc))));
             }
         }
         let t = self.cold()?;
@@ -960,7 +991,8 @@ impl Inner {
             return Ok(None);
         };
         let key = codec::parse_msg_key(&mk).map_err(StateError::Corrupt)?;
-        Ok(Some((key, part, None)))
+        let h = self.hash_of(&key);
+        Ok(Some((Arc::new(key), h, part, None)))
     }
 
     fn receipt(
@@ -971,16 +1003,15 @@ impl Inner {
         now: u64,
     ) -> Result<(ReceiptOutcome, Pos), StateError> {
         check_smsc_id(smsc_id)?;
-        let Some((key, part, inc)) = self.find_receipt(link_id, smsc_id, now)? else {
+        let Some((key, h, part, inc)) = self.find_receipt(link_id, smsc_id, now)? else {
             return Ok((ReceiptOutcome::NotFound, Pos::default()));
         };
-        let si = self.stripe_of(&key);
-        let mut g = lock(&self.stripes[si]);
+        let mut g = lock(&self.stripes[stripe_index(h)]);
         let s = &mut *g;
-        if !self.ensure_hot(s, si, &key)? {
+        if !self.ensure_hot(s, h, &key)? {
             return Ok((ReceiptOutcome::NotFound, Pos::default()));
         }
-        let Some((slot, open, dirty)) = s.slot_mut(&key) else {
+        let Some((slot, open, dirty)) = s.slot_mut(h, &key) else {
             return Ok((ReceiptOutcome::NotFound, Pos::default()));
         };
         // The entry must still describe this record: same incarnation (hot entry), or the
@@ -1010,8 +1041,9 @@ impl Inner {
             return Ok((None, Pos::default()));
         }
         {
-            let g = lock(&self.stripes[self.stripe_of(key)]);
-            if let Some(slot) = g.records.get(key) {
+            let h = self.hash_of(key);
+            let g = lock(&self.stripes[stripe_index(h)]);
+            if let Some(slot) = g.get(h, key) {
                 let live = (slot.record.expires_at_ms > now).then(|| slot.record.clone());
                 return Ok((live, slot.last));
             }
@@ -1038,7 +1070,8 @@ impl Inner {
                 if exp > now_ms {
                     break;
                 }
-                match self.expire_one(s, &key, now_ms) {
+                let h = self.hash_of(&key);
+                match self.expire_one(s, h, &key, now_ms) {
                     Ok(Some((r, pos))) => {
                         out.push(r);
                         last = pos;
@@ -1081,14 +1114,14 @@ impl Inner {
                 let Ok(key) = codec::parse_msg_key(&k[8..]) else {
                     continue;
                 };
-                let si = self.stripe_of(&key);
-                let mut g = lock(&self.stripes[si]);
+                let h = self.hash_of(&key);
+                let mut g = lock(&self.stripes[stripe_index(h)]);
                 let s = &mut *g;
-                if s.records.contains_key(&key) {
+                if s.get(h, &key).is_some() {
                     // Hot: the hot sweep above owns it (or it is final / not due).
                     continue;
                 }
-                match self.ensure_hot(s, si, &key) {
+                match self.ensure_hot(s, h, &key) {
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = t.open.remove(k.to_vec());
@@ -1099,7 +1132,7 @@ impl Inner {
                         break;
                     }
                 }
-                let due = s.records.get(&key).is_some_and(|sl| {
+                let due = s.get(h, &key).is_some_and(|sl| {
                     sl.record.expires_at_ms == exp && sl.record.expires_at_ms <= now_ms
                 });
                 if !due {
@@ -1108,7 +1141,7 @@ impl Inner {
                     let _ = t.open.remove(k.to_vec());
                     continue;
                 }
-                match self.expire_one(s, &key, now_ms) {
+                match self.expire_one(s, h, &key, now_ms) {
                     Ok(Some((r, pos))) => {
                         out.push(r);
                         last = pos;
@@ -1131,10 +1164,11 @@ impl Inner {
     fn expire_one(
         &self,
         s: &mut Stripe,
+        h: u64,
         key: &MessageKey,
         now_ms: u64,
     ) -> Result<Option<(MessageRecord, Pos)>, StateError> {
-        let Some((slot, open, dirty)) = s.slot_mut(key) else {
+        let Some((slot, open, dirty)) = s.slot_mut(h, key) else {
             return Ok(None);
         };
         if slot.record.status.is_final() {
@@ -1256,12 +1290,12 @@ impl Inner {
             }
             let cold_open =
                 cold.and_then(|(r, _)| (!r.status.is_final()).then_some(r.expires_at_ms));
-            let si = self.stripe_of(&key);
-            let mut g = lock(&self.stripes[si]);
+            let h = self.hash_of(&key);
+            let mut g = lock(&self.stripes[stripe_index(h)]);
             let s = &mut *g;
-                        self.insert_slot(
+            self.insert_slot(
                 s,
-                si,
+                h,
                 key,
                 rec,
                 v,
@@ -1310,8 +1344,8 @@ impl Inner {
             let mut g = lock(stripe);
             let s = &mut *g;
             items.reserve(s.dirty.len());
-            for key in std::mem::take(&mut s.dirty) {
-                if let Some(slot) = s.records.get_mut(&*key) {
+            for (h, key) in std::mem::take(&mut s.dirty) {
+                if let Some(slot) = s.handle_mut(h, &key) {
                     slot.dirty_listed = false;
                     let ev = std::mem::take(&mut slot.image);
                     if slot.version > slot.ckpt_version {
@@ -1341,6 +1375,7 @@ impl Inner {
                         };
                         items.push(CkptItem {
                             key: Arc::clone(&slot.key),
+                            hash: h,
                             si,
                             inc: slot.inc,
                             version: slot.version,
@@ -1436,7 +1471,11 @@ impl Inner {
             let mut g = lock(&self.stripes[run[0].si]);
             let s = &mut *g;
             for it in run {
-                let Some(slot) = s.records.get_mut(&*it.key) else {
+                // The table itself, not `handle_mut`: the lists are written below.
+                let Some(slot) = s
+                    .records
+                    .find_mut(it.hash, |sl| Arc::ptr_eq(&sl.key, &it.key))
+                else {
                     continue;
                 };
                 if slot.inc != it.inc {
@@ -1449,7 +1488,8 @@ impl Inner {
                         slot.cold_smsc = slot.cold_smsc.max(n);
                     }
                     if slot.version == slot.ckpt_version {
-                        s.evict.push_back((now, it.inc, Arc::clone(&it.key)));
+                        s.evict
+                            .push_back((now, it.inc, it.hash, Arc::clone(&it.key)));
                     }
                 } else {
                     // The event goes back for the retry, unless a newer one replaced it.
@@ -1487,21 +1527,22 @@ impl Inner {
             let mut g = lock(stripe);
             let s = &mut *g;
             for _ in 0..EVICT_PER_STRIPE {
-                let Some((at, inc, key)) = s.evict.front() else {
+                let Some(&(at, _, _, _)) = s.evict.front() else {
                     break;
                 };
                 if !(force || pressure) && at.saturating_add(hot_ms) > now {
                     break;
                 }
-                let (inc, key) = (*inc, Arc::clone(key));
-                s.evict.pop_front();
-                let evictable = s.records.get(&*key).is_some_and(|sl| {
+                let Some((_, inc, h, key)) = s.evict.pop_front() else {
+                    break;
+                };
+                let evictable = s.handle_mut(h, &key).is_some_and(|sl| {
                     sl.inc == inc
                         && sl.version == sl.ckpt_version
                         && (sl.last.end == 0 || self.wal.is_durable(sl.last))
                 });
                 if evictable {
-                    self.remove_slot(s, &key);
+                    self.remove_slot(s, h, &key);
                     evicted += 1;
                 }
             }
@@ -1577,7 +1618,7 @@ impl StateStore for JournalStore {
         ready(
             self.inner
                 .find_receipt(link_id, &smsc_id, unix_ms())
-                .map(|o| o.map(|(k, part, _)| (k, part))),
+                .map(|o| o.map(|(k, _, part, _)| (Arc::unwrap_or_clone(k), part))),
         )
     }
 
