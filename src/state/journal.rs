@@ -351,6 +351,11 @@ struct Inner {
     checkpoints: AtomicU64,
     checkpointed_records: AtomicU64,
     checkpoint_failures: AtomicU64,
+    /// Tests: makes the next checkpoint fail after collecting its items and releasing the
+    /// stripes, having run this first (changes made meanwhile, as a shard could).
+    #[cfg(test)]
+    #[allow(clippy::type_complexity)]
+    fail_next_checkpoint: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     ingested_checkpoints: AtomicU64,
     evicted: AtomicU64,
     loaded: AtomicU64,
@@ -534,6 +539,8 @@ impl JournalStore {
             checkpoints: AtomicU64::new(0),
             checkpointed_records: AtomicU64::new(0),
             checkpoint_failures: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_checkpoint: Mutex::new(None),
             ingested_checkpoints: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
@@ -1393,6 +1400,11 @@ impl Inner {
         }
         // Ok(true): written as ingested tables.
         let written = (|| -> Result<bool, StateError> {
+            #[cfg(test)]
+            if let Some(meanwhile) = lock(&self.fail_next_checkpoint).take() {
+                meanwhile();
+                return Err(StateError::Unavailable("injected".into()));
+            }
             if items.is_empty() {
                 return Ok(false);
             }
@@ -2124,6 +2136,52 @@ mod tests {
     #[test]
     fn a_small_checkpoint_is_a_batch_and_everything_reads_back_from_cold() {
         checkpoint_then_everything_from_cold(false);
+    }
+
+    /// A failed pass gives the events it took back to their slots for the retry, except to
+    /// slots that changed while it was writing (their newer event stays): the retry writes
+    /// every record at its latest version.
+    #[test]
+    fn a_failed_checkpoint_leaves_every_change_to_the_next_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = JournalStore::open(test_cfg(dir.path(), false)).expect("open");
+        let key = |i: usize| MessageKey::new(1, format!("k-{i}").as_str());
+        monoio_block_on(async {
+            for i in 0..12 {
+                let tx = format!("k-{i}");
+                let r = s.create(record(&tx)).await;
+                assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
+                if i % 2 == 0 {
+                    let u = s.update(key(i), vec![submitted(&tx)], unix_ms()).await;
+                    assert!(matches!(u, Ok(UpdateOutcome::Updated { .. })), "{u:?}");
+                }
+            }
+        });
+        let s2 = Arc::clone(&s);
+        *lock(&s.inner.fail_next_checkpoint) = Some(Box::new(move || {
+            monoio_block_on(async {
+                for i in (0..12).step_by(4) {
+                    let r = s2.apply_receipt(7, format!("m-k-{i}"), delivered()).await;
+                    assert!(matches!(r, Ok(ReceiptOutcome::Applied(_))), "{r:?}");
+                }
+            });
+        }));
+        assert!(s.checkpoint_now().is_err());
+        assert_eq!(s.stats().checkpoint_failures, 1);
+        assert_eq!(s.checkpoint_now().expect("checkpoint"), 12);
+        s.evict_all_for_test();
+        assert_eq!(s.stats().hot_records, 0);
+        monoio_block_on(async {
+            for i in 0..12 {
+                let want = match i {
+                    _ if i % 4 == 0 => Status::Delivered,
+                    _ if i % 2 == 0 => Status::Submitted,
+                    _ => Status::Accepted,
+                };
+                let got = s.get(key(i)).await.expect("get").map(|r| r.status);
+                assert_eq!(got, Some(want), "k-{i}");
+            }
+        });
     }
 
     fn checkpoint_then_everything_from_cold(ingest: bool) {
