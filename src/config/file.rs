@@ -103,7 +103,7 @@ impl Default for StateFile {
             hot_s: 30,
             checkpoint_interval_ms: 5_000,
             checkpoint_mib: 64,
-            sync_linger_us: 500,
+            sync_linger_us: 1_000,
         }
     }
 }

@@ -31,8 +31,9 @@
 //!   writer engine).
 //! * **Logs and sync** ([`super::wal`]): with `sync` off every thread has its own lane, written
 //!   by that thread once per event-loop turn; with `sync` all threads share one lane that its
-//!   sync thread writes and fdatasyncs at most every `sync_linger_us` (each fdatasync costs a
-//!   device flush whatever it covers, so one stream of larger syncs measured best).
+//!   sync thread writes and fdatasyncs, under load at most every `sync_linger_us` (each
+//!   fdatasync costs a device flush whatever it covers, so one stream of larger syncs measured
+//!   best; see `wal::linger_after` for how the wait adapts to the load).
 //! * **Eviction**: a record that is checkpointed (its latest version is cold) and unchanged for
 //!   `hot_secs` leaves memory (sooner when the hot set is 3/4 full); a later op on it loads it
 //!   back from cold under its stripe lock.
@@ -113,7 +114,8 @@ pub struct JournalConfig {
     pub purge_grace_secs: u64,
     /// fdatasync a log frame before its op completes (`fsync = batch`).
     pub sync: bool,
-    /// With `sync`: least time between two fdatasyncs of the log, µs (group commit).
+    /// With `sync`: most time between two fdatasyncs of the log under load, µs (group
+    /// commit; see `wal::linger_after`).
     pub sync_linger_us: u64,
     /// Most records held in memory; `create` beyond it answers `Overloaded`.
     pub max_hot_records: usize,
@@ -142,7 +144,7 @@ impl Default for JournalConfig {
             ttl_secs: 24 * 3600,
             purge_grace_secs: 3600,
             sync: true,
-            sync_linger_us: 500,
+            sync_linger_us: 1_000,
             max_hot_records: 1_000_000,
             hot_secs: 30,
             checkpoint_interval_ms: 5_000,
@@ -506,7 +508,7 @@ impl JournalStore {
         if cfg.sync {
             // Every fdatasync costs the kernel a device flush whatever it covers (measured on
             // the 2-core VM: ~15-20 µs of sync-thread CPU per message with a log per shard).
-            // One log shared by every thread, synced at most every `sync_linger_us`, makes
+            // One log shared by every thread, synced up to `sync_linger_us` apart, makes
             // each fdatasync cover every shard's ops: REST max 13.0-13.7k msg/s against
             // 10.2-11.9k with a log per shard or no linger (perf/RESULTS.md, 2026-11-26).
             wcfg.max_lanes = 1;
