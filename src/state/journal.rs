@@ -2140,6 +2140,30 @@ mod tests {
         checkpoint_then_everything_from_cold(false);
     }
 
+    /// The status the checkpoint tests leave message `i` in: every second one submitted, every
+    /// fourth one delivered.
+    fn status_of(i: usize) -> Status {
+        match i {
+            _ if i.is_multiple_of(4) => Status::Delivered,
+            _ if i.is_multiple_of(2) => Status::Submitted,
+            _ => Status::Accepted,
+        }
+    }
+
+    /// Creates `{prefix}-0..n` and submits every second one (SMSC id `m-{prefix}-{i}`, link 7).
+    async fn created_and_submitted(s: &JournalStore, prefix: &str, n: usize) {
+        for i in 0..n {
+            let tx = format!("{prefix}-{i}");
+            let r = s.create(record(&tx)).await;
+            assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
+            if i.is_multiple_of(2) {
+                let key = MessageKey::new(1, tx.as_str());
+                let u = s.update(key, vec![submitted(&tx)], unix_ms()).await;
+                assert!(matches!(u, Ok(UpdateOutcome::Updated { .. })), "{u:?}");
+            }
+        }
+    }
+
     /// A failed pass gives the events it took back to their slots for the retry, except to
     /// slots that changed while it was writing (their newer event stays): the retry writes
     /// every record at its latest version.
@@ -2148,17 +2172,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = JournalStore::open(test_cfg(dir.path(), false)).expect("open");
         let key = |i: usize| MessageKey::new(1, format!("k-{i}").as_str());
-        monoio_block_on(async {
-            for i in 0..12 {
-                let tx = format!("k-{i}");
-                let r = s.create(record(&tx)).await;
-                assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
-                if i % 2 == 0 {
-                    let u = s.update(key(i), vec![submitted(&tx)], unix_ms()).await;
-                    assert!(matches!(u, Ok(UpdateOutcome::Updated { .. })), "{u:?}");
-                }
-            }
-        });
+        monoio_block_on(created_and_submitted(&s, "k", 12));
         let s2 = Arc::clone(&s);
         *lock(&s.inner.fail_next_checkpoint) = Some(Box::new(move || {
             monoio_block_on(async {
@@ -2175,13 +2189,8 @@ mod tests {
         assert_eq!(s.stats().hot_records, 0);
         monoio_block_on(async {
             for i in 0..12 {
-                let want = match i {
-                    _ if i % 4 == 0 => Status::Delivered,
-                    _ if i % 2 == 0 => Status::Submitted,
-                    _ => Status::Accepted,
-                };
                 let got = s.get(key(i)).await.expect("get").map(|r| r.status);
-                assert_eq!(got, Some(want), "k-{i}");
+                assert_eq!(got, Some(status_of(i)), "k-{i}");
             }
         });
     }
@@ -2194,18 +2203,10 @@ mod tests {
         let s = JournalStore::open(cfg).expect("open");
         let key = |i: usize| MessageKey::new(1, format!("g-{i}").as_str());
         monoio_block_on(async {
-            for i in 0..60 {
-                let tx = format!("g-{i}");
-                let r = s.create(record(&tx)).await;
-                assert!(matches!(r, Ok(CreateOutcome::Created(_))), "{r:?}");
-                if i % 2 == 0 {
-                    let u = s.update(key(i), vec![submitted(&tx)], unix_ms()).await;
-                    assert!(matches!(u, Ok(UpdateOutcome::Updated { .. })), "{u:?}");
-                }
-                if i % 4 == 0 {
-                    let r = s.apply_receipt(7, format!("m-{tx}"), delivered()).await;
-                    assert!(matches!(r, Ok(ReceiptOutcome::Applied(_))), "{r:?}");
-                }
+            created_and_submitted(&s, "g", 60).await;
+            for i in (0..60).step_by(4) {
+                let r = s.apply_receipt(7, format!("m-g-{i}"), delivered()).await;
+                assert!(matches!(r, Ok(ReceiptOutcome::Applied(_))), "{r:?}");
             }
         });
         assert_eq!(s.checkpoint_now().expect("checkpoint"), 60);
@@ -2214,13 +2215,8 @@ mod tests {
         assert_eq!(s.stats().hot_records, 0);
         monoio_block_on(async {
             for i in 0..60 {
-                let want = match i {
-                    _ if i % 4 == 0 => Status::Delivered,
-                    _ if i % 2 == 0 => Status::Submitted,
-                    _ => Status::Accepted,
-                };
                 let got = s.get(key(i)).await.expect("get").map(|r| r.status);
-                assert_eq!(got, Some(want), "g-{i}");
+                assert_eq!(got, Some(status_of(i)), "g-{i}");
                 let again = s.create(record(&format!("g-{i}"))).await;
                 assert!(matches!(again, Ok(CreateOutcome::Exists(_))), "{again:?}");
             }
