@@ -127,9 +127,11 @@ fn head(gw: &Gateway) -> String {
 }
 
 /// The families of the embedded backend's journal engine (the default): present only with it.
-const JOURNAL_FAMILIES: [&str; 8] = [
+const JOURNAL_FAMILIES: [&str; 10] = [
     "smsgw_state_hot_records",
     "smsgw_state_log_bytes",
+    "smsgw_state_log_syncs_total",
+    "smsgw_state_log_sync_waiters_total",
     "smsgw_state_checkpoints_total",
     "smsgw_state_checkpointed_records_total",
     "smsgw_state_checkpoint_failures_total",

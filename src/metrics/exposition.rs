@@ -485,6 +485,16 @@ fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Re
             j.log_bytes,
         )?;
         o.counter(
+            "smsgw_state_log_syncs_total",
+            "fdatasyncs of the journal logs (fsync = batch: one per group commit; off: only at a clean stop).",
+            j.log_syncs,
+        )?;
+        o.counter(
+            "smsgw_state_log_sync_waiters_total",
+            "Operations that waited for a journal log fdatasync and were completed by it (per fdatasync: divide by smsgw_state_log_syncs_total).",
+            j.log_sync_waiters,
+        )?;
+        o.counter(
             "smsgw_state_checkpoints_total",
             "Journal checkpoints completed (logs folded into the cold store, then deleted).",
             j.checkpoints,
@@ -726,6 +736,8 @@ mod tests {
         let journal = [
             "smsgw_state_hot_records",
             "smsgw_state_log_bytes",
+            "smsgw_state_log_syncs_total",
+            "smsgw_state_log_sync_waiters_total",
             "smsgw_state_checkpoints_total",
             "smsgw_state_checkpointed_records_total",
             "smsgw_state_checkpoint_failures_total",
@@ -757,6 +769,8 @@ mod tests {
                     loaded: 2,
                     replayed: 5,
                     log_bytes: 4096,
+                    log_syncs: 7,
+                    log_sync_waiters: 300,
                 }),
                 ..Gauges::default()
             },
@@ -766,6 +780,9 @@ mod tests {
             "smsgw_state_hot_records 12\n",
             "# TYPE smsgw_state_log_bytes gauge\n",
             "smsgw_state_log_bytes 4096\n",
+            "# TYPE smsgw_state_log_syncs_total counter\n",
+            "smsgw_state_log_syncs_total 7\n",
+            "smsgw_state_log_sync_waiters_total 300\n",
             "# TYPE smsgw_state_checkpoints_total counter\n",
             "smsgw_state_checkpoints_total 3\n",
             "smsgw_state_checkpointed_records_total 40\n",

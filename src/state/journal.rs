@@ -333,6 +333,11 @@ pub struct JournalStats {
     pub replayed: u64,
     /// Log bytes written since the last checkpoint sealed the logs.
     pub log_bytes: u64,
+    /// fdatasyncs of the logs (`fsync = batch`: one per group commit; `off`: at a clean stop).
+    pub log_syncs: u64,
+    /// `fsync = batch`: ops that waited for an fdatasync and were completed by it (per
+    /// fdatasync: `/ log_syncs`; `sync_linger_us` raises it under load).
+    pub log_sync_waiters: u64,
 }
 
 struct Inner {
@@ -580,6 +585,8 @@ impl JournalStore {
             loaded: i.loaded.load(Ordering::Relaxed),
             replayed: i.replayed.load(Ordering::Relaxed),
             log_bytes: i.wal.unrotated_bytes(),
+            log_syncs: i.wal.sync_counts().0,
+            log_sync_waiters: i.wal.sync_counts().1,
         }
     }
 

@@ -228,9 +228,12 @@ struct Shared {
     fail_syncs: AtomicU64,
     /// Test hook: the next segment write or fdatasync sleeps this long first (a hung disk).
     stall_next_io: Mutex<Option<Duration>>,
-    /// Segment frame writes (`write_all` calls) and fdatasyncs so far (tests, benches).
+    /// Segment frame writes (`write_all` calls) and fdatasyncs so far (tests, benches,
+    /// metrics).
     writes: AtomicU64,
     syncs: AtomicU64,
+    /// Sync mode: waiting ops the sync threads completed (per fdatasync: `/ syncs`).
+    sync_waiters: AtomicU64,
     /// Origin of `Lane::io_since`.
     epoch: Instant,
     /// See `WalConfig::segment_bytes` / `recycle_segments`.
@@ -1001,7 +1004,11 @@ fn sync_loop(lane: Arc<Lane>, linger: std::time::Duration) {
             // Errors are recorded in the lane (failed flag, error text, woken futures).
             let _ = lane.flush(&mut io, true, false);
         }
-        wait = linger_after(linger, lane.wake_durable());
+        let completed = lane.wake_durable();
+        lane.shared
+            .sync_waiters
+            .fetch_add(completed as u64, Ordering::Relaxed);
+        wait = linger_after(linger, completed);
     }
 }
 
@@ -1353,6 +1360,7 @@ impl Wal {
             stall_next_io: Mutex::new(None),
             writes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            sync_waiters: AtomicU64::new(0),
             epoch: Instant::now(),
             segment_bytes: cfg.segment_bytes.max(SEG_HEADER as u64 + 1),
             recycle_max: cfg.recycle_segments,
@@ -1629,6 +1637,15 @@ impl Wal {
             Some(e) => Err(unavailable(e)),
             None => Ok(()),
         }
+    }
+
+    /// fdatasyncs of log segments so far, and (sync mode) the waiting ops the sync threads
+    /// completed with them: what `sync_linger` buys (metrics).
+    pub fn sync_counts(&self) -> (u64, u64) {
+        (
+            self.shared.syncs.load(Ordering::Relaxed),
+            self.shared.sync_waiters.load(Ordering::Relaxed),
+        )
     }
 
     /// Bytes appended since the last rotate (all lanes): the checkpoint trigger.
@@ -2723,6 +2740,10 @@ mod tests {
             took < Duration::from_millis(900),
             "10 lone ops took {took:?}"
         );
+        // Each lone op waited for (and was completed by) an fdatasync of its own.
+        let (syncs, waiters) = wal.sync_counts();
+        assert_eq!(waiters, 10);
+        assert!(syncs >= 10, "{syncs} fdatasyncs");
         assert_eq!(read_all(&wal.rotate().expect("rotate")).len(), 10);
     }
 
@@ -2734,6 +2755,11 @@ mod tests {
         monoio_appenders(&wal, 8, 100, "");
         let syncs = wal.syncs_for_test();
         assert!(syncs < ops, "{syncs} fdatasyncs for {ops} ops");
+        let (_, waiters) = wal.sync_counts();
+        assert!(
+            (1..=ops).contains(&waiters),
+            "{waiters} waiters for {ops} ops"
+        );
         assert_eq!(read_all(&wal.rotate().expect("rotate")).len(), ops as usize);
     }
 
