@@ -232,8 +232,8 @@ struct Stripe {
     open: BTreeSet<(u64, Arc<MessageKey>)>,
     /// Keys changed since the last checkpoint, with their hash.
     dirty: Vec<(u64, Arc<MessageKey>)>,
-    /// `(checkpointed at, inc, hash, key)`, oldest first: eviction candidates.
-    evict: VecDeque<(u64, u64, u64, Arc<MessageKey>)>,
+    /// `(checkpointed at, hash, key)`, oldest first: eviction candidates.
+    evict: VecDeque<(u64, u64, Arc<MessageKey>)>,
     next_inc: u64,
 }
 
@@ -250,9 +250,15 @@ impl Stripe {
     }
 
     /// The slot whose own key handle is `key` (the dirty and eviction lists' handles): a
-    /// pointer compare. A replaced record's slot has a new handle and is not found.
-    fn handle_mut(&mut self, h: u64, key: &Arc<MessageKey>) -> Option<&mut Slot> {
-        self.records.find_mut(h, |s| Arc::ptr_eq(&s.key, key))
+    /// pointer compare. A handle names one incarnation: a replaced record's slot has a new
+    /// handle and is not found. Takes the table, not the stripe, so that a caller can still
+    /// write the stripe's lists.
+    fn handle_mut<'a>(
+        records: &'a mut hashbrown::HashTable<Slot>,
+        h: u64,
+        key: &Arc<MessageKey>,
+    ) -> Option<&'a mut Slot> {
+        records.find_mut(h, |s| Arc::ptr_eq(&s.key, key))
     }
 
     fn slot_mut(&mut self, h: u64, key: &MessageKey) -> Option<SlotMut<'_>> {
@@ -386,15 +392,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// ([`codec::encode_versioned_into`]): a checkpoint writes an event's two parts as they are.
 fn encode_event(out: &mut Vec<u8>, key: &MessageKey, version: u64, r: &MessageRecord) {
     out.clear();
-    let klen = event_klen(key);
+    let klen = 8 + key.transaction_id.len();
     out.extend_from_slice(&(klen as u16).to_le_bytes());
     out.extend_from_slice(&key.app_id.to_be_bytes());
     out.extend_from_slice(key.transaction_id.as_bytes());
     codec::encode_versioned_into(out, r, version);
 }
 
-fn event_klen(key: &MessageKey) -> usize {
-    8 + key.transaction_id.len()
+/// The cold key of an event this store encoded (see [`encode_event`]).
+fn event_key(ev: &[u8]) -> &[u8] {
+    let klen = usize::from(u16::from_le_bytes([ev[0], ev[1]]));
+    &ev[2..2 + klen]
 }
 
 fn decode_event(p: &[u8]) -> Result<(MessageKey, MessageRecord, u64), String> {
@@ -418,17 +426,15 @@ fn indexable(r: &MessageRecord) -> impl Iterator<Item = (u16, u32, &str)> {
 
 /// One record of a checkpoint pass.
 struct CkptItem {
+    /// The slot's own handle (see `Stripe::handle_mut`).
     key: Arc<MessageKey>,
+    /// Its hash, hence its stripe: items are collected stripe by stripe, and the pass after
+    /// the write takes each stripe lock once for all of its items.
     hash: u64,
-    /// Its stripe: items are collected stripe by stripe, and the pass after the write
-    /// takes each stripe lock once for all of its items.
-    si: usize,
-    inc: u64,
     version: u64,
-    /// The record's event (see [`encode_event`]): cold key at `2..2 + klen`, cold value
-    /// after it. Taken from the slot under the stripe lock (no record clone, no encode).
+    /// The record's event (see [`encode_event`]), taken from the slot under the stripe lock
+    /// (no record clone, no encode).
     ev: Vec<u8>,
-    klen: usize,
     expires_at_ms: u64,
     open_now: bool,
     cold_open: Option<u64>,
@@ -440,11 +446,11 @@ struct CkptItem {
 
 impl CkptItem {
     fn mk(&self) -> &[u8] {
-        &self.ev[2..2 + self.klen]
+        event_key(&self.ev)
     }
 
     fn val(&self) -> &[u8] {
-        &self.ev[2 + self.klen..]
+        &self.ev[2 + self.mk().len()..]
     }
 }
 
@@ -575,6 +581,7 @@ impl JournalStore {
     /// Counters (tests, logs).
     pub fn stats(&self) -> JournalStats {
         let i = &*self.inner;
+        let (log_syncs, log_sync_waiters) = i.wal.sync_counts();
         JournalStats {
             hot_records: i.count.load(Ordering::Relaxed),
             checkpoints: i.checkpoints.load(Ordering::Relaxed),
@@ -585,8 +592,8 @@ impl JournalStore {
             loaded: i.loaded.load(Ordering::Relaxed),
             replayed: i.replayed.load(Ordering::Relaxed),
             log_bytes: i.wal.unrotated_bytes(),
-            log_syncs: i.wal.sync_counts().0,
-            log_sync_waiters: i.wal.sync_counts().1,
+            log_syncs,
+            log_sync_waiters,
         }
     }
 
@@ -755,7 +762,7 @@ impl Inner {
     }
 
     /// Inserts a slot and its receipt index entries (on the dirty list with `dirty`) and
-    /// returns its key handle and incarnation. `h`: `hash_of(key)`. `logged`: the position
+    /// returns its key handle. `h`: `hash_of(key)`. `logged`: the position
     /// and bytes of its latest log event, if this store logged it.
     #[allow(clippy::too_many_arguments)]
     fn insert_slot(
@@ -769,7 +776,7 @@ impl Inner {
         cold_open: Option<u64>,
         logged: (Pos, Vec<u8>),
         dirty: bool,
-    ) -> (Arc<MessageKey>, u64) {
+    ) -> Arc<MessageKey> {
         let (last, image) = logged;
         let inc = s.next_inc * STRIPES as u64 + stripe_index(h) as u64;
         s.next_inc += 1;
@@ -801,7 +808,7 @@ impl Inner {
         self.index_all(&slot, true);
         s.records.insert_unique(h, slot, |sl| sl.hash);
         self.count.fetch_add(1, Ordering::Relaxed);
-        (key, inc)
+        key
     }
 
     fn remove_slot(&self, s: &mut Stripe, h: u64, key: &MessageKey) -> Option<Slot> {
@@ -823,7 +830,7 @@ impl Inner {
             return Ok(false);
         };
         let cold_open = (!rec.status.is_final()).then_some(rec.expires_at_ms);
-        let (k, inc) = self.insert_slot(
+        let k = self.insert_slot(
             s,
             h,
             key.clone(),
@@ -834,7 +841,7 @@ impl Inner {
             (Pos::default(), Vec::new()),
             false,
         );
-        s.evict.push_back((unix_ms(), inc, h, k));
+        s.evict.push_back((unix_ms(), h, k));
         self.loaded.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
@@ -1356,12 +1363,12 @@ impl Inner {
         let sealed = self.wal.rotate()?;
         let t = self.cold()?;
         let mut items: Vec<CkptItem> = Vec::new();
-        for (si, stripe) in self.stripes.iter().enumerate() {
+        for stripe in &self.stripes {
             let mut g = lock(stripe);
             let s = &mut *g;
             items.reserve(s.dirty.len());
             for (h, key) in std::mem::take(&mut s.dirty) {
-                if let Some(slot) = s.handle_mut(h, &key) {
+                if let Some(slot) = Stripe::handle_mut(&mut s.records, h, &key) {
                     slot.dirty_listed = false;
                     let ev = std::mem::take(&mut slot.image);
                     if slot.version > slot.ckpt_version {
@@ -1373,8 +1380,7 @@ impl Inner {
                         } else {
                             ev
                         };
-                        let klen = event_klen(&slot.key);
-                        let mk = &ev[2..2 + klen];
+                        let mk = event_key(&ev);
                         let n = indexable(rec).count();
                         let index_parts = (n > slot.cold_smsc).then_some(n);
                         let smsc = if index_parts.is_some() {
@@ -1392,13 +1398,10 @@ impl Inner {
                         items.push(CkptItem {
                             key: Arc::clone(&slot.key),
                             hash: h,
-                            si,
-                            inc: slot.inc,
                             version: slot.version,
                             expires_at_ms: rec.expires_at_ms,
                             open_now: !rec.status.is_final(),
                             ev,
-                            klen,
                             cold_open: slot.cold_open,
                             index_parts,
                             smsc,
@@ -1488,20 +1491,13 @@ impl Inner {
             self.ingested_checkpoints.fetch_add(1, Ordering::Relaxed);
         }
         let now = unix_ms();
-        for run in items.chunk_by_mut(|a, b| a.si == b.si) {
-            let mut g = lock(&self.stripes[run[0].si]);
+        for run in items.chunk_by_mut(|a, b| stripe_index(a.hash) == stripe_index(b.hash)) {
+            let mut g = lock(&self.stripes[stripe_index(run[0].hash)]);
             let s = &mut *g;
             for it in run {
-                // The table itself, not `handle_mut`: the lists are written below.
-                let Some(slot) = s
-                    .records
-                    .find_mut(it.hash, |sl| Arc::ptr_eq(&sl.key, &it.key))
-                else {
+                let Some(slot) = Stripe::handle_mut(&mut s.records, it.hash, &it.key) else {
                     continue;
                 };
-                if slot.inc != it.inc {
-                    continue;
-                }
                 if written.is_ok() {
                     slot.ckpt_version = slot.ckpt_version.max(it.version);
                     slot.cold_open = it.open_now.then_some(it.expires_at_ms);
@@ -1509,8 +1505,7 @@ impl Inner {
                         slot.cold_smsc = slot.cold_smsc.max(n);
                     }
                     if slot.version == slot.ckpt_version {
-                        s.evict
-                            .push_back((now, it.inc, it.hash, Arc::clone(&it.key)));
+                        s.evict.push_back((now, it.hash, Arc::clone(&it.key)));
                     }
                 } else {
                     // The event goes back for the retry, unless a newer one replaced it.
@@ -1548,18 +1543,18 @@ impl Inner {
             let mut g = lock(stripe);
             let s = &mut *g;
             for _ in 0..EVICT_PER_STRIPE {
-                let Some(&(at, _, _, _)) = s.evict.front() else {
+                let Some(&(at, _, _)) = s.evict.front() else {
                     break;
                 };
                 if !(force || pressure) && at.saturating_add(hot_ms) > now {
                     break;
                 }
-                let Some((_, inc, h, key)) = s.evict.pop_front() else {
+                let Some((_, h, key)) = s.evict.pop_front() else {
                     break;
                 };
-                let evictable = s.handle_mut(h, &key).is_some_and(|sl| {
-                    sl.inc == inc
-                        && sl.version == sl.ckpt_version
+                // The handle is this entry's incarnation: a replaced record is not found.
+                let evictable = Stripe::handle_mut(&mut s.records, h, &key).is_some_and(|sl| {
+                    sl.version == sl.ckpt_version
                         && (sl.last.end == 0 || self.wal.is_durable(sl.last))
                 });
                 if evictable {
@@ -2171,6 +2166,20 @@ mod tests {
         }
     }
 
+    /// Evicts every record, then reads `{prefix}-0..n` back from the cold store with the
+    /// status `status_of` says.
+    fn evict_all_then_read_from_cold(s: &JournalStore, prefix: &str, n: usize) {
+        s.evict_all_for_test();
+        assert_eq!(s.stats().hot_records, 0);
+        monoio_block_on(async {
+            for i in 0..n {
+                let key = MessageKey::new(1, format!("{prefix}-{i}").as_str());
+                let got = s.get(key).await.expect("get").map(|r| r.status);
+                assert_eq!(got, Some(status_of(i)), "{prefix}-{i}");
+            }
+        });
+    }
+
     /// A failed pass gives the events it took back to their slots for the retry, except to
     /// slots that changed while it was writing (their newer event stays): the retry writes
     /// every record at its latest version.
@@ -2178,7 +2187,6 @@ mod tests {
     fn a_failed_checkpoint_leaves_every_change_to_the_next_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = JournalStore::open(test_cfg(dir.path(), false)).expect("open");
-        let key = |i: usize| MessageKey::new(1, format!("k-{i}").as_str());
         monoio_block_on(created_and_submitted(&s, "k", 12));
         let s2 = Arc::clone(&s);
         *lock(&s.inner.fail_next_checkpoint) = Some(Box::new(move || {
@@ -2192,14 +2200,7 @@ mod tests {
         assert!(s.checkpoint_now().is_err());
         assert_eq!(s.stats().checkpoint_failures, 1);
         assert_eq!(s.checkpoint_now().expect("checkpoint"), 12);
-        s.evict_all_for_test();
-        assert_eq!(s.stats().hot_records, 0);
-        monoio_block_on(async {
-            for i in 0..12 {
-                let got = s.get(key(i)).await.expect("get").map(|r| r.status);
-                assert_eq!(got, Some(status_of(i)), "k-{i}");
-            }
-        });
+        evict_all_then_read_from_cold(&s, "k", 12);
     }
 
     fn checkpoint_then_everything_from_cold(ingest: bool) {
@@ -2218,12 +2219,9 @@ mod tests {
         });
         assert_eq!(s.checkpoint_now().expect("checkpoint"), 60);
         assert_eq!(s.stats().ingested_checkpoints, ingested);
-        s.evict_all_for_test();
-        assert_eq!(s.stats().hot_records, 0);
+        evict_all_then_read_from_cold(&s, "g", 60);
         monoio_block_on(async {
             for i in 0..60 {
-                let got = s.get(key(i)).await.expect("get").map(|r| r.status);
-                assert_eq!(got, Some(status_of(i)), "g-{i}");
                 let again = s.create(record(&format!("g-{i}"))).await;
                 assert!(matches!(again, Ok(CreateOutcome::Exists(_))), "{again:?}");
             }

@@ -938,19 +938,18 @@ fn frame_boundary(frames: &[u8], reached: usize) -> usize {
     off
 }
 
-/// Body of a sync-mode lane's thread: write + fdatasync what accumulated while there are
-/// waiters (or a flush request), wake the futures made durable; retry recovery while failed.
 /// Waiting ops one sync must complete for the next to wait the whole `sync_linger`.
 pub const LINGER_FULL_WAITERS: usize = 64;
 
 /// The wait from one sync's start to the next: `linger` scaled by how many waiting ops the
 /// last sync completed, full from [`LINGER_FULL_WAITERS`] on. Few ops per sync means light
 /// load: syncing at once then costs little CPU and saves their latency (measured on the 2-core
-/// VM: a fixed 2 ms linger made p50 at 1,000 msg/s 3.6 ms against 1.3 ms with 0.5 ms). Many
-/// means load: the CPU an fdatasync costs whatever it covers is what caps throughput, and a
-/// longer wait makes each cover more (2 ms against 0.5 ms: +15% REST max). Under a steady
-/// load the wait settles at the full linger or near none, by whether `rate x linger`
-/// reaches the threshold (about 10k msg/s of three ops each with 2 ms).
+/// VM: p50 at 1,000 msg/s 0.75 ms against 1.3 ms with a fixed 0.5 ms linger, 3.6 ms with a
+/// fixed 2 ms). Many means load: each fdatasync costs CPU whatever it covers, and a longer
+/// wait makes each cover more (up to 2 ms halved the sync thread's CPU at max; the max itself
+/// moved within the noise). Under a steady load the wait settles at the full linger or near
+/// none, by whether `rate x linger` reaches the threshold (about 21k msg/s of three ops each
+/// with the default 1 ms). perf/RESULTS.md, session 7.
 fn linger_after(linger: std::time::Duration, completed: usize) -> std::time::Duration {
     if completed >= LINGER_FULL_WAITERS {
         linger
@@ -959,6 +958,8 @@ fn linger_after(linger: std::time::Duration, completed: usize) -> std::time::Dur
     }
 }
 
+/// Body of a sync-mode lane's thread: write + fdatasync what accumulated while there are
+/// waiters (or a flush request), wake the futures made durable; retry recovery while failed.
 fn sync_loop(lane: Arc<Lane>, linger: std::time::Duration) {
     let mut last_sync: Option<std::time::Instant> = None;
     // Full linger until the first sync says what the load is.
@@ -1683,11 +1684,6 @@ impl Wal {
     /// Segment frame writes so far (each writes a whole batch of frames).
     pub fn writes_for_test(&self) -> u64 {
         self.shared.writes.load(Ordering::Relaxed)
-    }
-
-    /// Segment fdatasyncs so far.
-    pub fn syncs_for_test(&self) -> u64 {
-        self.shared.syncs.load(Ordering::Relaxed)
     }
 }
 
@@ -2753,9 +2749,8 @@ mod tests {
         let wal = open(dir.path(), true);
         let ops = 8 * 100;
         monoio_appenders(&wal, 8, 100, "");
-        let syncs = wal.syncs_for_test();
+        let (syncs, waiters) = wal.sync_counts();
         assert!(syncs < ops, "{syncs} fdatasyncs for {ops} ops");
-        let (_, waiters) = wal.sync_counts();
         assert!(
             (1..=ops).contains(&waiters),
             "{waiters} waiters for {ops} ops"
@@ -2925,10 +2920,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = open(dir.path(), false);
         let pos = wal.append(b"A").expect("append");
-        let before = wal.syncs_for_test();
+        let before = wal.sync_counts().0;
         wal.sync_all().expect("sync_all");
         assert!(wal.is_durable(pos));
-        assert_eq!(wal.syncs_for_test(), before + 1);
+        assert_eq!(wal.sync_counts().0, before + 1);
         let lane = wal.lane(pos.lane).expect("lane");
         assert_eq!(lane.synced.load(Ordering::Acquire), pos.end);
     }
