@@ -10,6 +10,10 @@
 //! of the configurations, e.g. `memory,journal-off` for a profile; `STATE_BENCH_ROUNDS`, default
 //! 2). Every loop is bounded in count and by a 60 s
 //! deadline per configuration.
+//!
+//! `journal-ckpt` (only when named in `STATE_BENCH_CONFIGS`) measures one journal checkpoint
+//! instead: the same messages with background checkpoints held off, then one checkpoint of
+//! them all (as cold in cache as the gateway's), timed by the CPU of the thread running it.
 
 use std::time::Duration;
 
@@ -39,6 +43,45 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; the clock id is a constant the kernel knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// `journal-ckpt`: drives `n` messages with no checkpoint, then prints the CPU of one
+/// checkpoint of them all, per record.
+fn checkpoint_cost(
+    round: usize,
+    path: std::path::PathBuf,
+    n: usize,
+    clients: usize,
+    inflight: usize,
+) {
+    let s = JournalStore::open(JournalConfig {
+        path,
+        checkpoint_interval_ms: 3_600_000,
+        checkpoint_bytes: u64::MAX / 2,
+        ..JournalConfig::default()
+    })
+    .expect("journal");
+    let (msgs, failed, _) = store_load::drive(&s, n, clients, inflight, false);
+    let cpu0 = thread_cpu();
+    let t0 = std::time::Instant::now();
+    let records = s.checkpoint_now().expect("checkpoint");
+    let cpu = thread_cpu().saturating_sub(cpu0);
+    println!(
+        "round {round}  journal-ckpt: {msgs} msgs ({failed} failed), one checkpoint of {records} records in {:.0} ms, CPU {:.2} µs/record (checkpointing thread)",
+        t0.elapsed().as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e6 / records.max(1) as f64,
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run small then.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -61,7 +104,12 @@ fn main() {
         .filter(|c| only.is_empty() || only.split(',').any(|o| o.trim() == *c))
         .collect();
     let rounds = env_usize("STATE_BENCH_ROUNDS", 2).clamp(1, 20);
+    let ckpt = only.split(',').any(|o| o.trim() == "journal-ckpt");
     for round in 1..=rounds {
+        if ckpt {
+            let dir = tempfile::tempdir().expect("tempdir");
+            checkpoint_cost(round, dir.path().join("state"), n, clients, inflight);
+        }
         for &name in &configs {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("state");
