@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::l1::LimitKey;
 
-/// GCRA over a batch. KEYS[1]: the bucket's TAT (µs, server clock).
+/// GCRA over a batch. `KEYS[1]`: the bucket's TAT (µs, server clock).
 /// ARGV: emission interval in µs (may be fractional), burst in parts, parts wanted.
 /// Returns `{granted, wait_us}`: `granted` ≤ wanted parts were taken; when 0, `wait_us` is how
 /// long until one part fits.

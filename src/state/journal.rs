@@ -25,7 +25,7 @@
 //!   thread checkpoints: it seals the logs, writes each changed record's latest image once
 //!   (plus its `open` entry while non-final, and its receipt index entries once per SMSC id,
 //!   so a late or repeated receipt finds an evicted record) in one fjall batch, or, from
-//!   [`INGEST_MIN_RECORDS`] records on, as new sorted tables per keyspace (see [`ingest`]),
+//!   [`INGEST_MIN_RECORDS`] records on, as new sorted tables per keyspace (see `ingest`),
 //!   persists it, then deletes the sealed segments. A one-part message created and finished
 //!   between two checkpoints costs two cold inserts (against six memtable inserts in the
 //!   writer engine).

@@ -26,20 +26,16 @@
 //! runtime (no tokio timer or reactor inside), so monoio shard threads and the tokio side
 //! runtime can both await it. The embedded backend completes them from its own threads.
 
-/// Aerospike backend (shared by every replica).
 pub mod aerospike;
-/// Binary encoding of the embedded backend (public for `perf/benches/state.rs`; not an API).
+// Public for `perf/benches/state.rs`; not an API. (Modules are documented inside: rustdoc
+// resolves a module's own links in its parent's scope once it also has an outer doc comment.)
 #[doc(hidden)]
 pub mod codec;
 pub mod embedded;
-/// Journal backend: hot records in striped memory, per-thread write-ahead logs, fjall as the
-/// cold store filled by checkpoints.
 pub mod journal;
-/// In-memory backend: NOT durable (benchmark baseline, tests, development).
 pub mod memory;
 pub mod model;
 pub mod suite;
-/// Per-thread append-only write-ahead log (lanes, group commit) of the journal backend.
 pub mod wal;
 
 use std::future::Future;

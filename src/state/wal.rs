@@ -141,7 +141,7 @@ pub struct WalConfig {
     /// covers, so lingering makes each one cover more ops, at that much added latency. The
     /// sync thread waits the full linger only under load: after a sync that completed
     /// [`LINGER_FULL_WAITERS`] waiting ops or more, proportionally less after fewer (see
-    /// [`linger_after`]).
+    /// `linger_after`).
     pub sync_linger: std::time::Duration,
     /// Watchdog: a lane whose write or fdatasync has not returned after this long fails (its
     /// waiters and new appends answer `Unavailable`) until the call returns. `None` (default):
