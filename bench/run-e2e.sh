@@ -12,6 +12,7 @@
 # Knobs (environment):
 #   DURATION (per run, default 10s); RATES (open-loop msg/s, default "1000 2000 5000 10000");
 #   HALF=1 (also run at half of the measured max, for "latency at half load"; 0 to skip);
+#   NULL=1 (the null-HTTP baseline at max; 0 to skip it when only gateway runs are compared);
 #   BATCH (batch sizes for `--batch` runs at max, default "100 1000"; "none" to skip);
 #   BATCH_CONNECTIONS (connections for batch runs, default 8);
 #   GRPC=1 (gRPC unary and streaming runs at max against grpc_addr; 0 to skip), GRPC_CONNECTIONS
@@ -43,6 +44,7 @@ ROOT=$(pwd)
 DURATION=${DURATION:-10s}
 RATES=${RATES:-"1000 2000 5000 10000"}
 HALF=${HALF:-1}
+NULL=${NULL:-1}
 BATCH=${BATCH:-"100 1000"}
 [ "$BATCH" = none ] && BATCH=""
 BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-8}
@@ -287,8 +289,10 @@ for d in $DRIVERS; do
     rss_kib "$GW_PID" >"$OUT/idle-rss-$d.kib"
     log "[$d] gateway idle RSS $(cat "$OUT/idle-rss-$d.kib") KiB"
 
-    run_bench "$d-null-max" "http://127.0.0.1:$NULL_PORT" max "$CONNECTIONS" "$PIPELINE"
-    RUNS+=("$d-null-max")
+    if [ "$NULL" = 1 ]; then
+        run_bench "$d-null-max" "http://127.0.0.1:$NULL_PORT" max "$CONNECTIONS" "$PIPELINE"
+        RUNS+=("$d-null-max")
+    fi
     for rate in $RATES; do
         run_bench "$d-gw-$rate" "http://127.0.0.1:$HTTP_PORT" "$rate" "$CONNECTIONS" "$PIPELINE"
         RUNS+=("$d-gw-$rate")
@@ -336,7 +340,8 @@ gw_drivers=$(sed -n 's/.*smsgw listening .*drivers=\([a-z_,+]*\).*/\1/p' "$OUT"/
     for name in "${RUNS[@]}"; do
         f="$OUT/$name.json"
         [ -f "$f" ] || { printf '%-22s (no result, see %s)\n' "$name" "$OUT/$name.txt"; continue; }
-        null_rate=$(json_field "$OUT/${name%%-*}-null-max.json" accepted_per_s)
+        null_rate=0
+        [ -f "$OUT/${name%%-*}-null-max.json" ] && null_rate=$(json_field "$OUT/${name%%-*}-null-max.json" accepted_per_s)
         acc=$(json_field "$f" accepted_per_s)
         target=$(json_field "$f" rate_per_s)
         [ "$target" = null ] && target=max
