@@ -123,12 +123,8 @@ stop_pid() { # pid (a child of this script): TERM, bounded wait, KILL; reaped be
     wait "$pid" 2>/dev/null || true
 }
 
-json_field() { # file field -> first numeric/string value of "field"
-    sed -n "s/^  \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1" | head -n1
-}
-latency_field() { # file field (inside "latency")
-    sed -n "s/^    \"$2\": \([^,]*\),\{0,1\}$/\1/p" "$1" | head -n1
-}
+# json_field, latency_field
+source "$ROOT/bench/lib.sh"
 rss_kib() { # pid -> VmRSS in KiB
     sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB$/\1/p' "/proc/$1/status" 2>/dev/null || echo 0
 }

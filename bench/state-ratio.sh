@@ -44,9 +44,8 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     cargo build --release --quiet
 fi
 
-field() { # run dir, field of the gw-max JSON
-    sed -n "s/^  \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1/io_uring-gw-max.json" | head -n1
-}
+# json_field
+source bench/lib.sh
 cpu_total() { # run dir -> gateway CPU µs per message, all threads
     sed -n 's/^total \([0-9.]*\) .*/\1/p' "$1/io_uring-gw-max.cpu" 2>/dev/null | head -n1
 }
@@ -60,7 +59,7 @@ for r in $(seq 1 "$ROUNDS"); do
         OUT="$dir" STATE_BACKEND=$backend STATE_FSYNC=$fsync NO_BUILD=1 NULL=0 HALF=0 RATES=" " \
             BATCH=none GRPC=0 DRIVERS=io_uring DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" \
             bench/run-e2e.sh >"$dir.log" 2>&1 || { echo "run failed: $dir.log" >&2; exit 1; }
-        echo "$r $c $(field "$dir" accepted_per_s) $(cpu_total "$dir")" >>"$OUT/runs.txt"
+        echo "$r $c $(json_field "$dir/io_uring-gw-max.json" accepted_per_s) $(cpu_total "$dir")" >>"$OUT/runs.txt"
     done
 done
 

@@ -433,7 +433,7 @@ struct CkptItem {
     hash: u64,
     version: u64,
     /// The record's event (see [`encode_event`]), taken from the slot under the stripe lock
-    /// (no record clone, no encode).
+    /// (no record clone; encoded there only for a slot without one, see `Slot::image`).
     ev: Vec<u8>,
     expires_at_ms: u64,
     open_now: bool,
@@ -1370,16 +1370,13 @@ impl Inner {
             for (h, key) in std::mem::take(&mut s.dirty) {
                 if let Some(slot) = Stripe::handle_mut(&mut s.records, h, &key) {
                     slot.dirty_listed = false;
-                    let ev = std::mem::take(&mut slot.image);
+                    // Taken in any case: the event of a version already cold is of no use.
+                    let mut ev = std::mem::take(&mut slot.image);
                     if slot.version > slot.ckpt_version {
                         let rec = &slot.record;
-                        let ev = if ev.is_empty() {
-                            let mut ev = ev;
+                        if ev.is_empty() {
                             encode_event(&mut ev, &slot.key, slot.version, rec);
-                            ev
-                        } else {
-                            ev
-                        };
+                        }
                         let mk = event_key(&ev);
                         let n = indexable(rec).count();
                         let index_parts = (n > slot.cold_smsc).then_some(n);
@@ -2166,6 +2163,16 @@ mod tests {
         }
     }
 
+    /// Delivers every fourth of `{prefix}-0..n` (submitted by `created_and_submitted`).
+    async fn delivered_every_fourth(s: &JournalStore, prefix: &str, n: usize) {
+        for i in (0..n).step_by(4) {
+            let r = s
+                .apply_receipt(7, format!("m-{prefix}-{i}"), delivered())
+                .await;
+            assert!(matches!(r, Ok(ReceiptOutcome::Applied(_))), "{r:?}");
+        }
+    }
+
     /// Evicts every record, then reads `{prefix}-0..n` back from the cold store with the
     /// status `status_of` says.
     fn evict_all_then_read_from_cold(s: &JournalStore, prefix: &str, n: usize) {
@@ -2190,12 +2197,7 @@ mod tests {
         monoio_block_on(created_and_submitted(&s, "k", 12));
         let s2 = Arc::clone(&s);
         *lock(&s.inner.fail_next_checkpoint) = Some(Box::new(move || {
-            monoio_block_on(async {
-                for i in (0..12).step_by(4) {
-                    let r = s2.apply_receipt(7, format!("m-k-{i}"), delivered()).await;
-                    assert!(matches!(r, Ok(ReceiptOutcome::Applied(_))), "{r:?}");
-                }
-            });
+            monoio_block_on(delivered_every_fourth(&s2, "k", 12));
         }));
         assert!(s.checkpoint_now().is_err());
         assert_eq!(s.stats().checkpoint_failures, 1);
@@ -2212,10 +2214,7 @@ mod tests {
         let key = |i: usize| MessageKey::new(1, format!("g-{i}").as_str());
         monoio_block_on(async {
             created_and_submitted(&s, "g", 60).await;
-            for i in (0..60).step_by(4) {
-                let r = s.apply_receipt(7, format!("m-g-{i}"), delivered()).await;
-                assert!(matches!(r, Ok(ReceiptOutcome::Applied(_))), "{r:?}");
-            }
+            delivered_every_fourth(&s, "g", 60).await;
         });
         assert_eq!(s.checkpoint_now().expect("checkpoint"), 60);
         assert_eq!(s.stats().ingested_checkpoints, ingested);

@@ -191,7 +191,6 @@ pub(crate) fn ready<T: Send + 'static>(r: Result<T, StateError>) -> StoreFuture<
     Box::pin(std::future::ready(r))
 }
 
-/// `transaction_id` bounds every backend enforces (the key of every record).
 /// The keyed hash of the stores' hot maps and stripe choice (journal and memory backends alike,
 /// so baseline and measured store stay comparable): random per instance, so chosen ids cannot
 /// pile onto one stripe, and several times cheaper than std's SipHash on these short keys
@@ -199,6 +198,7 @@ pub(crate) fn ready<T: Send + 'static>(r: Result<T, StateError>) -> StoreFuture<
 /// `perf record` of `state_engines`, perf/RESULTS.md, 2026-11-26).
 pub(crate) type FastHash = foldhash::quality::RandomState;
 
+/// `transaction_id` bounds every backend enforces (the key of every record).
 pub(crate) fn check_txid(t: &str) -> Result<(), StateError> {
     if t.is_empty() || t.len() > model::MAX_TRANSACTION_ID_LEN {
         return Err(StateError::Invalid(format!(
