@@ -113,7 +113,8 @@ pub struct StateConfig {
     pub checkpoint_interval: Duration,
     /// Journal engine: log bytes that trigger a checkpoint sooner.
     pub checkpoint_bytes: u64,
-    /// Journal engine with `fsync = batch`: least time between two fdatasyncs of the log.
+    /// Journal engine with `fsync = batch`: most time between two fdatasyncs of the log under
+    /// load (the wait adapts to it: `state::wal::WalConfig::sync_linger`).
     pub sync_linger: Duration,
 }
 
