@@ -49,18 +49,29 @@ pub fn parse_msg_key(k: &[u8]) -> Result<MessageKey, String> {
 /// Receipt index key: `link_id` (u32 BE) ++ normalised SMSC id bytes.
 pub fn smsc_key(link_id: u32, smsc_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + smsc_id.len());
-    k.extend_from_slice(&link_id.to_be_bytes());
-    k.extend_from_slice(smsc_id.as_bytes());
+    put_smsc_key(&mut k, link_id, smsc_id);
     k
+}
+
+/// Appends [`smsc_key`]'s bytes to `out` (a checkpoint builds all of its entries in one
+/// buffer instead of two allocations each).
+pub fn put_smsc_key(out: &mut Vec<u8>, link_id: u32, smsc_id: &str) {
+    out.extend_from_slice(&link_id.to_be_bytes());
+    out.extend_from_slice(smsc_id.as_bytes());
 }
 
 /// Receipt index value: `expires_at_ms` (u64 BE) ++ `part` (u16 BE) ++ message key.
 pub fn smsc_value(expires_at_ms: u64, part: u16, msg_key: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(10 + msg_key.len());
-    v.extend_from_slice(&expires_at_ms.to_be_bytes());
-    v.extend_from_slice(&part.to_be_bytes());
-    v.extend_from_slice(msg_key);
+    put_smsc_value(&mut v, expires_at_ms, part, msg_key);
     v
+}
+
+/// Appends [`smsc_value`]'s bytes to `out`.
+pub fn put_smsc_value(out: &mut Vec<u8>, expires_at_ms: u64, part: u16, msg_key: &[u8]) {
+    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    out.extend_from_slice(&part.to_be_bytes());
+    out.extend_from_slice(msg_key);
 }
 
 /// Inverse of [`smsc_value`]: `(expires_at_ms, part, message key bytes)`.
