@@ -81,6 +81,7 @@ pub struct StateFile {
     pub hot_s: i64,
     pub checkpoint_interval_ms: i64,
     pub checkpoint_mib: i64,
+    pub key_filter_mib: i64,
     pub sync_linger_us: i64,
 }
 
@@ -103,6 +104,7 @@ impl Default for StateFile {
             hot_s: 30,
             checkpoint_interval_ms: 5_000,
             checkpoint_mib: 64,
+            key_filter_mib: 16,
             sync_linger_us: 1_000,
         }
     }

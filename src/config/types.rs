@@ -113,6 +113,9 @@ pub struct StateConfig {
     pub checkpoint_interval: Duration,
     /// Journal engine: log bytes that trigger a checkpoint sooner.
     pub checkpoint_bytes: u64,
+    /// Journal engine: memory of the filter that spares a new `transaction_id` its cold store
+    /// read (0: off).
+    pub key_filter_bytes: usize,
     /// Journal engine with `fsync = batch`: most time between two fdatasyncs of the log under
     /// load (the wait adapts to it: `state::wal::WalConfig::sync_linger`).
     pub sync_linger: Duration,

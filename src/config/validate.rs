@@ -295,6 +295,9 @@ impl Check<'_, '_, '_> {
         let checkpoint_bytes = self
             .int::<u64>("state.checkpoint_mib", f.checkpoint_mib, 1, 4096)
             .map(|m| m << 20);
+        let key_filter_bytes = self
+            .int::<usize>("state.key_filter_mib", f.key_filter_mib, 0, 4096)
+            .map(|m| m << 20);
         // Checked whatever the backend, so a mistake shows before someone switches to it. The
         // message TTL is `[state] ttl_s` (its documented default if that key is itself wrong).
         let aerospike = match f.aerospike.validate(ttl.map_or(86_400, |t| t.as_secs())) {
@@ -323,6 +326,7 @@ impl Check<'_, '_, '_> {
             hot: hot?,
             checkpoint_interval: checkpoint_interval?,
             checkpoint_bytes: checkpoint_bytes?,
+            key_filter_bytes: key_filter_bytes?,
             sync_linger: sync_linger?,
         })
     }

@@ -524,6 +524,16 @@ fn encode_all(o: &mut Out<'_>, s: &Snapshot, m: &Metrics, g: &Gauges) -> fmt::Re
             "Records read back from the cold store into memory (late receipts, queries, repeats).",
             j.loaded,
         )?;
+        o.counter(
+            "smsgw_state_key_filter_skips_total",
+            "New transaction ids whose cold store read the journal's key filter spared.",
+            j.key_filter_skips,
+        )?;
+        o.gauge(
+            "smsgw_state_key_filter_ready",
+            "1 once the journal's key filter holds every unexpired cold key (start-up scan done); 0 while every new id reads the cold store.",
+            u64::from(j.key_filter_ready),
+        )?;
         o.gauge(
             "smsgw_state_replayed_records",
             "Records replayed from the journal logs at the last start (after a crash).",
@@ -743,6 +753,8 @@ mod tests {
             "smsgw_state_checkpoint_failures_total",
             "smsgw_state_evicted_total",
             "smsgw_state_cold_loads_total",
+            "smsgw_state_key_filter_skips_total",
+            "smsgw_state_key_filter_ready",
             "smsgw_state_replayed_records",
         ];
         // The writer engine: its queue families, none of the journal's.
@@ -771,6 +783,8 @@ mod tests {
                     log_bytes: 4096,
                     log_syncs: 7,
                     log_sync_waiters: 300,
+                    key_filter_ready: true,
+                    key_filter_skips: 11,
                 }),
                 ..Gauges::default()
             },
@@ -791,6 +805,10 @@ mod tests {
             "smsgw_state_checkpoint_failures_total 1\n",
             "smsgw_state_evicted_total 9\n",
             "smsgw_state_cold_loads_total 2\n",
+            "# TYPE smsgw_state_key_filter_skips_total counter\n",
+            "smsgw_state_key_filter_skips_total 11\n",
+            "# TYPE smsgw_state_key_filter_ready gauge\n",
+            "smsgw_state_key_filter_ready 1\n",
             "# TYPE smsgw_state_replayed_records gauge\n",
             "smsgw_state_replayed_records 5\n",
         ] {

@@ -327,6 +327,7 @@ fn open_store(
                     hot_secs: s.hot.as_secs().max(1),
                     checkpoint_interval_ms: (s.checkpoint_interval.as_millis() as u64).max(1),
                     checkpoint_bytes: s.checkpoint_bytes.max(1),
+                    key_filter_bytes: s.key_filter_bytes,
                     sync_linger_us: s.sync_linger.as_micros() as u64,
                     op_timeout_ms: s.op_timeout.as_millis() as u64,
                     ..crate::state::journal::JournalConfig::default()

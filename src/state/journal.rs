@@ -44,6 +44,30 @@
 //! record (`get`, `create` → `Exists`, a duplicate receipt) waits until the record's latest
 //! frame is durable: no client is ever told about a state a crash could take back.
 //!
+//! # Key filter
+//!
+//! `create` of an id that is not hot must know whether the cold store has it (idempotency).
+//! For a new id that was a fjall read that misses, about a third of this engine's cost end to
+//! end (`perf/RESULTS.md`, session 9). Each stripe keeps a key filter (`keyfilter.rs`) instead,
+//! and a `create` it answers "absent" for skips the read. The invariant: **every key of the
+//! cold store whose record is unexpired is in its stripe's filter**, once `filter_ready` is
+//! set. It holds because
+//! * every key reaches the cold store from a hot slot, and every slot is made in
+//!   `insert_slot`, which inserts the key (new records, replayed ones, cold loads);
+//! * the filters keep a key for at least one `ttl` after its insert, and a record expires one
+//!   `ttl` after its creation (the filters rotate per `ttl`, see `keyfilter`);
+//! * at open, after the replay's checkpoint, the `state-keyscan` thread inserts every
+//!   unexpired key of the cold store and only then sets `filter_ready` (until then, every
+//!   `create` reads). If a stored record expires more than one `ttl` from now (the TTL was
+//!   lowered), or the scan fails, the filters are not used at all.
+//!
+//! An expired record's key may be absent from the filter while its image is still cold
+//! (compaction drops it only later). A `create` that skipped the read then cannot continue
+//! the old version, so it starts the new record's version from the clock (ms): above any
+//! version an incarnation that expired at least one `ttl` (≥ 60 s in config) ago can have
+//! reached, so the replay and the checkpoint prefer the new image. Its stale `open` and
+//! receipt index entries are recognised as such, as for any replaced incarnation.
+//!
 //! # Recovery
 //!
 //! At open: fjall (the last checkpoint), then every segment left in `<path>-wal/` is read (a
@@ -79,6 +103,7 @@ use fjall::PersistMode;
 
 use super::codec;
 use super::embedded::{EmbeddedConfig, Trees, fjall_err, lookup_smsc, open_trees};
+use super::keyfilter::KeyFilter;
 use super::wal::{self, Pos, Wal, WalConfig};
 use super::{
     CreateOutcome, FastHash, MAX_PAGE, MessageKey, MessageRecord, PartUpdate, ReceiptInfo,
@@ -135,6 +160,9 @@ pub struct JournalConfig {
     /// rather than written through its journal and memtables (see [`INGEST_MIN_RECORDS`]).
     /// Not a `[state]` key: tests set it to 1 to run every checkpoint that way.
     pub ingest_min_records: usize,
+    /// Memory of the key filter that spares `create` its cold read of a new
+    /// `transaction_id` (both generations, all stripes; see "Key filter"); 0 disables it.
+    pub key_filter_bytes: usize,
 }
 
 impl Default for JournalConfig {
@@ -152,6 +180,7 @@ impl Default for JournalConfig {
             cache_mib: 64,
             op_timeout_ms: 1_000,
             ingest_min_records: INGEST_MIN_RECORDS,
+            key_filter_bytes: 16 << 20,
         }
     }
 }
@@ -235,6 +264,10 @@ struct Stripe {
     /// `(checkpointed at, hash, key)`, oldest first: eviction candidates.
     evict: VecDeque<(u64, u64, Arc<MessageKey>)>,
     next_inc: u64,
+    /// Keys of this stripe that may be cold (see "Key filter").
+    filter: KeyFilter,
+    /// `create`s whose cold read the filter spared.
+    filter_skips: u64,
 }
 
 /// A hot record with the parts of its stripe a change also writes (see `Inner::commit`).
@@ -344,6 +377,10 @@ pub struct JournalStats {
     /// `fsync = batch`: ops that waited for an fdatasync and were completed by it (per
     /// fdatasync: `/ log_syncs`; `sync_linger_us` raises it under load).
     pub log_sync_waiters: u64,
+    /// The key filter holds every unexpired cold key (its start-up scan is done).
+    pub key_filter_ready: bool,
+    /// `create`s of a new id that the key filter spared a cold read.
+    pub key_filter_skips: u64,
 }
 
 struct Inner {
@@ -375,6 +412,9 @@ struct Inner {
     evicted: AtomicU64,
     loaded: AtomicU64,
     replayed: AtomicU64,
+    /// Set once the start-up scan put every unexpired cold key into the stripes' filters;
+    /// before that (or if it failed) `create` always reads the cold store.
+    filter_ready: AtomicBool,
 }
 
 /// The journal store. Dropping the last handle stops the background thread and syncs the logs.
@@ -382,6 +422,8 @@ pub struct JournalStore {
     inner: Arc<Inner>,
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
     bg: Option<JoinHandle<()>>,
+    /// The key filter's start-up scan (ends by itself, or at the stop flag).
+    scan: Option<JoinHandle<()>>,
 }
 
 /// A poisoned stripe lock only means another thread panicked holding it; every mutation here
@@ -562,9 +604,18 @@ impl JournalStore {
         }
         let wal = Wal::open(wcfg)?;
         let inner = Arc::new(Inner {
-            stripes: (0..STRIPES)
-                .map(|_| Mutex::new(Stripe::default()))
-                .collect(),
+            stripes: {
+                let bytes = cfg.key_filter_bytes / (2 * STRIPES);
+                let (gen_ms, now) = (cfg.ttl_secs.saturating_mul(1000), unix_ms());
+                (0..STRIPES)
+                    .map(|_| {
+                        Mutex::new(Stripe {
+                            filter: KeyFilter::new(bytes, gen_ms, now),
+                            ..Stripe::default()
+                        })
+                    })
+                    .collect()
+            },
             receipts: (0..STRIPES)
                 .map(|_| Mutex::new(ReceiptStripe::default()))
                 .collect(),
@@ -588,6 +639,7 @@ impl JournalStore {
             evicted: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            filter_ready: AtomicBool::new(false),
         });
         inner.replay(&segments)?;
         // Fold the replayed records (and retire the old segments) before serving.
@@ -601,10 +653,20 @@ impl JournalStore {
                 .spawn(move || inner.background(&stop))
                 .map_err(|e| StateError::Unavailable(format!("spawn checkpointer: {e}")))?
         };
+        // After the replay's checkpoint: every key replayed is cold by now (and in the filters).
+        let scan = {
+            let inner = Arc::clone(&inner);
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("state-keyscan".into())
+                .spawn(move || inner.scan_cold_keys(&stop))
+                .map_err(|e| StateError::Unavailable(format!("spawn key scan: {e}")))?
+        };
         Ok(Arc::new(JournalStore {
             inner,
             stop,
             bg: Some(bg),
+            scan: Some(scan),
         }))
     }
 
@@ -624,6 +686,8 @@ impl JournalStore {
             log_bytes: i.wal.unrotated_bytes(),
             log_syncs,
             log_sync_waiters,
+            key_filter_ready: i.filter_ready.load(Ordering::Acquire),
+            key_filter_skips: i.stripes.iter().map(|s| lock(s).filter_skips).sum(),
         }
     }
 
@@ -677,6 +741,9 @@ impl Drop for JournalStore {
         }
         if let Some(bg) = self.bg.take() {
             let _ = bg.join();
+        }
+        if let Some(scan) = self.scan.take() {
+            let _ = scan.join();
         }
         // Whatever the policy, a clean stop leaves every frame on stable storage, then folds
         // the logs into the cold store (so the next start replays nothing).
@@ -808,6 +875,8 @@ impl Inner {
         dirty: bool,
     ) -> Arc<MessageKey> {
         let (last, image) = logged;
+        // Every key that can reach the cold store is hot first, and passes here.
+        s.filter.insert(h, unix_ms());
         let inc = s.next_inc * STRIPES as u64 + stripe_index(h) as u64;
         s.next_inc += 1;
         let key = Arc::new(key);
@@ -888,6 +957,13 @@ impl Inner {
                 return Ok((CreateOutcome::Exists(slot.record.clone()), slot.last));
             }
             Some(slot) => (true, slot.version, slot.ckpt_version, slot.cold_open),
+            // Not in the cold store, or only past its expiry (see "Key filter"): a new record
+            // whose version starts from the clock, above any an expired incarnation left
+            // there (a replay then prefers it, and the checkpoint overwrites that image).
+            None if self.filter_ready.load(Ordering::Acquire) && !s.filter.may_contain(h) => {
+                s.filter_skips += 1;
+                (false, now, 0, None)
+            }
             None => match self.cold_get(&key)? {
                 Some((rec, _)) if rec.expires_at_ms > now => {
                     return Ok((CreateOutcome::Exists(rec), Pos::default()));
@@ -1591,6 +1667,69 @@ impl Inner {
         self.evicted.fetch_add(evicted, Ordering::Relaxed);
     }
 
+    /// The key filter's start-up scan (thread `state-keyscan`): puts every unexpired key of
+    /// the cold store into its stripe's filter, then lets `create` trust the filters.
+    fn scan_cold_keys(&self, stop: &(Mutex<bool>, std::sync::Condvar)) {
+        if self.cfg.key_filter_bytes / (2 * STRIPES) < 64 {
+            return; // disabled: every create reads the cold store
+        }
+        let t0 = Instant::now();
+        match self.scan_cold_keys_inner(stop) {
+            Ok(Some(keys)) => {
+                self.filter_ready.store(true, Ordering::Release);
+                tracing::info!(
+                    keys,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "state key filter ready"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "state key filter not used: its scan of the cold store failed; every new id reads the cold store"
+            ),
+        }
+    }
+
+    /// `Some(keys inserted)`, or `None` when stopped or when the filters cannot be trusted.
+    fn scan_cold_keys_inner(
+        &self,
+        stop: &(Mutex<bool>, std::sync::Condvar),
+    ) -> Result<Option<usize>, StateError> {
+        let t = self.cold()?;
+        let now = unix_ms();
+        let horizon = now.saturating_add(self.ttl_ms);
+        let mut keys = 0usize;
+        // fjall's iterator reads a snapshot taken here, after the open's checkpoint. A key
+        // that reaches the cold store later is hot first, hence in the filter by
+        // `insert_slot`.
+        for (n, kv) in t.msg.iter().enumerate() {
+            if n % 4096 == 4095 && *lock(&stop.0) {
+                return Ok(None);
+            }
+            let (k, v) = kv.into_inner().map_err(fjall_err)?;
+            let exp = codec::be_u64_at(&v, codec::RECORD_EXPIRY_OFFSET)
+                .ok_or_else(|| StateError::Corrupt("cold record without expiry".into()))?;
+            // Expired: a create may ignore it (its version starts above the old one's).
+            if exp <= now {
+                continue;
+            }
+            // Written under a longer TTL than today's: the filters keep a key for one TTL
+            // only, so they could drop this one while it still counts.
+            if exp > horizon {
+                tracing::info!(
+                    "state key filter not used: the cold store holds records that expire more than ttl_s from now (ttl_s was lowered); every new id reads the cold store"
+                );
+                return Ok(None);
+            }
+            let key = codec::parse_msg_key(&k).map_err(StateError::Corrupt)?;
+            let h = self.hash_of(&key);
+            lock(&self.stripes[stripe_index(h)]).filter.insert(h, now);
+            keys += 1;
+        }
+        Ok(Some(keys))
+    }
+
     fn background(&self, stop: &(Mutex<bool>, std::sync::Condvar)) {
         let interval = Duration::from_millis(self.cfg.checkpoint_interval_ms);
         loop {
@@ -2231,6 +2370,101 @@ mod tests {
         assert_eq!(s.stats().checkpoint_failures, 1);
         assert_eq!(s.checkpoint_now().expect("checkpoint"), 12);
         evict_all_then_read_from_cold(&s, "k", 12);
+    }
+
+    fn wait_filter_ready(s: &JournalStore) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.stats().key_filter_ready {
+            assert!(Instant::now() < deadline, "key filter scan did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The ids a previous process left in the cold store must stop a new send after a
+    /// restart: the start-up scan puts them in the filter. New ids skip the cold read.
+    #[test]
+    fn after_a_restart_the_key_filter_knows_every_stored_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = JournalStore::open(test_cfg(dir.path(), false)).expect("open");
+            monoio_block_on(created_and_submitted(&s, "r", 500));
+        } // clean stop: checkpointed
+        let s = JournalStore::open(test_cfg(dir.path(), false)).expect("reopen");
+        wait_filter_ready(&s);
+        assert_eq!(
+            s.stats().hot_records,
+            0,
+            "nothing replayed: all from the cold store"
+        );
+        monoio_block_on(async {
+            for i in 0..500 {
+                let again = s.create(record(&format!("r-{i}"))).await;
+                assert!(
+                    matches!(again, Ok(CreateOutcome::Exists(_))),
+                    "r-{i}: {again:?}"
+                );
+            }
+            for i in 0..500 {
+                let new = s.create(record(&format!("n-{i}"))).await;
+                assert!(
+                    matches!(new, Ok(CreateOutcome::Created(_))),
+                    "n-{i}: {new:?}"
+                );
+            }
+        });
+        let skips = s.stats().key_filter_skips;
+        // 16 MiB for 1000 keys: false positives are rare; the stored ids all read cold.
+        assert!((490..=500).contains(&skips), "skips {skips}");
+    }
+
+    /// A record past its TTL is left out of the filter, so a new send with its id skips the
+    /// cold read and never learns the old version. The new record must still win over the
+    /// old image: in the replay of a crash, and in the cold store after a checkpoint.
+    #[test]
+    fn an_id_reused_after_expiry_without_a_cold_read_wins_over_the_old_image() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = |ttl_secs| JournalConfig {
+            ttl_secs,
+            checkpoint_interval_ms: 3_600_000,
+            checkpoint_bytes: u64::MAX / 2,
+            ..test_cfg(dir.path(), false)
+        };
+        {
+            let s = JournalStore::open(cfg(1)).expect("open");
+            let r = monoio_block_on(async {
+                s.create(record("x")).await.expect("create");
+                let u = s.update(MessageKey::new(1, "x"), vec![submitted("x")], unix_ms());
+                u.await.expect("submitted");
+                s.apply_receipt(7, "m-x".into(), delivered()).await
+            });
+            assert!(matches!(r, Ok(ReceiptOutcome::Applied(_))), "{r:?}");
+        } // clean stop: the delivered record (version 3) is cold
+        std::thread::sleep(Duration::from_millis(1_100));
+        let s = JournalStore::open(cfg(60)).expect("reopen");
+        wait_filter_ready(&s);
+        let again = monoio_block_on(s.create(record("x"))).expect("reuse");
+        assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
+        assert_eq!(s.stats().key_filter_skips, 1, "no cold read for x");
+        // A crash before the next checkpoint: the log holds the new record, the cold store
+        // the old, delivered one with its version.
+        *lock(&s.inner.fail_next_checkpoint) = Some(Box::new(|| {}));
+        drop(s);
+        let s = JournalStore::open(cfg(60)).expect("reopen after the crash");
+        let r = monoio_block_on(s.get(MessageKey::new(1, "x"))).expect("get");
+        assert_eq!(
+            r.map(|r| r.status),
+            Some(Status::Accepted),
+            "replay kept the new one"
+        );
+        // Once folded, the cold store holds the new one too.
+        s.checkpoint_now().expect("checkpoint");
+        s.evict_all_for_test();
+        let r = monoio_block_on(s.get(MessageKey::new(1, "x"))).expect("get");
+        assert_eq!(
+            r.map(|r| r.status),
+            Some(Status::Accepted),
+            "cold image replaced"
+        );
     }
 
     fn checkpoint_then_everything_from_cold(ingest: bool) {

@@ -33,6 +33,7 @@ pub mod aerospike;
 pub mod codec;
 pub mod embedded;
 pub mod journal;
+mod keyfilter;
 pub mod memory;
 pub mod model;
 pub mod suite;
