@@ -14,6 +14,9 @@
 //! `journal-ckpt` (only when named in `STATE_BENCH_CONFIGS`) measures one journal checkpoint
 //! instead: the same messages with background checkpoints held off, then one checkpoint of
 //! them all (as cold in cache as the gateway's), timed by the CPU of the thread running it.
+//!
+//! `journal-scan` (likewise) stores the messages, stops the store cleanly, opens it again and
+//! times the key filter's start-up scan of the cold store (until `key_filter_ready`).
 
 use std::time::Duration;
 
@@ -82,6 +85,35 @@ fn checkpoint_cost(
     );
 }
 
+/// `journal-scan`: stores `n` messages, reopens the store, prints how long the key filter's
+/// scan of them took.
+fn scan_cost(round: usize, path: std::path::PathBuf, n: usize, clients: usize, inflight: usize) {
+    let cfg = || JournalConfig {
+        path: path.clone(),
+        sync: false,
+        ..JournalConfig::default()
+    };
+    {
+        let s = JournalStore::open(cfg()).expect("journal");
+        store_load::drive(&s, n, clients, inflight, false);
+    } // clean stop: all checkpointed
+    let t0 = std::time::Instant::now();
+    let s = JournalStore::open(cfg()).expect("reopen");
+    let opened = t0.elapsed();
+    let deadline = t0 + Duration::from_secs(120);
+    while !s.stats().key_filter_ready && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ready = s.stats().key_filter_ready;
+    println!(
+        "round {round}  journal-scan: {n} msgs stored; reopen {:.0} ms, key filter {} after {:.0} ms ({:.2} µs/record)",
+        opened.as_secs_f64() * 1e3,
+        if ready { "ready" } else { "NOT ready" },
+        t0.elapsed().as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64,
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run small then.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -105,10 +137,15 @@ fn main() {
         .collect();
     let rounds = env_usize("STATE_BENCH_ROUNDS", 2).clamp(1, 20);
     let ckpt = only.split(',').any(|o| o.trim() == "journal-ckpt");
+    let scan = only.split(',').any(|o| o.trim() == "journal-scan");
     for round in 1..=rounds {
         if ckpt {
             let dir = tempfile::tempdir().expect("tempdir");
             checkpoint_cost(round, dir.path().join("state"), n, clients, inflight);
+        }
+        if scan {
+            let dir = tempfile::tempdir().expect("tempdir");
+            scan_cost(round, dir.path().join("state"), n, clients, inflight);
         }
         for &name in &configs {
             let dir = tempfile::tempdir().expect("tempdir");

@@ -2417,6 +2417,41 @@ mod tests {
         assert!((490..=500).contains(&skips), "skips {skips}");
     }
 
+    /// Records written under a longer TTL than today's could outlive their place in the
+    /// filters (kept one TTL): the filters are then not used, and stored ids still count.
+    #[test]
+    fn a_lowered_ttl_turns_the_key_filter_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = |ttl_secs| JournalConfig {
+            ttl_secs,
+            ..test_cfg(dir.path(), false)
+        };
+        {
+            let s = JournalStore::open(cfg(3600)).expect("open");
+            monoio_block_on(created_and_submitted(&s, "t", 20));
+        }
+        let s = JournalStore::open(cfg(60)).expect("reopen");
+        // The scan ends at the first such record; its thread is then gone.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.scan.as_ref().is_some_and(|h| !h.is_finished()) {
+            assert!(Instant::now() < deadline, "scan still running");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!s.stats().key_filter_ready);
+        monoio_block_on(async {
+            for i in 0..20 {
+                let again = s.create(record(&format!("t-{i}"))).await;
+                assert!(
+                    matches!(again, Ok(CreateOutcome::Exists(_))),
+                    "t-{i}: {again:?}"
+                );
+            }
+            let new = s.create(record("t-new")).await;
+            assert!(matches!(new, Ok(CreateOutcome::Created(_))), "{new:?}");
+        });
+        assert_eq!(s.stats().key_filter_skips, 0);
+    }
+
     /// A record past its TTL is left out of the filter, so a new send with its id skips the
     /// cold read and never learns the old version. The new record must still win over the
     /// old image: in the replay of a crash, and in the cold store after a checkpoint.
