@@ -420,7 +420,7 @@ struct Inner {
 /// The journal store. Dropping the last handle stops the background thread and syncs the logs.
 pub struct JournalStore {
     inner: Arc<Inner>,
-    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    stop: Arc<Stop>,
     bg: Option<JoinHandle<()>>,
     /// The key filter's start-up scan (ends by itself, or at the stop flag).
     scan: Option<JoinHandle<()>>,
@@ -569,6 +569,23 @@ fn ingest(
     ing.finish().map_err(fjall_err)
 }
 
+/// The stop flag of the store's background threads (set by `Drop`).
+type Stop = (Mutex<bool>, std::sync::Condvar);
+
+/// Starts one of the store's background threads, `run(&inner, &stop)`.
+fn spawn_worker(
+    inner: &Arc<Inner>,
+    stop: &Arc<Stop>,
+    name: &str,
+    run: fn(&Inner, &Stop),
+) -> Result<JoinHandle<()>, StateError> {
+    let (inner, stop) = (Arc::clone(inner), Arc::clone(stop));
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(&inner, &stop))
+        .map_err(|e| StateError::Unavailable(format!("spawn {name}: {e}")))
+}
+
 impl JournalStore {
     /// Opens the cold store and the logs, replays what the logs hold beyond the last
     /// checkpoint, checkpoints it, and starts the background thread.
@@ -645,23 +662,9 @@ impl JournalStore {
         // Fold the replayed records (and retire the old segments) before serving.
         inner.checkpoint()?;
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let bg = {
-            let inner = Arc::clone(&inner);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("state-checkpoint".into())
-                .spawn(move || inner.background(&stop))
-                .map_err(|e| StateError::Unavailable(format!("spawn checkpointer: {e}")))?
-        };
+        let bg = spawn_worker(&inner, &stop, "state-checkpoint", Inner::background)?;
         // After the replay's checkpoint: every key replayed is cold by now (and in the filters).
-        let scan = {
-            let inner = Arc::clone(&inner);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("state-keyscan".into())
-                .spawn(move || inner.scan_cold_keys(&stop))
-                .map_err(|e| StateError::Unavailable(format!("spawn key scan: {e}")))?
-        };
+        let scan = spawn_worker(&inner, &stop, "state-keyscan", Inner::scan_cold_keys)?;
         Ok(Arc::new(JournalStore {
             inner,
             stop,
@@ -1669,7 +1672,7 @@ impl Inner {
 
     /// The key filter's start-up scan (thread `state-keyscan`): puts every unexpired key of
     /// the cold store into its stripe's filter, then lets `create` trust the filters.
-    fn scan_cold_keys(&self, stop: &(Mutex<bool>, std::sync::Condvar)) {
+    fn scan_cold_keys(&self, stop: &Stop) {
         if self.cfg.key_filter_bytes / (2 * STRIPES) < 64 {
             return; // disabled: every create reads the cold store
         }
@@ -1692,10 +1695,7 @@ impl Inner {
     }
 
     /// `Some(keys inserted)`, or `None` when stopped or when the filters cannot be trusted.
-    fn scan_cold_keys_inner(
-        &self,
-        stop: &(Mutex<bool>, std::sync::Condvar),
-    ) -> Result<Option<usize>, StateError> {
+    fn scan_cold_keys_inner(&self, stop: &Stop) -> Result<Option<usize>, StateError> {
         let t = self.cold()?;
         let now = unix_ms();
         let horizon = now.saturating_add(self.ttl_ms);
@@ -1730,7 +1730,7 @@ impl Inner {
         Ok(Some(keys))
     }
 
-    fn background(&self, stop: &(Mutex<bool>, std::sync::Condvar)) {
+    fn background(&self, stop: &Stop) {
         let interval = Duration::from_millis(self.cfg.checkpoint_interval_ms);
         loop {
             {
