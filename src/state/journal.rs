@@ -2372,6 +2372,17 @@ mod tests {
         evict_all_then_read_from_cold(&s, "k", 12);
     }
 
+    /// A new send of each of `{prefix}-0..n` finds the stored record.
+    async fn creates_find_existing(s: &JournalStore, prefix: &str, n: usize) {
+        for i in 0..n {
+            let again = s.create(record(&format!("{prefix}-{i}"))).await;
+            assert!(
+                matches!(again, Ok(CreateOutcome::Exists(_))),
+                "{prefix}-{i}: {again:?}"
+            );
+        }
+    }
+
     fn wait_filter_ready(s: &JournalStore) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !s.stats().key_filter_ready {
@@ -2397,13 +2408,7 @@ mod tests {
             "nothing replayed: all from the cold store"
         );
         monoio_block_on(async {
-            for i in 0..500 {
-                let again = s.create(record(&format!("r-{i}"))).await;
-                assert!(
-                    matches!(again, Ok(CreateOutcome::Exists(_))),
-                    "r-{i}: {again:?}"
-                );
-            }
+            creates_find_existing(&s, "r", 500).await;
             for i in 0..500 {
                 let new = s.create(record(&format!("n-{i}"))).await;
                 assert!(
@@ -2439,13 +2444,7 @@ mod tests {
         }
         assert!(!s.stats().key_filter_ready);
         monoio_block_on(async {
-            for i in 0..20 {
-                let again = s.create(record(&format!("t-{i}"))).await;
-                assert!(
-                    matches!(again, Ok(CreateOutcome::Exists(_))),
-                    "t-{i}: {again:?}"
-                );
-            }
+            creates_find_existing(&s, "t", 20).await;
             let new = s.create(record("t-new")).await;
             assert!(matches!(new, Ok(CreateOutcome::Created(_))), "{new:?}");
         });
@@ -2517,10 +2516,7 @@ mod tests {
         assert_eq!(s.stats().ingested_checkpoints, ingested);
         evict_all_then_read_from_cold(&s, "g", 60);
         monoio_block_on(async {
-            for i in 0..60 {
-                let again = s.create(record(&format!("g-{i}"))).await;
-                assert!(matches!(again, Ok(CreateOutcome::Exists(_))), "{again:?}");
-            }
+            creates_find_existing(&s, "g", 60).await;
             // The receipt index from the ingested table: a first receipt applies, a repeat is
             // a duplicate.
             let r = s.apply_receipt(7, "m-g-2".into(), delivered()).await;
