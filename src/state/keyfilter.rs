@@ -4,9 +4,11 @@
 //! # Why
 //!
 //! Every new id used to cost a fjall `get` that misses: a bloom probe per L0 table and per
-//! level (standard, not blocked, filters: a few cache misses each), ~0.8 µs per message by
-//! profile, and about a third of what the journal costs end to end in `fsync = off`
-//! (`perf/RESULTS.md`, session 9 ablation). One blocked filter here is one cache line per probe.
+//! level (standard, not blocked, filters: a few cache misses each). By profile that was only
+//! ~0.8 µs per message, but skipping it saved 4–7 µs of gateway CPU per message in
+//! `fsync = off` at max load (+13–21% throughput; `perf/RESULTS.md`, session 9): fjall's read
+//! also evicted everyone else's cache lines. One blocked filter here is one cache line per
+//! probe.
 //!
 //! # Shape
 //!
