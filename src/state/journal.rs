@@ -59,7 +59,9 @@
 //! * at open, after the replay's checkpoint, the `state-keyscan` thread inserts every
 //!   unexpired key of the cold store and only then sets `filter_ready` (until then, every
 //!   `create` reads). If a stored record expires more than one `ttl` from now (the TTL was
-//!   lowered), or the scan fails, the filters are not used at all.
+//!   lowered) or is corrupt, the filters are not used at all; after an I/O error the
+//!   background thread runs the scan again a minute later (a later scan is as good: what
+//!   reaches the cold store meanwhile is inserted when it is hot).
 //!
 //! An expired record's key may be absent from the filter while its image is still cold
 //! (compaction drops it only later). A `create` that skipped the read then cannot continue
@@ -125,6 +127,13 @@ fn stripe_index(h: u64) -> usize {
 /// whether a checkpoint is due, evicts.
 const TICK: Duration = Duration::from_millis(10);
 
+/// Wait before the key filter's scan runs again after an I/O error.
+const SCAN_RETRY: Duration = if cfg!(test) {
+    Duration::from_millis(50)
+} else {
+    Duration::from_secs(60)
+};
+
 /// Most hot records one eviction pass drops per stripe (bounds how long a stripe is held).
 const EVICT_PER_STRIPE: usize = 4096;
 
@@ -163,6 +172,9 @@ pub struct JournalConfig {
     /// Memory of the key filter that spares `create` its cold read of a new
     /// `transaction_id` (both generations, all stripes; see "Key filter"); 0 disables it.
     pub key_filter_bytes: usize,
+    /// Tests: this many key filter scans fail with an I/O error first.
+    #[cfg(test)]
+    pub fail_scans: Arc<AtomicUsize>,
 }
 
 impl Default for JournalConfig {
@@ -181,6 +193,8 @@ impl Default for JournalConfig {
             op_timeout_ms: 1_000,
             ingest_min_records: INGEST_MIN_RECORDS,
             key_filter_bytes: 16 << 20,
+            #[cfg(test)]
+            fail_scans: Arc::default(),
         }
     }
 }
@@ -415,6 +429,8 @@ struct Inner {
     /// Set once the start-up scan put every unexpired cold key into the stripes' filters;
     /// before that (or if it failed) `create` always reads the cold store.
     filter_ready: AtomicBool,
+    /// When the background thread runs the scan again, after an I/O error.
+    scan_retry_at: Mutex<Option<Instant>>,
 }
 
 /// The journal store. Dropping the last handle stops the background thread and syncs the logs.
@@ -657,6 +673,7 @@ impl JournalStore {
             loaded: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             filter_ready: AtomicBool::new(false),
+            scan_retry_at: Mutex::new(None),
         });
         inner.replay(&segments)?;
         // Fold the replayed records (and retire the old segments) before serving.
@@ -1687,15 +1704,33 @@ impl Inner {
                 );
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(
-                error = %e,
-                "state key filter not used: its scan of the cold store failed; every new id reads the cold store"
-            ),
+            // An I/O error may pass (a disk or a reopened cold store): the background thread
+            // runs the scan again later. A corrupt record will not: no retry.
+            Err(e) => {
+                let retry = matches!(e, StateError::Unavailable(_));
+                tracing::warn!(
+                    error = %e,
+                    retry_in_s = retry.then_some(SCAN_RETRY.as_secs()),
+                    "state key filter not used: its scan of the cold store failed; every new id reads the cold store"
+                );
+                if retry {
+                    *lock(&self.scan_retry_at) = Some(Instant::now() + SCAN_RETRY);
+                }
+            }
         }
     }
 
     /// `Some(keys inserted)`, or `None` when stopped or when the filters cannot be trusted.
     fn scan_cold_keys_inner(&self, stop: &Stop) -> Result<Option<usize>, StateError> {
+        #[cfg(test)]
+        if self
+            .cfg
+            .fail_scans
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StateError::Unavailable("injected scan failure".into()));
+        }
         let t = self.cold()?;
         let now = unix_ms();
         let horizon = now.saturating_add(self.ttl_ms);
@@ -1756,6 +1791,18 @@ impl Inner {
                 let _ = self.checkpoint();
             }
             self.evict(unix_ms(), false);
+            let retry = {
+                let mut at = lock(&self.scan_retry_at);
+                let due = at.is_some_and(|t| Instant::now() >= t);
+                if due {
+                    *at = None;
+                }
+                due
+            };
+            if retry {
+                // Inline: checkpoints wait for it (seconds per ten million records).
+                self.scan_cold_keys(stop);
+            }
         }
     }
 }
@@ -2449,6 +2496,32 @@ mod tests {
             assert!(matches!(new, Ok(CreateOutcome::Created(_))), "{new:?}");
         });
         assert_eq!(s.stats().key_filter_skips, 0);
+    }
+
+    /// A scan that failed on I/O runs again from the background thread; until it succeeds
+    /// every create reads the cold store.
+    #[test]
+    fn a_failed_key_filter_scan_is_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = JournalStore::open(test_cfg(dir.path(), false)).expect("open");
+            monoio_block_on(created_and_submitted(&s, "q", 50));
+        }
+        let cfg = test_cfg(dir.path(), false);
+        cfg.fail_scans.store(2, Ordering::Relaxed);
+        let s = JournalStore::open(cfg.clone()).expect("reopen");
+        // Stored ids count while the filter is not ready.
+        monoio_block_on(creates_find_existing(&s, "q", 50));
+        wait_filter_ready(&s);
+        assert_eq!(
+            cfg.fail_scans.load(Ordering::Relaxed),
+            0,
+            "both failures used"
+        );
+        monoio_block_on(creates_find_existing(&s, "q", 50));
+        let new = monoio_block_on(s.create(record("q-new")));
+        assert!(matches!(new, Ok(CreateOutcome::Created(_))), "{new:?}");
+        assert_eq!(s.stats().key_filter_skips, 1);
     }
 
     /// A record past its TTL is left out of the filter, so a new send with its id skips the
