@@ -1690,8 +1690,9 @@ impl Inner {
     /// The key filter's start-up scan (thread `state-keyscan`): puts every unexpired key of
     /// the cold store into its stripe's filter, then lets `create` trust the filters.
     fn scan_cold_keys(&self, stop: &Stop) {
-        if self.cfg.key_filter_bytes / (2 * STRIPES) < 64 {
-            return; // disabled: every create reads the cold store
+        // All stripes' filters are alike: one says whether they are off (too small).
+        if !lock(&self.stripes[0]).filter.enabled() {
+            return; // every create reads the cold store
         }
         let t0 = Instant::now();
         match self.scan_cold_keys_inner(stop) {

@@ -47,24 +47,23 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The block index and the eight single-bit masks of hash `h` in a filter of `blocks` blocks.
-fn probe(h: u64, blocks: usize) -> (usize, [u64; BLOCK_WORDS]) {
+/// The words of hash `h`'s block in a filter of `words` words, and the eight single-bit masks
+/// to test or set in them.
+fn probe(h: u64, words: usize) -> (std::ops::Range<usize>, [u64; BLOCK_WORDS]) {
     let a = mix(h);
     // Multiply-shift maps the full 64 bits onto 0..blocks without a division.
-    let block = ((u128::from(a) * blocks as u128) >> 64) as usize;
+    let block = ((u128::from(a) * (words / BLOCK_WORDS) as u128) >> 64) as usize;
     let b = mix(a ^ 0x9e37_79b9_7f4a_7c15);
     let mut masks = [0u64; BLOCK_WORDS];
     for (i, m) in masks.iter_mut().enumerate() {
         *m = 1u64 << ((b >> (i * 6)) & 63);
     }
-    (block, masks)
+    (block * BLOCK_WORDS..(block + 1) * BLOCK_WORDS, masks)
 }
 
 fn contains(words: &[u64], h: u64) -> bool {
-    let blocks = words.len() / BLOCK_WORDS;
-    let (block, masks) = probe(h, blocks);
-    let w = &words[block * BLOCK_WORDS..][..BLOCK_WORDS];
-    w.iter().zip(masks).all(|(w, m)| w & m != 0)
+    let (block, masks) = probe(h, words.len());
+    words[block].iter().zip(masks).all(|(w, m)| w & m != 0)
 }
 
 impl KeyFilter {
@@ -112,12 +111,8 @@ impl KeyFilter {
             return;
         }
         self.rotate(now_ms);
-        let blocks = self.cur.len() / BLOCK_WORDS;
-        let (block, masks) = probe(h, blocks);
-        for (w, m) in self.cur[block * BLOCK_WORDS..][..BLOCK_WORDS]
-            .iter_mut()
-            .zip(masks)
-        {
+        let (block, masks) = probe(h, self.cur.len());
+        for (w, m) in self.cur[block].iter_mut().zip(masks) {
             *w |= m;
         }
     }
