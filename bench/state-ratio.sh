@@ -10,18 +10,24 @@
 #
 # Knobs (environment): ROUNDS (default 3, at most 10); CONFIGS (in round order, default
 # "memory off batch": memory = STATE_BACKEND=memory; off / batch = the embedded backend's
-# journal engine with that fsync policy); DURATION (per run, default 15s); CONNECTIONS (closed
+# journal engine with that fsync policy); DURATION (per run, default 60s: the journal's
+# steady state, see below); CONNECTIONS (closed
 # loop, default 256); NO_BUILD=1 (reuse target/release/smsgw); GW_BIN / BENCH_BIN / GW_CONFIG
 # as for run-e2e.sh; OUT (result directory, default a new temp dir).
 # Each run is one bench/run-e2e.sh (gateway at max only, no null baseline), bounded by
 # DURATION; the whole script by ROUNDS x CONFIGS such runs.
+#
+# Why 60 s: the journal evicts a record `hot_secs` (30) after its checkpoint and fjall starts
+# compacting the checkpoints' tables after a few of them, so a 15 s run sees neither. Measured
+# in session 10 (perf/RESULTS.md): `off` at 0.86 (median) of memory in 15 s runs but 0.69-0.80
+# in 60 s runs, where eviction and compaction cost ~3 µs/msg more.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 CONFIGS=${CONFIGS:-"memory off batch"}
-DURATION=${DURATION:-15s}
+DURATION=${DURATION:-60s}
 CONNECTIONS=${CONNECTIONS:-256}
 OUT=${OUT:-$(mktemp -d /tmp/smsgw-ratio.XXXXXX)}
 mkdir -p "$OUT"
