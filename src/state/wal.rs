@@ -870,7 +870,8 @@ impl Lane {
     }
 
     /// Wakes the waiters whose position is durable.
-    /// Returns how many waiters it completed.
+    /// Returns how many waiters it completed; in sync mode also adds them to the
+    /// `sync_waiters` count (each was made durable by an fdatasync).
     fn wake_durable(&self) -> usize {
         let d = self.durable_end();
         let me = std::thread::current().id();
@@ -909,6 +910,13 @@ impl Lane {
             }
             ready
         };
+        if self.shared.sync {
+            // Counted before the wake-ups: a woken op's thread may read the count at once
+            // (counting after them undercounted in `sync_mode_lingers_only_under_load`).
+            self.shared
+                .sync_waiters
+                .fetch_add(completed as u64, Ordering::Relaxed);
+        }
         for waker in ready {
             waker.wake();
         }
@@ -1006,9 +1014,6 @@ fn sync_loop(lane: Arc<Lane>, linger: std::time::Duration) {
             let _ = lane.flush(&mut io, true, false);
         }
         let completed = lane.wake_durable();
-        lane.shared
-            .sync_waiters
-            .fetch_add(completed as u64, Ordering::Relaxed);
         wait = linger_after(linger, completed);
     }
 }
@@ -1147,6 +1152,11 @@ fn register(
         if let Some((id, _)) = waiter.take() {
             if let Some(i) = w.list.iter().position(|x| x.id == id) {
                 w.list.swap_remove(i);
+                // Made durable by a sync whose wake-up has not reached the list yet (this
+                // re-poll came first): count it here, as `wake_durable` would have.
+                if lane.shared.sync && r.is_ok() {
+                    lane.shared.sync_waiters.fetch_add(1, Ordering::Relaxed);
+                }
             }
             handed = take_handoff(&mut w, id);
         }
@@ -2135,6 +2145,51 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// A sync-mode waiter re-polled with another waker after its frame became durable, but
+    /// before the sync's wake-up reached the waiter list, takes its own entry out: it must
+    /// still count as completed by that sync, exactly once.
+    #[test]
+    fn a_waiter_that_finds_its_sync_first_is_counted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open(dir.path(), true);
+        // A lane the Wal does not know: no sync thread races this test's steps.
+        let lane = Arc::new(Lane::new(7, Arc::clone(&wal.shared)));
+        let pos = lane.append(b"frame", u64::MAX).expect("append");
+        let mut fut = DurableFuture {
+            lane: Some(Arc::clone(&lane)),
+            end: pos.end,
+            ready: None,
+            stage: Stage::Fresh,
+            waiter: None,
+        };
+        let (a, b) = (
+            Waker::from(Arc::new(FlagWake(AtomicBool::new(false)))),
+            Waker::from(Arc::new(FlagWake(AtomicBool::new(false)))),
+        );
+        assert!(
+            Pin::new(&mut fut)
+                .poll(&mut Context::from_waker(&a))
+                .is_pending()
+        );
+        assert_eq!(lock(&lane.waiters).list.len(), 1, "registered");
+        // The sync, as the sync thread does it, without its wake-up, lands after a re-poll
+        // (with another waker) found the frame not yet durable and before it registers again:
+        // the registration step of that poll.
+        lane.write_out(&mut lock(&lane.io), true)
+            .expect("write and sync");
+        let r = register(&lane, pos.end, &mut fut.waiter, &Context::from_waker(&b));
+        assert!(matches!(r, Some(Ok(()))), "{r:?}");
+        assert!(
+            lock(&lane.waiters).list.is_empty(),
+            "its entry is taken out"
+        );
+        assert_eq!(wal.shared.sync_waiters.load(Ordering::Relaxed), 1);
+        // The late wake-up finds nothing left to count.
+        assert_eq!(lane.wake_durable(), 0);
+        assert_eq!(wal.shared.sync_waiters.load(Ordering::Relaxed), 1);
+        lane.closed.store(true, Ordering::Release);
     }
 
     #[test]
